@@ -1,0 +1,1 @@
+"""bitcoin_support: secure memory and tracked libevent handles for Python and C hosts."""

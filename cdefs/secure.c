@@ -1,0 +1,478 @@
+/*
+ * secure.c - the optimizer-proof wipe, the locked pool and the wipe-on-free heap.
+ *
+ * The locked pool follows Bitcoin Core's LockedPool: arenas obtained with mmap, locked with
+ * mlock(2), marked MADV_DONTDUMP, carved best-fit into 16-byte units. What it adds:
+ *   - requests larger than an arena get a dedicated locked mapping of their own;
+ *   - an arena that becomes empty is wiped, unlocked and unmapped, except one kept spare;
+ *   - freeing twice or freeing a pointer the pool never gave out returns an error instead of
+ *     corrupting anything, because all bookkeeping lives outside the locked memory;
+ *   - mlock failure is reported once (warning hook, or stderr without one) and the memory is
+ *     used unlocked, still wiped on free.
+ *
+ * Ownership: the pool owns every mapping until bs_pool_free() gives the chunk back. Every free
+ * chunk is all zeros (wiped on free, fresh mappings are zero), so new chunks read as zeros.
+ * One mutex guards everything; after fork() the child re-locks its copies of the arenas, since
+ * mlock is not inherited.
+ */
+#define _GNU_SOURCE
+#include "bitcoin_support.h"
+#include "shim.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+BS_EXPORT void bs_memory_cleanse(void *ptr, size_t len)
+{
+    if (ptr == NULL || len == 0)
+        return;
+    memset(ptr, 0, len);
+    /* The barrier says the zeroed memory may be read afterwards, so the memset cannot go. */
+    __asm__ __volatile__("" : : "r"(ptr) : "memory");
+}
+
+/* ---------------------------------------------------------------- arenas */
+
+#define UNIT 16u
+#define ARENA_SIZE (256u * 1024u)
+#define ARENA_UNITS (ARENA_SIZE / UNIT) /* 16384: unit indices fit in uint16_t */
+#define NONE 0xFFFFu
+#define EXACT_BINS 64u             /* bins 0..63: free chunks of exactly 1..64 units */
+#define NBINS (EXACT_BINS + 8u)    /* then (64,128], (128,256], ... (8192,16384] units */
+#define CHUNK_FREE 1u
+#define CHUNK_USED 2u
+
+typedef struct arena {
+    struct arena *next;
+    unsigned char *base;
+    int locked;
+    uint32_t used_units;
+    uint32_t chunks_used;
+    uint32_t chunks_free;
+    uint16_t bins[NBINS];           /* first free chunk of each size class */
+    uint8_t state[ARENA_UNITS];     /* at a chunk's first unit: CHUNK_FREE or CHUNK_USED */
+    uint16_t len[ARENA_UNITS];      /* at a chunk's first unit: its length in units */
+    uint16_t head[ARENA_UNITS];     /* at a free chunk's last unit: its first unit */
+    uint16_t next_free[ARENA_UNITS];
+    uint16_t prev_free[ARENA_UNITS];
+} arena;
+
+typedef struct dedicated {
+    struct dedicated *next;
+    unsigned char *map;  /* what mmap returned */
+    size_t map_size;
+    unsigned char *user; /* what the caller got (aligned inside map) */
+    int locked;
+} dedicated;
+
+static struct {
+    pthread_mutex_t mu;
+    arena *arenas;
+    dedicated *big;
+    unsigned empty_arenas;
+    void (*hook)(int err, size_t size);
+} pool = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, NULL};
+
+static atomic_int mlock_warned;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static unsigned bin_of(uint32_t n)
+{
+    if (n <= EXACT_BINS)
+        return n - 1;
+    unsigned b = EXACT_BINS;
+    for (uint32_t top = 2 * EXACT_BINS; n > top; top <<= 1)
+        b++;
+    return b;
+}
+
+static void bin_insert(arena *a, uint32_t u)
+{
+    unsigned b = bin_of(a->len[u]);
+    a->prev_free[u] = NONE;
+    a->next_free[u] = a->bins[b];
+    if (a->bins[b] != NONE)
+        a->prev_free[a->bins[b]] = (uint16_t)u;
+    a->bins[b] = (uint16_t)u;
+}
+
+static void bin_remove(arena *a, uint32_t u)
+{
+    uint16_t p = a->prev_free[u], n = a->next_free[u];
+    if (p != NONE)
+        a->next_free[p] = n;
+    else
+        a->bins[bin_of(a->len[u])] = n;
+    if (n != NONE)
+        a->prev_free[n] = p;
+}
+
+/* Record [u, u+n) as one free chunk and file it in its bin. */
+static void set_free(arena *a, uint32_t u, uint32_t n)
+{
+    a->state[u] = CHUNK_FREE;
+    a->len[u] = (uint16_t)n;
+    a->head[u + n - 1] = (uint16_t)u;
+    bin_insert(a, u);
+    a->chunks_free++;
+}
+
+/* Take free chunk u out of the books (it is being split, merged or handed out). */
+static void take_free(arena *a, uint32_t u)
+{
+    bin_remove(a, u);
+    a->state[u] = 0;
+    a->chunks_free--;
+}
+
+/* Best fit: the smallest free chunk that holds n units plus the slack alignment may need. */
+static uint32_t find_best(arena *a, uint32_t need)
+{
+    for (unsigned b = bin_of(need); b < NBINS; b++) {
+        if (a->bins[b] == NONE)
+            continue;
+        if (b < EXACT_BINS)
+            return a->bins[b];
+        uint32_t best = NONE, best_len = UINT32_MAX;
+        for (uint32_t u = a->bins[b]; u != NONE; u = a->next_free[u]) {
+            if (a->len[u] >= need && a->len[u] < best_len) {
+                best = u;
+                best_len = a->len[u];
+                if (best_len == need)
+                    break;
+            }
+        }
+        if (best != NONE)
+            return best;
+    }
+    return NONE;
+}
+
+/* Carve n units aligned to align_units out of arena a; returns the first unit or NONE. */
+static uint32_t arena_alloc(arena *a, uint32_t n, uint32_t align_units)
+{
+    uint32_t u = find_best(a, n + align_units - 1);
+    if (u == NONE)
+        return NONE;
+    uint32_t len = a->len[u];
+    take_free(a, u);
+    uintptr_t addr = (uintptr_t)(a->base + (size_t)u * UNIT);
+    uintptr_t align = (uintptr_t)align_units * UNIT;
+    uint32_t start = u + (uint32_t)((((addr + align - 1) & ~(align - 1)) - addr) / UNIT);
+    if (start > u)
+        set_free(a, u, start - u);
+    uint32_t end = u + len, used_end = start + n;
+    if (end > used_end)
+        set_free(a, used_end, end - used_end);
+    a->state[start] = CHUNK_USED;
+    a->len[start] = (uint16_t)n;
+    a->used_units += n;
+    a->chunks_used++;
+    return start;
+}
+
+/* Wipe chunk u, give it back and merge it with free neighbours. */
+static void arena_free(arena *a, uint32_t u)
+{
+    uint32_t n = a->len[u];
+    bs_memory_cleanse(a->base + (size_t)u * UNIT, (size_t)n * UNIT);
+    a->state[u] = 0;
+    a->used_units -= n;
+    a->chunks_used--;
+    uint32_t start = u, len = n;
+    uint32_t next = u + n;
+    if (next < ARENA_UNITS && a->state[next] == CHUNK_FREE) {
+        len += a->len[next];
+        take_free(a, next);
+    }
+    if (u > 0) {
+        uint32_t prev = a->head[u - 1];
+        /* head[] may hold stale values; only a live free chunk ending at u-1 counts. */
+        if (prev < u && a->state[prev] == CHUNK_FREE && prev + a->len[prev] == u) {
+            start = prev;
+            len += a->len[prev];
+            take_free(a, prev);
+        }
+    }
+    set_free(a, start, len);
+}
+
+static void report_mlock_failure(int err, size_t size)
+{
+    if (atomic_exchange(&mlock_warned, 1))
+        return;
+    if (pool.hook != NULL) {
+        pool.hook(err, size);
+        return;
+    }
+    fprintf(stderr,
+            "bitcoin_support: mlock of %zu bytes failed (%s); secrets may be swapped out; "
+            "raise RLIMIT_MEMLOCK (ulimit -l)\n",
+            size, strerror(err));
+}
+
+/* Map, mark and lock len bytes; *err gets mlock's errno or 0. */
+static unsigned char *map_locked(size_t len, int *locked, int *err)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    (void)madvise(p, len, MADV_DONTDUMP);
+    *locked = mlock(p, len) == 0;
+    *err = *locked ? 0 : errno;
+    return p;
+}
+
+static void unmap_wiped(unsigned char *p, size_t len, int locked)
+{
+    bs_memory_cleanse(p, len);
+    if (locked)
+        munlock(p, len);
+    munmap(p, len);
+}
+
+static arena *arena_new(int *err)
+{
+    arena *a = malloc(sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->base = map_locked(ARENA_SIZE, &a->locked, err);
+    if (a->base == NULL) {
+        free(a);
+        return NULL;
+    }
+    memset(a->state, 0, sizeof a->state);
+    memset(a->bins, 0xFF, sizeof a->bins);
+    a->used_units = a->chunks_used = a->chunks_free = 0;
+    set_free(a, 0, ARENA_UNITS);
+    a->next = pool.arenas;
+    pool.arenas = a;
+    pool.empty_arenas++;
+    return a;
+}
+
+static void arena_release(arena *a)
+{
+    arena **pp = &pool.arenas;
+    while (*pp != a)
+        pp = &(*pp)->next;
+    *pp = a->next;
+    unmap_wiped(a->base, ARENA_SIZE, a->locked);
+    bs_memory_cleanse(a, sizeof *a);
+    free(a);
+}
+
+static void relock_after_fork(void)
+{
+    for (arena *a = pool.arenas; a != NULL; a = a->next)
+        a->locked = mlock(a->base, ARENA_SIZE) == 0;
+    for (dedicated *d = pool.big; d != NULL; d = d->next)
+        d->locked = mlock(d->map, d->map_size) == 0;
+    pthread_mutex_unlock(&pool.mu);
+}
+
+static void lock_pool(void) { pthread_mutex_lock(&pool.mu); }
+static void unlock_pool(void) { pthread_mutex_unlock(&pool.mu); }
+static void register_atfork(void) { pthread_atfork(lock_pool, unlock_pool, relock_after_fork); }
+
+static size_t page_size(void)
+{
+    long p = sysconf(_SC_PAGESIZE);
+    return p > 0 ? (size_t)p : 4096u;
+}
+
+static char *dedicated_alloc(size_t size, size_t align, int *err, size_t *mapped)
+{
+    size_t page = page_size();
+    size_t slack = align > page ? align : 0;
+    if (size > SIZE_MAX - slack - page)
+        return NULL;
+    size_t map_size = (size + slack + page - 1) & ~(page - 1);
+    dedicated *d = malloc(sizeof *d);
+    if (d == NULL)
+        return NULL;
+    d->map = map_locked(map_size, &d->locked, err);
+    if (d->map == NULL) {
+        free(d);
+        return NULL;
+    }
+    uintptr_t m = (uintptr_t)d->map;
+    d->user = d->map + (slack ? (((m + align - 1) & ~(uintptr_t)(align - 1)) - m) : 0);
+    d->map_size = map_size;
+    d->next = pool.big;
+    pool.big = d;
+    *mapped = map_size;
+    return (char *)d->user;
+}
+
+BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
+{
+    if (align < UNIT)
+        align = UNIT;
+    if ((align & (align - 1)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    pthread_once(&atfork_once, register_atfork);
+    size_t units = size == 0 ? 1 : (size + UNIT - 1) / UNIT;
+    uint32_t align_units = (uint32_t)(align / UNIT);
+    char *out = NULL;
+    int err = 0;
+    size_t mapped = ARENA_SIZE;
+    pthread_mutex_lock(&pool.mu);
+    if (size > ARENA_SIZE || units + align_units - 1 > ARENA_UNITS) {
+        out = dedicated_alloc(size, align, &err, &mapped);
+    } else {
+        for (arena *a = pool.arenas; a != NULL && out == NULL; a = a->next) {
+            int was_empty = a->chunks_used == 0;
+            uint32_t u = arena_alloc(a, (uint32_t)units, align_units);
+            if (u != NONE) {
+                out = (char *)a->base + (size_t)u * UNIT;
+                pool.empty_arenas -= was_empty;
+            }
+        }
+        if (out == NULL) {
+            arena *a = arena_new(&err);
+            if (a != NULL) {
+                out = (char *)a->base + (size_t)arena_alloc(a, (uint32_t)units, align_units) * UNIT;
+                pool.empty_arenas--;
+            }
+        }
+    }
+    pthread_mutex_unlock(&pool.mu);
+    if (out != NULL && err != 0)
+        report_mlock_failure(err, mapped);
+    if (out == NULL)
+        errno = ENOMEM;
+    return out;
+}
+
+BS_EXPORT int bs_pool_free(void *ptr)
+{
+    unsigned char *p = ptr;
+    int rc = -1;
+    pthread_mutex_lock(&pool.mu);
+    for (arena *a = pool.arenas; a != NULL; a = a->next) {
+        if (p < a->base || p >= a->base + ARENA_SIZE)
+            continue;
+        size_t off = (size_t)(p - a->base);
+        uint32_t u = (uint32_t)(off / UNIT);
+        if (off % UNIT == 0 && a->state[u] == CHUNK_USED) {
+            arena_free(a, u);
+            rc = 0;
+            if (a->chunks_used == 0 && ++pool.empty_arenas > 1) {
+                pool.empty_arenas--;
+                arena_release(a);
+            }
+        }
+        break;
+    }
+    if (rc != 0) {
+        for (dedicated **pp = &pool.big; *pp != NULL; pp = &(*pp)->next) {
+            dedicated *d = *pp;
+            if (d->user == p) {
+                *pp = d->next;
+                unmap_wiped(d->map, d->map_size, d->locked);
+                free(d);
+                rc = 0;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&pool.mu);
+    return rc;
+}
+
+BS_EXPORT void bs_pool_get_stats(bs_pool_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&pool.mu);
+    for (arena *a = pool.arenas; a != NULL; a = a->next) {
+        out->used += (size_t)a->used_units * UNIT;
+        out->free += (size_t)(ARENA_UNITS - a->used_units) * UNIT;
+        out->total += ARENA_SIZE;
+        out->locked += a->locked ? ARENA_SIZE : 0;
+        out->chunks_used += a->chunks_used;
+        out->chunks_free += a->chunks_free;
+    }
+    for (dedicated *d = pool.big; d != NULL; d = d->next) {
+        out->used += d->map_size;
+        out->total += d->map_size;
+        out->locked += d->locked ? d->map_size : 0;
+        out->chunks_used++;
+    }
+    pthread_mutex_unlock(&pool.mu);
+}
+
+BS_EXPORT size_t bs_pool_arena_size(void) { return ARENA_SIZE; }
+
+BS_EXPORT void bs_pool_set_warning_hook(void (*hook)(int err, size_t size))
+{
+    pthread_mutex_lock(&pool.mu);
+    pool.hook = hook;
+    pthread_mutex_unlock(&pool.mu);
+}
+
+BS_EXPORT void *bs_secure_allocate(size_t size) { return bs_pool_alloc(size, UNIT); }
+
+BS_EXPORT void bs_secure_deallocate(void *ptr)
+{
+    if (ptr != NULL && bs_pool_free(ptr) != 0) {
+        fprintf(stderr, "bitcoin_support: bs_secure_deallocate(%p): not a live secure block\n", ptr);
+        abort();
+    }
+}
+
+/* ---------------------------------------------------------------- wipe-on-free heap */
+
+#define ZAF_MAGIC 0x5a414642u /* "ZAFB" */
+
+typedef struct {
+    size_t size;
+    uint32_t offset; /* from the start of the malloc'd block to the user pointer */
+    uint32_t magic;
+} zaf_header;
+
+BS_EXPORT char *bs_zaf_alloc(size_t size, size_t align)
+{
+    if (align < sizeof(zaf_header))
+        align = sizeof(zaf_header);
+    if ((align & (align - 1)) != 0 || align > UINT32_MAX || size > SIZE_MAX - align) {
+        errno = align > UINT32_MAX || (align & (align - 1)) ? EINVAL : ENOMEM;
+        return NULL;
+    }
+    void *raw = NULL;
+    int rc = posix_memalign(&raw, align, align + size);
+    if (rc != 0) {
+        errno = rc;
+        return NULL;
+    }
+    memset(raw, 0, align + size);
+    char *user = (char *)raw + align;
+    zaf_header *h = (zaf_header *)(void *)(user - sizeof *h);
+    h->size = size;
+    h->offset = (uint32_t)align;
+    h->magic = ZAF_MAGIC;
+    return user;
+}
+
+BS_EXPORT void bs_zaf_free(void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    zaf_header *h = (zaf_header *)(void *)((char *)ptr - sizeof *h);
+    if (h->magic != ZAF_MAGIC) {
+        fprintf(stderr, "bitcoin_support: bs_zaf_free(%p): not a live block\n", ptr);
+        abort();
+    }
+    char *raw = (char *)ptr - h->offset;
+    bs_memory_cleanse(raw, h->offset + h->size);
+    free(raw);
+}

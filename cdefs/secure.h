@@ -1,0 +1,25 @@
+/* Secure memory: the optimizer-proof wipe, the locked pool and the wipe-on-free heap (secure.c). */
+
+typedef struct {
+    size_t used;          /* bytes handed out (chunks and dedicated mappings) */
+    size_t free;          /* bytes free inside arenas */
+    size_t total;         /* bytes mapped by the pool */
+    size_t locked;        /* bytes really locked with mlock */
+    size_t chunks_used;
+    size_t chunks_free;
+} bs_pool_stats_t;
+
+void bs_memory_cleanse(void *ptr, size_t len);
+void *bs_secure_allocate(size_t size);
+void bs_secure_deallocate(void *ptr);
+
+/* Python side of the pool: pointer or NULL (errno ENOMEM); free returns 0 or -1 (not ours). */
+char *bs_pool_alloc(size_t size, size_t align);
+int bs_pool_free(void *ptr);
+void bs_pool_get_stats(bs_pool_stats_t *out);
+size_t bs_pool_arena_size(void);
+void bs_pool_set_warning_hook(void (*hook)(int err, size_t size));
+
+/* Wipe-on-free heap: aligned, zeroed; the size lives in a header before the block. */
+char *bs_zaf_alloc(size_t size, size_t align);
+void bs_zaf_free(void *ptr);

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for this project: libevent headers, pkg-config and wrk from apt
+# (as root, only what is missing), then .venv with the package installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libevent-dev pkg-config gcc wrk valgrind; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
