@@ -23,3 +23,9 @@ void bs_pool_set_warning_hook(void (*hook)(int err, size_t size));
 /* Wipe-on-free heap: aligned, zeroed; the size lives in a header before the block. */
 char *bs_zaf_alloc(size_t size, size_t align);
 void bs_zaf_free(void *ptr);
+
+/* Called once, at the first mlock failure, so Python can log it (see _secure.py). */
+extern "Python" void _bs_mlock_warning(int err, size_t size);
+
+/* Length of the longest valid UTF-8 prefix of s[0..n) (n when all of it is valid). */
+size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);

@@ -22,5 +22,6 @@ size_t bs_pool_arena_size(void);
 void bs_pool_set_warning_hook(void (*hook)(int err, size_t size));
 char *bs_zaf_alloc(size_t size, size_t align);
 void bs_zaf_free(void *ptr);
+size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);
 
 #endif

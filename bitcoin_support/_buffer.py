@@ -1,0 +1,149 @@
+"""The growable, wiping byte store under SecureString and SerializeData.
+
+Ownership: the store owns at most one Block at a time (``_block``); ``_ptr`` is a non-owning
+``uint8_t *`` into it, valid until the block is replaced or freed. Growth copies into a new block
+and frees the old one, which wipes it. A view exported to the caller pins the block: growth,
+shrinking and close raise ``BufferError`` until it is released, as ``bytearray`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Self
+
+from ._errors import ClosedError
+from ._native import ffi, lib
+from ._secure import Allocator, Block
+
+_MIN_CAPACITY = 16
+_EMPTY = ffi.NULL
+
+
+class WipingBuffer:
+    """Bytes in allocator memory: geometric growth, every abandoned block wiped."""
+
+    __slots__ = ("__weakref__", "_allocator", "_block", "_closed", "_len", "_ptr")
+
+    def __init__(self, allocator: Allocator) -> None:
+        self._allocator = allocator
+        self._block: Block | None = None
+        self._ptr: Any = _EMPTY
+        self._len = 0
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{type(self).__name__} is closed")
+
+    @property
+    def closed(self) -> bool:
+        """True once closed: the bytes are wiped and the memory given back."""
+        return self._closed
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the current block holds before the next growth."""
+        self._check()
+        return 0 if self._block is None else self._block.size
+
+    def __len__(self) -> int:
+        self._check()
+        return self._len
+
+    def _move_to(self, capacity: int) -> None:
+        """Copy the bytes into a new block of ``capacity`` and wipe-free the old one."""
+        old = self._block
+        if old is not None:
+            old._check_unshared()
+        new = self._allocator.allocate(capacity) if capacity else None
+        if new is not None and self._len:
+            ffi.memmove(new._owner, self._ptr, self._len)
+        self._block = new
+        self._ptr = _EMPTY if new is None else ffi.cast("uint8_t *", new._owner)
+        if old is not None:
+            old.free()
+
+    def _ensure(self, total: int) -> None:
+        """Room for ``total`` bytes, growing geometrically (amortised O(1) appends)."""
+        cap = 0 if self._block is None else self._block.size
+        if total > cap:
+            self._move_to(max(total, 2 * cap, _MIN_CAPACITY))
+
+    def reserve(self, additional: int) -> None:
+        """Capacity of at least ``len + additional`` (Rust's ``reserve``)."""
+        self._check()
+        if not isinstance(additional, int) or isinstance(additional, bool):
+            raise TypeError(f"additional must be an int, not {type(additional).__name__}")
+        if additional < 0:
+            raise ValueError(f"additional must be >= 0, got {additional}")
+        self._ensure(self._len + additional)
+
+    def shrink_to_fit(self) -> None:
+        """Move the bytes to a block of exactly their size; the old block is wiped."""
+        self._check()
+        if self._block is not None and self._block.size != self._len:
+            self._move_to(self._len)
+
+    def _check_resizable(self) -> None:
+        """BufferError while a view is exported, as ``bytearray`` does."""
+        if self._block is not None:
+            self._block._check_unshared()
+
+    def _append(self, data: Any, n: int) -> None:
+        self._check_resizable()
+        self._ensure(self._len + n)
+        ffi.memmove(self._ptr + self._len, data, n)
+        self._len += n
+
+    def _truncate(self, n: int) -> None:
+        """Drop the bytes past ``n``, wiping them."""
+        if n < self._len:
+            self._check_resizable()
+            lib.bs_memory_cleanse(self._ptr + n, self._len - n)
+            self._len = n
+
+    def _buffer(self) -> Any:
+        """A cffi buffer of the live bytes, keeping the block alive while it exists."""
+        if self._block is None:
+            return bytearray()
+        return ffi.buffer(self._block._owner, self._len)
+
+    @contextmanager
+    def _view(self, readonly: bool) -> Iterator[memoryview]:
+        self._check()
+        mv = memoryview(self._buffer())
+        ro = mv.toreadonly() if readonly else mv
+        try:
+            yield ro
+        finally:
+            ro.release()
+            mv.release()
+
+    def _cleanse_target(self) -> tuple[Any, int]:
+        self._check()
+        return self._ptr, self._len
+
+    def close(self) -> None:
+        """Wipe and free the bytes; idempotent. BufferError while a view is exported."""
+        if self._closed:
+            return
+        if self._block is not None:
+            self._block.free()
+        self._block = None
+        self._ptr = _EMPTY
+        self._len = 0
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"{type(self).__name__}(closed)"
+        return f"{type(self).__name__}(len={self._len})"
+
+    __str__ = __repr__

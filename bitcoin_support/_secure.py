@@ -1,0 +1,240 @@
+"""Secure memory: the optimizer-proof wipe, the two allocators and the blocks they hand out.
+
+Ownership: a ``Block`` owns its memory through one cffi object made by ``ffi.gc`` (``_owner``).
+The memory goes back to its allocator (wiped on the way, in C) either when ``free()`` calls
+``ffi.release`` on it or when the last reference to ``_owner`` dies. Views hold ``_owner`` through
+``ffi.buffer``, so a view that outlives its ``with`` block keeps the memory alive rather than
+pointing at freed memory, and ``free()`` refuses (``BufferError``) while any view is exported.
+``Block.cdata`` is a plain alias that does not own anything: like a C pointer, it must not be used
+after ``free()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple, Protocol, final
+
+from ._errors import ClosedError
+from ._log import secure_alloc_log
+from ._native import ffi, lib
+
+MAX_SIZE = sys.maxsize
+MAX_ALIGN = 1 << 30
+_getrefcount = sys.getrefcount
+# References to a Block's _owner when nothing else holds it: the slot, free()'s local and
+# getrefcount's argument.
+_UNSHARED_REFS = 3
+
+
+class Cleansable(Protocol):
+    """A package object that knows which of its bytes memory_cleanse should wipe."""
+
+    def _cleanse_target(self) -> tuple[Any, int]: ...
+
+
+def memory_cleanse(buf: Any, size: int | None = None) -> None:
+    """Zero the first ``size`` bytes of ``buf`` (default: all of it) in C, past the optimizer.
+
+    ``buf`` is a writable buffer, a cffi pointer (``size`` required), or a Block, SecureString or
+    SerializeData of this package.
+    """
+    if isinstance(buf, ffi.CData):
+        if size is None:
+            raise TypeError("size is required when buf is a cffi pointer")
+        limit = _check_size(size)
+        ptr = buf
+    elif hasattr(buf, "_cleanse_target"):
+        ptr, limit = buf._cleanse_target()
+    else:
+        if isinstance(buf, (bytes, str)):
+            raise TypeError(f"buf must be a writable buffer, not {type(buf).__name__}")
+        try:
+            ptr = ffi.from_buffer(buf, require_writable=True)
+        except (TypeError, BufferError) as exc:
+            raise TypeError(f"buf must be a writable buffer: {exc}") from None
+        limit = len(ptr)
+    if size is not None and ptr is not buf:
+        size = _check_size(size)
+        if size > limit:
+            raise ValueError(f"size {size} is larger than the buffer ({limit} bytes)")
+        limit = size
+    if limit:
+        lib.bs_memory_cleanse(ptr, limit)
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    return size
+
+
+def _check_alloc_args(size: int, align: int) -> None:
+    _check_size(size)
+    if not isinstance(align, int) or isinstance(align, bool):
+        raise TypeError(f"align must be an int, not {type(align).__name__}")
+    if align <= 0 or align & (align - 1):
+        raise ValueError(f"align must be a power of two, got {align}")
+    if size > MAX_SIZE or align > MAX_ALIGN:
+        raise MemoryError(f"cannot allocate {size} bytes aligned to {align}")
+
+
+@final
+class Block:
+    """Memory from an allocator: reads as zeros when new, wiped when freed or dropped."""
+
+    __slots__ = ("__weakref__", "_allocator", "_owner", "size")
+
+    def __init__(self, allocator: Allocator, owner: Any, size: int) -> None:
+        self._allocator = allocator
+        self._owner: Any = owner
+        self.size = size
+
+    @property
+    def closed(self) -> bool:
+        """True once the block has been freed."""
+        return self._owner is None
+
+    def _live(self) -> Any:
+        owner = self._owner
+        if owner is None:
+            raise ClosedError("block is freed")
+        return owner
+
+    @property
+    def cdata(self) -> Any:
+        """A ``char *`` to the memory; like a C pointer it must not be used after ``free()``."""
+        return ffi.cast("char *", self._live())
+
+    @property
+    def address(self) -> int:
+        """The memory's address as an int."""
+        return int(ffi.cast("uintptr_t", self._live()))
+
+    @contextmanager
+    def view(self) -> Iterator[memoryview]:
+        """A writable memoryview of exactly ``size`` bytes, released when the block ends."""
+        mv = memoryview(ffi.buffer(self._live(), self.size))
+        try:
+            yield mv
+        finally:
+            mv.release()
+
+    def _check_unshared(self) -> None:
+        """BufferError while a view of the memory is exported (it would point at freed memory)."""
+        owner = self._owner
+        if owner is not None and _getrefcount(owner) > _UNSHARED_REFS:
+            raise BufferError("a view of this memory is still exported")
+
+    def free(self) -> None:
+        """Wipe the memory and give it back; idempotent. BufferError while a view is exported."""
+        owner = self._owner
+        if owner is None:
+            return
+        if _getrefcount(owner) > _UNSHARED_REFS:
+            raise BufferError("a view of this memory is still exported")
+        self._owner = None
+        ffi.release(owner)
+
+    def _cleanse_target(self) -> tuple[Any, int]:
+        return self._live(), self.size
+
+    def __enter__(self) -> Block:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        state = "freed" if self._owner is None else f"size={self.size}"
+        return f"<Block {state} from {type(self._allocator).__name__}>"
+
+
+class Allocator:
+    """The protocol both allocators share: ``allocate(size, align)`` and ``deallocate(block)``."""
+
+    __slots__ = ()
+    _alloc: Callable[[int, int], Any]
+    _release: Any
+
+    def allocate(self, size: int, align: int = 16) -> Block:
+        """A new zeroed block of ``size`` bytes aligned to ``align`` (a power of two)."""
+        _check_alloc_args(size, align)
+        raw = type(self)._alloc(size, align)
+        if raw == ffi.NULL:
+            err = ffi.errno
+            if err == 22:  # EINVAL
+                raise ValueError(f"align {align} is not supported")
+            raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
+        return Block(self, ffi.gc(raw, type(self)._release), size)
+
+    def deallocate(self, block: Block) -> None:
+        """Same as ``block.free()``; the block must come from an allocator of this kind."""
+        if not isinstance(block, Block):
+            raise TypeError(f"block must be a Block, not {type(block).__name__}")
+        if type(block._allocator) is not type(self):
+            raise ValueError("block was allocated by another kind of allocator")
+        block.free()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@final
+class SecureAllocator(Allocator):
+    """Locked-pool memory: mlock'd, kept out of core dumps, wiped on free."""
+
+    __slots__ = ()
+    _alloc = staticmethod(lib.bs_pool_alloc)
+    _release = lib.bs_pool_free
+
+
+@final
+class ZeroAfterFreeAllocator(Allocator):
+    """Ordinary heap memory, wiped with memory_cleanse before it is freed."""
+
+    __slots__ = ()
+    _alloc = staticmethod(lib.bs_zaf_alloc)
+    _release = lib.bs_zaf_free
+
+
+class PoolStats(NamedTuple):
+    """Occupancy of the locked pool, in bytes and chunks."""
+
+    used: int
+    free: int
+    total: int
+    locked: int
+    chunks_used: int
+    chunks_free: int
+
+
+def locked_pool_stats() -> PoolStats:
+    """A snapshot of the process-wide locked pool; ``locked`` counts only really locked bytes."""
+    out = ffi.new("bs_pool_stats_t *")
+    lib.bs_pool_get_stats(out)
+    return PoolStats(out.used, out.free, out.total, out.locked, out.chunks_used, out.chunks_free)
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def _bs_mlock_warning(err: int, size: int) -> None:
+    """The pool's first mlock failure: one WARNING per process (the C side calls this once)."""
+    secure_alloc_log.warning(
+        "mlock of %d bytes failed (%s); secure memory is not locked and may be swapped out: "
+        "raise RLIMIT_MEMLOCK (ulimit -l) or grant CAP_IPC_LOCK",
+        size,
+        os.strerror(err),
+    )
+
+
+lib.bs_pool_set_warning_hook(lib._bs_mlock_warning)
