@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, SupportsIndex, final, overload
@@ -44,7 +45,7 @@ class SerializeData(WipingBuffer):
     # -- reading
 
     def _index(self, i: SupportsIndex) -> int:
-        i = i.__index__()
+        i = operator.index(i)
         n = self._len
         if i < 0:
             i += n
@@ -95,14 +96,14 @@ class SerializeData(WipingBuffer):
     def __setitem__(self, key: SupportsIndex | slice, value: Any) -> None:
         self._check()
         if not isinstance(key, slice):
-            if not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError("byte must be in range(0, 256)")
-            self._ptr[self._index(key)] = value
+            self._ptr[self._index(key)] = _check_byte(value)
             return
         start, stop, step = key.indices(self._len)
         # A wiped copy of the value, so that value may be this buffer itself.
         with SerializeData(value) as src:
-            if step != 1:
+            if step != 1 and not src._len:
+                del self[key]  # as bytearray: an empty value deletes an extended slice
+            elif step != 1:
                 with memoryview(self._buffer()) as mv, src._view(readonly=True) as data:
                     mv[key] = data  # extended slices keep their length, as in bytearray
             else:
@@ -132,6 +133,8 @@ class SerializeData(WipingBuffer):
             self._replace(start, max(start, stop), ffi.NULL, 0)
             return
         gone = set(range(start, stop, step))
+        if gone:
+            self._check_resizable()  # before any byte moves
         ptr = self._ptr
         kept = 0
         for i in range(self._len):
@@ -143,8 +146,8 @@ class SerializeData(WipingBuffer):
     def append(self, byte: int) -> None:
         """Add one byte at the end."""
         self._check()
-        if not isinstance(byte, int) or not 0 <= byte <= 255:
-            raise ValueError("byte must be in range(0, 256)")
+        byte = _check_byte(byte)
+        self._check_resizable()
         self._ensure(self._len + 1)
         self._ptr[self._len] = byte
         self._len += 1
@@ -152,6 +155,15 @@ class SerializeData(WipingBuffer):
     def extend(self, data: Any) -> None:
         """Add bytes at the end: any bytes-like object, or an iterable of ints."""
         self._check()
+        if isinstance(data, SerializeData):
+            # Straight from its memory: going through bytes() would leave an unwiped copy.
+            data._check()
+            if data is self:
+                with SerializeData(self) as copy:  # growth would free what is being read
+                    self.extend(copy)
+            elif data._len:
+                self._append(data._ptr, data._len)
+            return
         if isinstance(data, Iterable) and not _is_buffer(data) and not isinstance(data, str):
             data = bytes(data)
         with _as_bytes_like(data, "data") as src:
@@ -188,6 +200,15 @@ class SerializeData(WipingBuffer):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SerializeData, (bytes(self),))
+
+
+def _check_byte(value: Any) -> int:
+    """A byte value, with bytearray's exceptions: TypeError for a non-int, else ValueError."""
+    if not isinstance(value, int):
+        raise TypeError(f"a byte must be an int, not {type(value).__name__}")
+    if not 0 <= value <= 255:
+        raise ValueError("byte must be in range(0, 256)")
+    return value
 
 
 def _is_buffer(obj: object) -> bool:

@@ -322,7 +322,7 @@ BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
     }
     pthread_once(&atfork_once, register_atfork);
     size_t units = size == 0 ? 1 : (size + UNIT - 1) / UNIT;
-    uint32_t align_units = (uint32_t)(align / UNIT);
+    size_t align_units = align / UNIT; /* may exceed 32 bits: compared before narrowing */
     char *out = NULL;
     int err = 0;
     size_t mapped = ARENA_SIZE;
@@ -332,7 +332,7 @@ BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
     } else {
         for (arena *a = pool.arenas; a != NULL && out == NULL; a = a->next) {
             int was_empty = a->chunks_used == 0;
-            uint32_t u = arena_alloc(a, (uint32_t)units, align_units);
+            uint32_t u = arena_alloc(a, (uint32_t)units, (uint32_t)align_units);
             if (u != NONE) {
                 out = (char *)a->base + (size_t)u * UNIT;
                 pool.empty_arenas -= was_empty;
@@ -341,7 +341,8 @@ BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
         if (out == NULL) {
             arena *a = arena_new(&err);
             if (a != NULL) {
-                out = (char *)a->base + (size_t)arena_alloc(a, (uint32_t)units, align_units) * UNIT;
+                out = (char *)a->base +
+                      (size_t)arena_alloc(a, (uint32_t)units, (uint32_t)align_units) * UNIT;
                 pool.empty_arenas--;
             }
         }
