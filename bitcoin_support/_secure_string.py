@@ -60,11 +60,12 @@ class SecureString(WipingBuffer):
         n = src.nbytes
         if not n:
             return
-        p = ffi.from_buffer(src)
-        bad = lib.bs_utf8_valid_prefix(p, n)
+        with ffi.from_buffer(src) as p:  # released even when an exception keeps this frame
+            bad = lib.bs_utf8_valid_prefix(p, n)
+            if bad == n:
+                self._append(p, n)
         if bad != n:
             raise ValueError(f"invalid UTF-8 at byte {bad}")
-        self._append(p, n)
 
     def push_str(self, s: str | bytes | bytearray | memoryview) -> None:
         """Append text (a str, or UTF-8 bytes)."""

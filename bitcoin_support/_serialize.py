@@ -60,7 +60,8 @@ class SerializeData(WipingBuffer):
     def __getitem__(self, key: SupportsIndex | slice) -> int | bytes:
         self._check()
         if isinstance(key, slice):
-            return bytes(self._buffer()[key])
+            with memoryview(self._buffer()) as mv:
+                return mv[key].tobytes()
         return int(self._ptr[self._index(key)])
 
     def __iter__(self) -> Iterator[int]:
@@ -169,7 +170,8 @@ class SerializeData(WipingBuffer):
         with _as_bytes_like(data, "data") as src:
             n = src.nbytes
             if n:
-                self._append(ffi.from_buffer(src), n)
+                with ffi.from_buffer(src) as p:
+                    self._append(p, n)
 
     def __iadd__(self, data: Any) -> SerializeData:
         self.extend(data)
