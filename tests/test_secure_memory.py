@@ -1,0 +1,704 @@
+"""Secure memory (spec section 2): memory_cleanse, the allocators, the blocks and the locked pool."""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import gc
+import glob
+import json
+import mmap
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+)
+from secure_helpers import (
+    ARENA_SIZE,
+    CHILD_PRELUDE,
+    PAGE,
+    has_cap_ipc_lock,
+    mapping_of,
+    no_gc,
+    read_at,
+    run_python,
+    vmlck,
+)
+
+from bitcoin_support import (
+    Block,
+    ClosedError,
+    SecureAllocator,
+    SecureString,
+    SerializeData,
+    ZeroAfterFreeAllocator,
+    ffi,
+    lib,
+    locked_pool_stats,
+    memory_cleanse,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOCATORS = [SecureAllocator(), ZeroAfterFreeAllocator()]
+ALLOCATOR_IDS = ["secure", "zero_after_free"]
+needs_ipc_lock = pytest.mark.skipif(
+    not has_cap_ipc_lock(), reason="this process cannot lock beyond RLIMIT_MEMLOCK"
+)
+
+
+# ---------------------------------------------------------------- memory_cleanse
+
+
+def _mmap_buffer(data: bytes) -> mmap.mmap:
+    m = mmap.mmap(-1, len(data))
+    m.write(data)
+    return m
+
+
+BUFFER_KINDS = {
+    "bytearray": lambda d: bytearray(d),
+    "memoryview": lambda d: memoryview(bytearray(d)),
+    "array": lambda d: array.array("B", d),
+    "array_of_ints": lambda d: array.array("i", d),
+    "mmap": _mmap_buffer,
+    "ctypes": lambda d: (ctypes.c_char * len(d)).from_buffer_copy(d),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BUFFER_KINDS))
+def test_memory_cleanse_wipes_every_writable_buffer(kind: str) -> None:
+    buf = BUFFER_KINDS[kind](b"\xa5" * 64)
+    memory_cleanse(buf)
+    assert bytes(memoryview(buf).cast("B")) == bytes(memoryview(buf).nbytes)
+
+
+@pytest.mark.parametrize("kind", sorted(BUFFER_KINDS))
+def test_memory_cleanse_wipes_only_the_first_size_bytes(kind: str) -> None:
+    buf = BUFFER_KINDS[kind](b"\xa5" * 64)
+    memory_cleanse(buf, 20)
+    assert bytes(memoryview(buf).cast("B")) == bytes(20) + b"\xa5" * 44
+
+
+def test_memory_cleanse_cffi_pointer_needs_a_size() -> None:
+    raw = ffi.new("char[32]", b"\xa5" * 31)
+    with pytest.raises(TypeError, match="size"):
+        memory_cleanse(raw)
+    memory_cleanse(ffi.cast("char *", raw) + 8, 16)
+    assert ffi.buffer(raw)[:] == b"\xa5" * 8 + bytes(16) + b"\xa5" * 7 + b"\x00"
+
+
+def test_memory_cleanse_package_objects() -> None:
+    with SecureAllocator().allocate(48) as block:
+        with block.view() as mv:
+            mv[:] = b"\xa5" * 48
+        memory_cleanse(block, 16)
+        with block.view() as mv:
+            assert bytes(mv) == bytes(16) + b"\xa5" * 32
+        memory_cleanse(block)
+        with block.view() as mv:
+            assert bytes(mv) == bytes(48)
+    with SecureString("correct horse") as s:
+        memory_cleanse(s)
+        assert s.reveal_bytes() == bytes(13)
+    with SerializeData(b"battery staple") as sd:
+        memory_cleanse(sd, 7)
+        assert bytes(sd) == bytes(7) + b" staple"
+
+
+@pytest.mark.parametrize("readonly", [b"secret", "secret", memoryview(b"secret")])
+def test_memory_cleanse_read_only_buffers_are_type_errors(readonly: object) -> None:
+    with pytest.raises(TypeError):
+        memory_cleanse(readonly)
+
+
+def test_memory_cleanse_rejects_non_buffers_and_bad_sizes() -> None:
+    with pytest.raises(TypeError):
+        memory_cleanse(12345)
+    buf = bytearray(b"\xa5" * 8)
+    with pytest.raises(ValueError, match="larger"):
+        memory_cleanse(buf, 9)
+    with pytest.raises(ValueError):
+        memory_cleanse(buf, -1)
+    with pytest.raises(TypeError):
+        memory_cleanse(buf, 2.0)  # type: ignore[arg-type]
+    with SecureAllocator().allocate(8) as block, pytest.raises(ValueError):
+        memory_cleanse(block, 9)
+    assert buf == b"\xa5" * 8
+
+
+def test_memory_cleanse_size_zero_is_a_no_op() -> None:
+    buf = bytearray(b"\xa5" * 8)
+    memory_cleanse(buf, 0)
+    memory_cleanse(bytearray())
+    memory_cleanse(ffi.NULL, 0)
+    assert buf == b"\xa5" * 8
+
+
+def test_memory_cleanse_of_a_closed_block_is_closed_error() -> None:
+    block = SecureAllocator().allocate(8)
+    block.free()
+    with pytest.raises(ClosedError):
+        memory_cleanse(block)
+
+
+def _disassembly(function: str) -> str:
+    (so,) = glob.glob(str(ROOT / "bitcoin_support" / "_native*.so"))
+    out = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(rf"^[0-9a-f]+ <{function}>:\n(.*?)(?:\n\n|\Z)", out, re.S | re.M)
+    assert match, f"{function} not found in {so}"
+    return match.group(1)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+def test_compiled_memory_cleanse_still_stores() -> None:
+    """The optimizer kept the wipe: the shim calls memset (or stores with rep stos)."""
+    body = _disassembly("bs_memory_cleanse")
+    assert re.search(r"(call|jmp)\s+[0-9a-f]+ <(__asan_)?memset(@plt)?>|rep stos", body), body
+
+
+# ---------------------------------------------------------------- allocators and blocks
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4096, 100_000, ARENA_SIZE + 1])
+def test_new_blocks_read_as_zeros_and_view_is_exactly_size(allocator, size: int) -> None:
+    with allocator.allocate(size) as block:
+        assert isinstance(block, Block)
+        assert block.size == size and not block.closed
+        assert int(ffi.cast("uintptr_t", block.cdata)) == block.address
+        with block.view() as mv:
+            assert len(mv) == size and not mv.readonly
+            assert bytes(mv) == bytes(size)
+            mv[:] = b"\xa5" * size
+        with block.view() as mv:
+            assert bytes(mv) == b"\xa5" * size
+    assert block.closed
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_freed_memory_comes_back_as_zeros(allocator) -> None:
+    for _ in range(50):
+        with allocator.allocate(64) as block, block.view() as mv:
+            assert bytes(mv) == bytes(64)
+            mv[:] = b"\xa5" * 64
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_free_is_idempotent_and_use_after_free_is_closed_error(allocator) -> None:
+    block = allocator.allocate(32)
+    block.free()
+    block.free()
+    allocator.deallocate(block)
+    assert block.closed
+    for use in (
+        lambda: block.address,
+        lambda: block.cdata,
+        lambda: block.view().__enter__(),
+    ):
+        with pytest.raises(ClosedError):
+            use()
+    assert "freed" in repr(block)
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_deallocate_frees(allocator) -> None:
+    block = allocator.allocate(32)
+    allocator.deallocate(block)
+    assert block.closed
+
+
+def test_deallocate_with_the_wrong_allocator_is_refused() -> None:
+    with SecureAllocator().allocate(32) as block:
+        with pytest.raises(ValueError, match="another"):
+            ZeroAfterFreeAllocator().deallocate(block)
+        assert not block.closed
+    with pytest.raises(TypeError):
+        SecureAllocator().deallocate(bytearray(4))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_bad_arguments(allocator) -> None:
+    with pytest.raises(ValueError):
+        allocator.allocate(-1)
+    for align in (0, -16, 3, 24, 48):
+        with pytest.raises(ValueError, match="power of two"):
+            allocator.allocate(16, align)
+    with pytest.raises(TypeError):
+        allocator.allocate(1.5)
+    with pytest.raises(TypeError):
+        allocator.allocate(16, "16")
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+@pytest.mark.parametrize("size", [2**62, sys.maxsize, 2**64])
+def test_huge_sizes_are_memory_errors(allocator, size: int) -> None:
+    before = locked_pool_stats()
+    with pytest.raises(MemoryError):
+        allocator.allocate(size)
+    assert locked_pool_stats() == before
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+@pytest.mark.parametrize("align", [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 65536])
+def test_alignment_is_honoured(allocator, align: int) -> None:
+    blocks = [allocator.allocate(size, align) for size in (1, 40, 5000)]
+    try:
+        for block in blocks:
+            assert block.address % max(align, 16) == 0
+    finally:
+        for block in blocks:
+            block.free()
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_free_while_a_view_is_exported_is_buffer_error(allocator) -> None:
+    block = allocator.allocate(32)
+    with block.view() as mv:
+        with pytest.raises(BufferError):
+            block.free()
+        mv[0] = 1  # still valid memory
+    assert not block.closed
+    block.free()
+    assert block.closed
+
+
+def test_a_view_that_escapes_its_with_block_is_released() -> None:
+    with SecureAllocator().allocate(16) as block:
+        with block.view() as mv:
+            pass
+        with pytest.raises(ValueError):
+            mv[0]
+
+
+def test_finalizer_wipes_a_dropped_secure_block() -> None:
+    allocator = SecureAllocator()
+    with no_gc():
+        # The pool only unmaps an arena when it is empty (beyond one spare) and stats.total
+        # would then drop; the pin keeps this arena in use, and with gc off no other finalizer
+        # runs meanwhile, so the dropped block's address stays mapped and readable after free.
+        block = allocator.allocate(64)
+        pin = allocator.allocate(64)
+        with block.view() as mv:
+            mv[:] = b"\xa5" * 64
+        addr = block.address
+        before = locked_pool_stats()
+        del block  # last reference: the cffi finalizer gives the chunk back, wiped
+        after = locked_pool_stats()
+        assert after.chunks_used == before.chunks_used - 1
+        assert after.total == before.total
+        assert read_at(addr, 64) == bytes(64)
+        pin.free()
+
+
+def test_finalizer_wipes_a_dropped_heap_block() -> None:
+    with no_gc():
+        # A small malloc'd block stays in the heap (glibc unmaps only huge ones); the allocator
+        # may write its free-list links into the first bytes, and another allocation may take
+        # the chunk, but the pattern itself must be gone.
+        block = ZeroAfterFreeAllocator().allocate(512)
+        with block.view() as mv:
+            mv[:] = b"\xa5" * 512
+        addr = block.address
+        del block
+        assert b"\xa5" * 16 not in read_at(addr, 512)
+
+
+def test_allocators_compare_by_kind() -> None:
+    assert SecureAllocator() == SecureAllocator()
+    assert SecureAllocator() != ZeroAfterFreeAllocator()
+    assert len({SecureAllocator(), SecureAllocator()}) == 1
+
+
+# ---------------------------------------------------------------- the locked pool
+
+
+def _expected_used(size: int, align: int) -> tuple[int, bool]:
+    """Bytes the pool books for a request, and whether it gets a dedicated mapping."""
+    units = max(1, -(-size // 16))
+    align_units = max(align, 16) // 16
+    if size > ARENA_SIZE or units + align_units - 1 > ARENA_SIZE // 16:
+        slack = align if align > PAGE else 0
+        return -(-(size + slack) // PAGE) * PAGE, True
+    return units * 16, False
+
+
+VMLCK_CHILD = (
+    CHILD_PRELUDE
+    + r"""
+steps = [[vmlck(), locked_pool_stats().locked]]
+keep = []
+for n in (32, 100_000, 200_000, 200_000, 1 << 20):
+    keep.append(SecureAllocator().allocate(n))
+    steps.append([vmlck(), locked_pool_stats().locked])
+keep.pop().free()
+steps.append([vmlck(), locked_pool_stats().locked])
+print(json.dumps(steps))
+"""
+)
+
+
+@needs_ipc_lock
+def test_vmlck_rises_with_locked_allocations_and_matches_stats() -> None:
+    steps = json.loads(run_python(VMLCK_CHILD).stdout)
+    assert steps[0] == [0, 0]
+    for vm, locked in steps:
+        assert vm == locked
+    locked = [s[1] for s in steps]
+    # 32 B opens an arena; 100 kB fits in it; each 200 kB needs a new arena; 1 MiB is dedicated.
+    assert locked[1:6] == [
+        ARENA_SIZE,
+        ARENA_SIZE,
+        2 * ARENA_SIZE,
+        3 * ARENA_SIZE,
+        3 * ARENA_SIZE + (1 << 20),
+    ]
+    assert locked[6] == 3 * ARENA_SIZE
+
+
+@needs_ipc_lock
+def test_arena_mapping_is_locked_and_kept_out_of_core_dumps() -> None:
+    with SecureAllocator().allocate(32) as block:
+        smaps = mapping_of(block.address)
+        assert smaps is not None
+        flags = smaps["VmFlags"].split()
+        assert "lo" in flags and "dd" in flags, smaps["VmFlags"]
+        assert int(smaps["Locked"].split()[0]) * 1024 >= ARENA_SIZE
+
+
+@needs_ipc_lock
+def test_a_request_larger_than_an_arena_gets_its_own_locked_mapping() -> None:
+    size = 3 * ARENA_SIZE + 5
+    mapped = -(-size // PAGE) * PAGE
+    with no_gc():
+        before = locked_pool_stats()
+        vm_before = vmlck()
+        block = SecureAllocator().allocate(size)
+        during = locked_pool_stats()
+        assert during.total - before.total == mapped
+        assert during.used - before.used == mapped
+        assert during.locked - before.locked == mapped
+        assert during.free == before.free
+        assert during.chunks_used == before.chunks_used + 1
+        assert vmlck() - vm_before == mapped
+        smaps = mapping_of(block.address)
+        assert smaps is not None and {"lo", "dd"} <= set(smaps["VmFlags"].split())
+        with block.view() as mv:
+            mv[-1] = 0xA5
+        addr = block.address
+        block.free()
+        assert locked_pool_stats() == before
+        assert vmlck() == vm_before
+        gone = mapping_of(addr)
+        assert gone is None or "lo" not in gone["VmFlags"].split()
+
+
+def test_double_free_and_foreign_pointers_are_refused_without_damage() -> None:
+    pin = lib.bs_pool_alloc(64, 16)
+    victim = lib.bs_pool_alloc(64, 16)
+    big = lib.bs_pool_alloc(ARENA_SIZE * 2, 16)
+    assert pin != ffi.NULL and victim != ffi.NULL and big != ffi.NULL
+    ffi.memmove(pin, b"\xa5" * 64, 64)
+    assert lib.bs_pool_free(victim) == 0
+    before = locked_pool_stats()
+    heap = ffi.new("char[64]")
+    for bad in (victim, pin + 16, pin + 1, pin + 63, big + 16, heap, ffi.NULL):
+        assert lib.bs_pool_free(bad) == -1
+    assert locked_pool_stats() == before
+    assert ffi.buffer(pin, 64)[:] == b"\xa5" * 64
+    again = lib.bs_pool_alloc(64, 16)  # the books still work
+    assert ffi.buffer(again, 64)[:] == bytes(64)
+    for p in (again, pin, big):
+        assert lib.bs_pool_free(p) == 0
+    assert lib.bs_pool_free(big) == -1
+
+
+def test_empty_arenas_are_released_beyond_one_spare() -> None:
+    allocator = SecureAllocator()
+    with no_gc():
+        before = locked_pool_stats()
+        whole = [allocator.allocate(ARENA_SIZE) for _ in range(3)]  # one arena each
+        full = locked_pool_stats()
+        assert full.used - before.used == 3 * ARENA_SIZE
+        for block in whole:
+            block.free()
+        after = locked_pool_stats()
+        assert full.total - after.total == 2 * ARENA_SIZE  # two released, one spare kept
+        assert after.used == before.used
+        with allocator.allocate(ARENA_SIZE):
+            assert locked_pool_stats().total == after.total  # the spare is reused
+
+
+def test_freed_chunk_in_a_live_arena_reads_back_as_zeros() -> None:
+    with no_gc():
+        # The pin keeps the arena in use, so the freed chunk stays mapped (total unchanged).
+        victim = lib.bs_pool_alloc(256, 16)
+        pin = lib.bs_pool_alloc(16, 16)
+        ffi.memmove(victim, b"\xa5" * 256, 256)
+        addr = int(ffi.cast("uintptr_t", victim))
+        total = locked_pool_stats().total
+        assert lib.bs_pool_free(victim) == 0
+        assert locked_pool_stats().total == total
+        assert read_at(addr, 256) == bytes(256)
+        assert lib.bs_pool_free(pin) == 0
+
+
+SECRETS_CHILD = (
+    CHILD_PRELUDE
+    + r"""
+allocator = SecureAllocator()
+secrets = [allocator.allocate(32) for _ in range(100_000)]
+s = locked_pool_stats()
+print(json.dumps(dict(stats=s._asdict(), vmlck=vmlck(), records=records, cap=cap_ipc_lock(),
+                      distinct=len({b.address for b in secrets}))))
+"""
+)
+
+
+def test_100000_secrets_fit_and_are_all_locked_without_cap_ipc_lock() -> None:
+    out = json.loads(run_python(SECRETS_CHILD, memlock_kib=8192, drop_ipc_lock=True).stdout)
+    assert out["cap"] is False
+    stats = out["stats"]
+    assert out["distinct"] == 100_000
+    assert stats["used"] == 100_000 * 32 and stats["chunks_used"] == 100_000
+    assert stats["total"] <= 8 * 1024 * 1024
+    assert stats["locked"] == stats["total"] == out["vmlck"]
+    assert out["records"] == []
+
+
+LOW_LIMIT_CHILD = (
+    CHILD_PRELUDE
+    + r"""
+allocator = SecureAllocator()
+keep = [allocator.allocate(200_000) for _ in range(3)]  # three arenas
+keep.append(allocator.allocate(300_000))  # a dedicated mapping
+victim = allocator.allocate(64)
+pin = allocator.allocate(64)  # same arena as victim: it stays mapped
+with victim.view() as mv:
+    mv[:] = b"\xa5" * 64
+addr = victim.address
+victim.free()
+wiped = bytes(ffi.buffer(ffi.cast("char *", addr), 64)) == bytes(64)
+print(json.dumps(dict(stats=locked_pool_stats()._asdict(), vmlck=vmlck(), records=records,
+                      cap=cap_ipc_lock(), wiped=wiped)))
+"""
+)
+
+
+@pytest.mark.parametrize(("limit_kib", "lockable_arenas"), [(0, 0), (64, 0), (300, 1)])
+def test_mlock_failure_still_allocates_warns_once_and_wipes(
+    limit_kib: int, lockable_arenas: int
+) -> None:
+    proc = run_python(LOW_LIMIT_CHILD, memlock_kib=limit_kib, drop_ipc_lock=True)
+    out = json.loads(proc.stdout)
+    assert out["cap"] is False
+    stats = out["stats"]
+    assert stats["chunks_used"] == 5
+    assert stats["total"] == 3 * ARENA_SIZE + -(-300_000 // PAGE) * PAGE
+    assert stats["locked"] == lockable_arenas * ARENA_SIZE == out["vmlck"]
+    assert len(out["records"]) == 1, out["records"]
+    level, message = out["records"][0]
+    assert level == "WARNING" and "RLIMIT_MEMLOCK" in message
+    assert out["wiped"] is True
+    assert "mlock" not in proc.stderr  # no second report through the C fallback
+
+
+FORK_CHILD = (
+    CHILD_PRELUDE
+    + r"""
+import os, traceback
+allocator = SecureAllocator()
+secret = allocator.allocate(32)
+with secret.view() as mv:
+    mv[:] = bytes(range(32))
+pid = os.fork()
+if pid == 0:
+    try:
+        with secret.view() as mv:
+            assert bytes(mv) == bytes(range(32)), "the child has a copy of the parent's secret"
+        for _ in range(100):
+            blocks = [allocator.allocate(n) for n in (16, 1000, 70_000, 300_000)]
+            for b in blocks:
+                with b.view() as mv:
+                    assert not any(mv)
+                b.free()
+        s = locked_pool_stats()
+        assert s.used == 32 and s.chunks_used == 1, s
+        assert vmlck() == s.locked, (vmlck(), s)
+        secret.free()
+        assert locked_pool_stats().used == 0
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+with secret.view() as mv:
+    intact = bytes(mv) == bytes(range(32))
+print(json.dumps(dict(child=os.waitstatus_to_exitcode(status), intact=intact,
+                      used=locked_pool_stats().used)))
+"""
+)
+
+
+def test_fork_child_uses_the_pool_and_sees_copies_of_the_parents_secrets() -> None:
+    proc = run_python(FORK_CHILD)
+    out = json.loads(proc.stdout)
+    assert out == {"child": 0, "intact": True, "used": 32}, proc.stderr
+
+
+# ---------------------------------------------------------------- model-based test of the pool
+
+
+def _pattern(tag: int, size: int) -> bytes:
+    seed = tag.to_bytes(8, "little")
+    return (seed * (size // 8 + 1))[:size]
+
+
+SIZES = st.one_of(
+    st.integers(0, 64),
+    st.integers(65, 4096),
+    st.integers(4097, ARENA_SIZE),
+    st.integers(ARENA_SIZE + 1, ARENA_SIZE + 3 * PAGE),
+)
+ALIGNS = st.sampled_from([1, 16, 32, 64, 256, 4096, 8192, 65536])
+
+
+class LockedPoolMachine(RuleBasedStateMachine):
+    """The pool against a model: what is live, what it should book, what each block holds."""
+
+    blocks = Bundle("blocks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        gc.collect()
+        self.allocator = SecureAllocator()
+        self.base = locked_pool_stats()
+        self.live: dict[int, tuple[Block, bytes, int]] = {}
+        self.tags = 0
+
+    @rule(target=blocks, size=SIZES, align=ALIGNS)
+    def allocate(self, size: int, align: int) -> int:
+        block = self.allocator.allocate(size, align)
+        assert block.address % max(align, 16) == 0
+        self.tags += 1
+        pattern = _pattern(self.tags, size)
+        with block.view() as mv:
+            assert len(mv) == size and not any(mv)
+            mv[:] = pattern
+        self.live[self.tags] = (block, pattern, _expected_used(size, align)[0])
+        return self.tags
+
+    @rule(tag=consumes(blocks))
+    def free(self, tag: int) -> None:
+        block, pattern, _ = self.live.pop(tag)
+        with block.view() as mv:
+            assert bytes(mv) == pattern
+        block.free()
+        block.free()
+
+    @invariant()
+    def stats_match_the_model(self) -> None:
+        s = locked_pool_stats()
+        assert s.used - self.base.used == sum(used for _, _, used in self.live.values())
+        assert s.chunks_used - self.base.chunks_used == len(self.live)
+        assert s.total == s.used + s.free
+        if has_cap_ipc_lock():
+            assert s.locked == s.total
+
+    @invariant()
+    def blocks_do_not_overlap(self) -> None:
+        spans = sorted((b.address, b.address + max(b.size, 1)) for b, _, _ in self.live.values())
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert end <= start
+
+    def teardown(self) -> None:
+        for block, pattern, _ in self.live.values():
+            with block.view() as mv:
+                assert bytes(mv) == pattern
+            block.free()
+        s = locked_pool_stats()
+        assert (s.used, s.chunks_used) == (self.base.used, self.base.chunks_used)
+
+
+LockedPoolMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_locked_pool_model = LockedPoolMachine.TestCase
+
+
+def test_locked_pool_four_thread_stress() -> None:
+    gc.collect()
+    base = locked_pool_stats()
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        allocator = SecureAllocator()
+        live: list[tuple[Block, bytes]] = []
+        try:
+            for step in range(2500):
+                if live and (len(live) > 60 or rng.random() < 0.45):
+                    block, pattern = live.pop(rng.randrange(len(live)))
+                    with block.view() as mv:
+                        assert bytes(mv) == pattern
+                    block.free()
+                else:
+                    size = rng.choice((rng.randrange(1, 64), rng.randrange(64, 3000)))
+                    block = allocator.allocate(size, rng.choice((16, 64, 1024)))
+                    pattern = _pattern(seed << 32 | step, size)
+                    with block.view() as mv:
+                        assert not any(mv)
+                        mv[:] = pattern
+                    live.append((block, pattern))
+            for block, pattern in live:
+                with block.view() as mv:
+                    assert bytes(mv) == pattern
+                block.free()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    s = locked_pool_stats()
+    assert (s.used, s.chunks_used) == (base.used, base.chunks_used)
+    assert s.total == s.used + s.free
+    assert s.total - base.total <= ARENA_SIZE  # at most the kept spare beyond the start
+
+
+def test_locked_pool_stats_is_a_named_tuple() -> None:
+    s = locked_pool_stats()
+    assert s._fields == ("used", "free", "total", "locked", "chunks_used", "chunks_free")
+    assert all(isinstance(v, int) and v >= 0 for v in s)
+
+
+def test_bare_c_entry_points_agree_with_the_pool() -> None:
+    p = lib.bs_secure_allocate(40)
+    assert p != ffi.NULL and int(ffi.cast("uintptr_t", p)) % 16 == 0
+    assert ffi.buffer(ffi.cast("char *", p), 40)[:] == bytes(40)
+    before = locked_pool_stats()
+    lib.bs_secure_deallocate(p)
+    lib.bs_secure_deallocate(ffi.NULL)
+    assert locked_pool_stats().chunks_used == before.chunks_used - 1
+
