@@ -1,4 +1,4 @@
-"""Secure memory (spec section 2): memory_cleanse, the allocators, the blocks and the locked pool."""
+"""Secure memory (spec section 2): memory_cleanse, allocators, blocks and the locked pool."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import array
 import ctypes
 import gc
 import glob
+import itertools
 import json
 import mmap
-import os
 import random
 import re
 import shutil
@@ -623,7 +623,7 @@ class LockedPoolMachine(RuleBasedStateMachine):
     @invariant()
     def blocks_do_not_overlap(self) -> None:
         spans = sorted((b.address, b.address + max(b.size, 1)) for b, _, _ in self.live.values())
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start
 
     def teardown(self) -> None:
@@ -701,4 +701,3 @@ def test_bare_c_entry_points_agree_with_the_pool() -> None:
     lib.bs_secure_deallocate(p)
     lib.bs_secure_deallocate(ffi.NULL)
     assert locked_pool_stats().chunks_used == before.chunks_used - 1
-
