@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["build_ffi.py:ffibuilder"])
+setup(cffi_modules=["build_ffi.py:ffibuilder", "build_embed.py:embedbuilder"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._errors import ClosedError as ClosedError
 from ._errors import DummyHandleError as DummyHandleError
+from ._interop import embed_library_path as embed_library_path
+from ._interop import get_include as get_include
 from ._log import TRACE as TRACE
 from ._native import ffi as ffi
 from ._native import lib as lib
@@ -29,7 +31,9 @@ __all__ = [
     "SerializeData",
     "ZeroAfterFreeAllocator",
     "align_up",
+    "embed_library_path",
     "ffi",
+    "get_include",
     "get_unique_path",
     "lib",
     "locked_pool_stats",

@@ -1,0 +1,109 @@
+"""Build script of the embeddable library ``bitcoin_support/_embed*.so`` (cffi embedding mode).
+
+A C host links this library and calls the functions of ``bitcoin_support.h``:
+
+- the secure-memory API (``bs_memory_cleanse``, ``bs_secure_allocate``, ``bs_secure_deallocate``),
+  compiled in from ``cdefs/secure.c`` and usable without starting Python;
+- ``bs_python_attach`` (``cdefs/embed/attach.c``), which starts Python when needed and then calls
+  the cffi embedding API function declared in ``cdefs/embed/embed.h``, implemented in Python by
+  ``bitcoin_support._attach``.
+
+The library is linked against libpython with an rpath to its folder, so a host needs nothing but
+this library. The python running the build is baked in (``BS_BUILD_EXECUTABLE``) as the fallback
+way to find the environment when the library is not inside a ``site-packages`` folder (editable
+installs). Compiler switches match ``build_ffi.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+CDEFS = HERE / "cdefs"
+EMBED = CDEFS / "embed"
+INCLUDE = HERE / "bitcoin_support" / "include"
+MODULE = "bitcoin_support._embed"
+
+# Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
+INIT_CODE = """
+from bitcoin_support._embed import ffi
+from bitcoin_support._attach import attach
+
+
+@ffi.def_extern()
+def _bs_embed_attach(base, module, function, result):
+    result[0] = attach(ffi, base, module, function)
+"""
+
+
+def c_string(text: str) -> str:
+    """``text`` as a C string literal (for a -D define)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _build_flags() -> tuple[list[str], list[str]]:
+    # Reuse build_ffi's flag logic (pkg-config check, warnings, sanitizer switch) without
+    # importing it as a package: it is a script beside this one.
+    sys.path.insert(0, str(HERE))
+    try:
+        import build_ffi
+    finally:
+        sys.path.remove(str(HERE))
+    return build_ffi.compile_args(), build_ffi.link_args()
+
+
+def python_library() -> tuple[str, list[str]]:
+    """libpython's name for ``-l`` and its folder. cffi adds these itself only in
+    ``ffi.compile()``, not through setuptools, and the library must depend on libpython."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+    libdir = sysconfig.get_config_var("LIBDIR")
+    return version, [libdir] if libdir else []
+
+
+def link_args() -> list[str]:
+    """rpath to libpython's folder, and an soname equal to the file name setuptools gives it."""
+    args = [f"-Wl,-soname,_embed{sysconfig.get_config_var('EXT_SUFFIX')}"]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        args.append(f"-Wl,-rpath,{libdir}")
+    return args
+
+
+compile_args, sanitize_link = _build_flags()
+pythonlib, pythonlib_dirs = python_library()
+
+embedbuilder = FFI()
+embedbuilder.embedding_api((EMBED / "embed.h").read_text())
+embedbuilder.embedding_init_code(INIT_CODE)
+embedbuilder.set_source(
+    MODULE,
+    '#include "bitcoin_support.h"\n',
+    sources=[str(p.relative_to(HERE)) for p in (CDEFS / "secure.c", EMBED / "attach.c")],
+    include_dirs=[str(INCLUDE), str(CDEFS / "private")],
+    define_macros=[("BS_BUILD_EXECUTABLE", c_string(sys.executable))],
+    # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
+    # attach.c turns the warning back into an error for itself (secure.c is held to the full
+    # set by build_ffi.py, which compiles it into _native).
+    extra_compile_args=["-pthread", *compile_args, "-Wno-unused-parameter"],
+    extra_link_args=["-pthread", *link_args(), *sanitize_link],
+    libraries=[pythonlib, "dl"],
+    library_dirs=pythonlib_dirs,
+    # attach.c uses PyConfig, which the limited API lacks; the library is tied to this Python.
+    py_limited_api=False,
+)
+
+if __name__ == "__main__":
+    # Builds this library alone, in place (setup.py builds both modules).
+    import os
+
+    from setuptools import setup
+
+    os.chdir(HERE)
+    setup(
+        script_args=["-q", "build_ext", "--inplace"],
+        cffi_modules=["build_embed.py:embedbuilder"],
+    )
