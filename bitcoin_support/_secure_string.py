@@ -181,7 +181,7 @@ class SecureString(WipingBuffer):
                     lib.bs_memory_cleanse(s._ptr + s._len, 1)
                     break
                 s._len += 1
-            bad = lib.bs_utf8_valid_prefix(s._ptr, s._len)
+            bad = lib.bs_utf8_valid_prefix(ffi.cast("unsigned char *", s._ptr), s._len)
             if bad != s._len:
                 raise ValueError(f"the passphrase is not valid UTF-8 (byte {bad})")
         except BaseException:
