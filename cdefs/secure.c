@@ -249,6 +249,7 @@ static arena *arena_new(int *err)
         return NULL;
     }
     memset(a->state, 0, sizeof a->state);
+    memset(a->head, 0xFF, sizeof a->head); /* arena_free reads head[u - 1] before trusting it */
     memset(a->bins, 0xFF, sizeof a->bins);
     a->used_units = a->chunks_used = a->chunks_free = 0;
     set_free(a, 0, ARENA_UNITS);
