@@ -293,6 +293,7 @@ class EvHttpRequest:
         "_arg",
         "_cb",
         "_conn",
+        "_gone",
         "_handle",
         "_http",
         "_id",
@@ -373,6 +374,11 @@ class EvHttpRequest:
             lib.bs_http_req_release(rec)
         finally:
             self._after_close()
+
+    def _on_gone(self, cb: Callable[[], object] | None) -> None:
+        """Private hook (``trio_guest.serve_http``): ``cb()`` runs once if the connection of this
+        deferred server request closes before the reply is complete (after the request closed)."""
+        self._gone = cb
 
     def _released(self) -> None:
         """Python's ownership of the record ended in C (reply complete): close the wrapper."""
@@ -1008,6 +1014,10 @@ def _bs_http_on_gone(handle: Any) -> None:
         rec.py = _NULL
         lib.bs_http_req_release(rec)
         req._after_close()
+    gone = getattr(req, "_gone", None)  # set only through _on_gone()
+    if gone is not None:
+        req._gone = None
+        gone()
 
 
 # ---------------------------------------------------------------------------------------------
