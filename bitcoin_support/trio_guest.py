@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import outcome
 import trio
 
+from ._errors import ClosedError
 from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, obtain_event
-
-if TYPE_CHECKING:
-    EvHttp = Any
-    EvHttpRequest = Any
+from ._http import EvHttp, EvHttpRequest
 
 __all__ = ["run", "serve_http", "start", "wait_event"]
 
@@ -177,13 +174,90 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
     as 200 with that body. An exception in the handler is logged at ERROR on
     ``bitcoin_support.http`` and answered with 500; a handler that returns ``None`` without
     replying also gets 500. When the client disconnects before the reply, the handler's task is
-    cancelled (the request is closed; nothing is sent). When ``serve_http`` itself is
-    cancelled, the handlers still running are cancelled and their clients get 503.
+    cancelled (the request is closed by then; nothing is sent). When ``serve_http`` itself is
+    cancelled, the handlers still running are cancelled and their clients get 503; requests
+    arriving afterwards get 503 too, until another callback is set.
 
-    Installs the server's generic callback for its duration; paths set with ``set_cb`` keep
-    their own callbacks.
+    ``evhttp`` must be on the base trio runs on. Installs the server's generic callback for its
+    duration; paths set with ``set_cb`` keep their own callbacks.
     """
-    raise NotImplementedError  # filled in below once the evhttp layer is available
+    if not isinstance(evhttp, EvHttp):
+        raise TypeError(f"serve_http: evhttp must be an EvHttp, not {_type_name(evhttp)}")
+    if not callable(handler):
+        raise TypeError(f"serve_http: handler must be callable, not {_type_name(handler)}")
+    token = trio.lowlevel.current_trio_token()
+    trio_thread = threading.get_ident()
+    async with trio.open_nursery() as nursery:
+
+        def on_request(req: EvHttpRequest, _arg: object) -> None:
+            # A libevent callback, between trio ticks on trio's thread: starting a task from here
+            # is allowed in guest mode. Returning without a reply defers the request; the evhttp
+            # layer holds it until the task answers it or the connection closes.
+            if threading.get_ident() == trio_thread:
+                nursery.start_soon(_serve_one, req, handler)
+            else:  # an evhttp on another thread's base: hand over through trio's token
+                token.run_sync_soon(nursery.start_soon, _serve_one, req, handler)
+
+        evhttp.set_gencb(on_request)
+        try:
+            await trio.sleep_forever()
+        finally:
+            # Requests from now on find no nursery: answer them 503 until someone else serves.
+            try:
+                evhttp.set_gencb(_unavailable)
+            except ClosedError:
+                pass
 
 
-_ = (deque, threading)
+def _unavailable(req: EvHttpRequest, _arg: object) -> None:
+    req.send_error(503)
+
+
+async def _serve_one(
+    req: EvHttpRequest, handler: Callable[[EvHttpRequest], Awaitable[Any]]
+) -> None:
+    """A request's task: run the handler, send what it returned; cancelled if the client leaves."""
+    with trio.CancelScope() as gone_scope:
+        if req.closed:  # the client left before the task started
+            return
+        # The evhttp layer calls this when the connection closes before the reply is complete;
+        # the request is closed by then, so the cancelled handler cannot answer it.
+        req._on_gone(gone_scope.cancel)
+        try:
+            result = await handler(req)
+        except Exception as exc:
+            _http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
+            _answer_error(req, 500)
+            return
+        except BaseException:
+            _answer_error(req, 503)  # serve_http cancelled (or KeyboardInterrupt): shutting down
+            raise
+        finally:
+            req._on_gone(None)
+        if req.closed:  # answered by the handler
+            return
+        if result is None:
+            _http_log.error(
+                "serve_http: handler returned None without replying (request id=%d)", req.id
+            )
+            _answer_error(req, 500)
+            return
+        try:
+            req.send_reply(200, body=result)
+        except (TypeError, ValueError) as exc:
+            _http_log.error(
+                "serve_http: handler returned %s, not a bytes-like body (request id=%d)",
+                _type_name(result),
+                req.id,
+                exc_info=exc,
+            )
+            _answer_error(req, 500)
+
+
+def _answer_error(req: EvHttpRequest, code: int) -> None:
+    """Answer ``code`` unless the request is already answered or its client gone."""
+    if not req.closed:
+        try:
+            req.send_error(code)
+        except (ClosedError, RuntimeError):
+            pass  # the handler started a reply, or the connection closed meanwhile
