@@ -788,11 +788,12 @@ class EvHttp(Handle):
     the client gets 500 if nothing was sent; the server keeps serving.
     """
 
-    __slots__ = ("_base", "_pending", "_routes", "_running")
+    __slots__ = ("_base", "_bound", "_pending", "_routes", "_running")
 
     _kind = "EvHttp"
 
     _base: EventBase
+    _bound: list[Any]
     _pending: set[EvHttpRequest]
     _routes: dict[str | None, object]
     _running: int
@@ -807,6 +808,7 @@ class EvHttp(Handle):
         self._base = base
         self._pending = set()
         self._routes = {}
+        self._bound = []
         self._running = 0
         self._init_handle(rec, dummy=base.dummy, parent=base)
 
@@ -827,6 +829,7 @@ class EvHttp(Handle):
                 req.close()
         self._pending.clear()
         self._routes.clear()
+        self._bound.clear()
 
     # -- sockets
 
@@ -840,6 +843,7 @@ class EvHttp(Handle):
         if bound == _NULL:
             err = ffi.errno or errno.EADDRNOTAVAIL
             raise OSError(err, f"EvHttp.bind: cannot listen on {host}:{port}: {os.strerror(err)}")
+        self._bound.append(bound)
         return _sock_port(int(lib.evhttp_bound_socket_get_fd(bound)))
 
     def accept_socket(self, sock: socket.socket | int) -> int:
@@ -859,12 +863,21 @@ class EvHttp(Handle):
         dup = os.dup(fd)
         try:
             os.set_blocking(dup, False)
-            if lib.evhttp_accept_socket_with_handle(http, dup) == _NULL:
+            bound = lib.evhttp_accept_socket_with_handle(http, dup)
+            if bound == _NULL:
                 raise OSError(ffi.errno, "EvHttp.accept_socket: libevent refused the socket")
         except BaseException:
             os.close(dup)
             raise
+        self._bound.append(bound)
         return _sock_port(dup)
+
+    def stop_accepting(self) -> None:
+        """Close every listening socket; connections already open keep being served."""
+        http = self._http("stop_accepting")
+        bound, self._bound = self._bound, []
+        for b in bound:
+            lib.evhttp_del_accept_socket(http, b)
 
     # -- callbacks
 
@@ -1144,4 +1157,3 @@ def _bs_http_on_response(handle: Any) -> None:
 def obtain_evhttp_connection_base(base: EventBase, host: str, port: int) -> EvHttpConnection:
     """A client connection to ``host:port`` on ``base`` (a dummy on a dummy base)."""
     return EvHttpConnection(base, host, port)
-

@@ -20,6 +20,7 @@ struct evhttp_bound_socket *evhttp_bind_socket_with_handle(struct evhttp *http,
                                                            const char *address, uint16_t port);
 struct evhttp_bound_socket *evhttp_accept_socket_with_handle(struct evhttp *http, int fd);
 int evhttp_bound_socket_get_fd(struct evhttp_bound_socket *bound);
+void evhttp_del_accept_socket(struct evhttp *http, struct evhttp_bound_socket *bound);
 int evhttp_set_cb(struct evhttp *http, const char *path,
                   void (*cb)(struct evhttp_request *, void *), void *cb_arg);
 int evhttp_del_cb(struct evhttp *http, const char *path);

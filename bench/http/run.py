@@ -1,0 +1,208 @@
+"""HTTP echo benchmark: the package's echo server against C evhttp and Python servers.
+
+    .venv/bin/python bench/http/run.py [--duration 5] [--repeats 3] [--only NAME ...]
+
+Each server runs pinned to CPU 0 (taskset), wrk runs on CPU 1 with ``-t1 -c50``; every round
+measures a 64-byte POST and a GET against every server in turn (interleaved, so that a noisy
+neighbour hurts all of them alike), and the table gives the median req/s of the rounds and the
+ratios the issue sets targets for, all from the same run. Only 127.0.0.1 is used; every process
+is bounded by timeouts and stopped by its PID. The Python competitors come from the ``bench``
+extra of pyproject.toml, installed here when missing (never by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PY = sys.executable
+POST_LUA = """wrk.method = "POST"
+wrk.body = string.rep("x", 64)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+TARGETS = [  # (server, reference, minimum ratio)
+    ("bitcoin_support", "c-evhttp-default", 1.0),
+    ("bitcoin_support", "c-evhttp-tuned", 0.9),
+    ("bitcoin_support", "aiohttp", 2.5),
+    ("bitcoin_support", "trio+h11", 5.0),
+]
+
+
+def ensure_bench_deps() -> None:
+    """Install the ``bench`` extra's packages into this interpreter if one is missing."""
+    wanted = {"aiohttp": "aiohttp", "uvloop": "uvloop", "httptools": "httptools", "h11": "h11"}
+    wanted["trio"] = "trio"
+    if all(importlib.util.find_spec(m) for m in wanted):
+        return
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["bench"]
+    print(f"installing the bench extra: {' '.join(extra)}", flush=True)
+    subprocess.run([PY, "-m", "pip", "install", "-q", *extra], check=True, timeout=900)
+
+
+def build_c_echo(tmp: Path) -> Path:
+    """Compile bench/http/c_echo.c against the system libevent."""
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "libevent"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    out = tmp / "c_echo"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(out), str(HERE / "c_echo.c"), *flags],
+        check=True,
+        timeout=120,
+    )
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def servers(c_echo: Path) -> dict[str, list[str]]:
+    """Name -> command line with a ``{port}`` placeholder."""
+    return {
+        "c-evhttp-default": [str(c_echo), "{port}"],
+        "c-evhttp-tuned": [str(c_echo), "{port}", "--changelist"],
+        "bitcoin_support": [PY, "-m", "bitcoin_support.echo", "--port", "{port}"],
+        "aiohttp": [PY, str(HERE / "servers.py"), "aiohttp", "{port}"],
+        "uvloop+httptools": [PY, str(HERE / "servers.py"), "uvloop", "{port}"],
+        "trio+h11": [PY, str(HERE / "servers.py"), "trio", "{port}"],
+    }
+
+
+def pin(cpu: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def start(cmd: list[str], port: int) -> subprocess.Popen[str]:
+    """Start a server pinned to CPU 0 and wait for its ``listening on`` line."""
+    argv = pin(0) + [a.replace("{port}", str(port)) for a in cmd]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    line = proc.stdout.readline()
+    if "listening on" not in line or time.monotonic() > deadline:
+        stop(proc)
+        raise RuntimeError(f"server did not start: {' '.join(argv)!r}: {line!r}")
+    for _ in range(100):  # the socket is listening once the line is out; make sure
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 5 s; only this process."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def wrk(port: int, duration: float, lua: Path | None) -> tuple[float, int]:
+    """(requests/s, errors) of one wrk run on CPU 1."""
+    cmd = [*pin(1), "wrk", "-t1", "-c50", f"-d{duration}s", "--timeout", "5s"]
+    if lua is not None:
+        cmd += ["-s", str(lua)]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    errors = 0
+    m2 = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m2:
+        errors += int(m2.group(1))
+    m3 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m3:
+        errors += sum(int(g) for g in m3.groups())
+    return float(m.group(1)), errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--only", nargs="*", help="servers to run (default: all)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk not found; install it with: apt-get install -y wrk")
+    ensure_bench_deps()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        lua = tmp / "post.lua"
+        lua.write_text(POST_LUA)
+        table = servers(build_c_echo(tmp))
+        names = [n for n in table if not args.only or n in args.only]
+        results: dict[tuple[str, str], list[float]] = {}
+        errors: dict[str, int] = dict.fromkeys(names, 0)
+        for rnd in range(args.repeats):
+            for name in names:
+                port = free_port()
+                proc = start(table[name], port)
+                try:
+                    wrk(port, 1.0, lua)  # warm-up, not counted
+                    for kind, script in (("POST", lua), ("GET", None)):
+                        rps, err = wrk(port, args.duration, script)
+                        results.setdefault((name, kind), []).append(rps)
+                        errors[name] += err
+                        print(f"round {rnd + 1} {name:18} {kind:4} {rps:10.0f} req/s", flush=True)
+                finally:
+                    stop(proc)
+        med = {key: statistics.median(v) for key, v in results.items()}
+        print()
+        print(f"wrk -t1 -c50 -d{args.duration:g}s, server on CPU 0, wrk on CPU 1, 64-byte POST")
+        print(f"and GET, median of {args.repeats} interleaved rounds\n")
+        print("| server | POST req/s | GET req/s | errors |")
+        print("|---|---:|---:|---:|")
+        for name in names:
+            post, get = med.get((name, "POST"), 0.0), med.get((name, "GET"), 0.0)
+            print(f"| {name} | {post:,.0f} | {get:,.0f} | {errors[name]} |")
+        print("\n| ratio | POST | GET | target |")
+        print("|---|---:|---:|---:|")
+        ok = True
+        for a, b, want in TARGETS:
+            if a not in names or b not in names:
+                continue
+            rp = med[(a, "POST")] / med[(b, "POST")]
+            rg = med[(a, "GET")] / med[(b, "GET")]
+            ok &= rp >= want and rg >= want
+            print(f"| {a} / {b} | {rp:.2f} | {rg:.2f} | >= {want} |")
+        ok &= errors.get("bitcoin_support", 0) == 0
+        print(f"\ntargets {'met' if ok else 'NOT met'}")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The HTTP echo server: ``python -m bitcoin_support.echo [--host] [--port] [--workers] [--max-body]``.
+
+Every request gets 200 with its own body and ``Content-Type`` (default
+``application/octet-stream``); a body over ``--max-body`` gets 413. The request handling is a
+Python callback on evhttp. ``--workers N`` runs N worker processes, each with its own event base
+and its own ``SO_REUSEPORT`` socket on the same port (the kernel spreads connections across
+them); the parent only supervises them (restarts one that dies, stops them all on SIGINT or
+SIGTERM). A worker stops gracefully: it stops accepting, answers what it already read, exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ._event import obtain_event_base
+from ._http import EvHttp, EvHttpRequest, obtain_evhttp
+
+__all__ = ["main", "serve"]
+
+DEFAULT_CONTENT_TYPE: Final = b"application/octet-stream"
+GRACE_SECONDS: Final = 0.25  # time left to flush replies after a stop signal
+
+
+def _echo(req: EvHttpRequest, arg: Any) -> None:
+    """Answer with the request's body and Content-Type (moved inside libevent, no copy)."""
+    req.send_echo(200, default_content_type=DEFAULT_CONTENT_TYPE)  # type: ignore[arg-type]
+
+
+def _listen(host: str, port: int, reuseport: bool) -> socket.socket:
+    """A listening TCP socket on ``host:port``, shared across processes with SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def _run_worker(sock: socket.socket, max_body: int, ready_fd: int = -1) -> int:
+    """Serve on ``sock`` until SIGINT or SIGTERM; 0 after a graceful stop."""
+    base = obtain_event_base(epoll_changelist=True)
+    http: EvHttp = obtain_evhttp(base)
+    http.set_max_body_size(max_body)
+    http.set_gencb(_echo)
+    http.accept_socket(sock)
+    sock.close()  # the server holds its own duplicate of the descriptor
+
+    def stop(signum: int, frame: object) -> None:
+        # Runs on the loop's thread (the base wakes up for Python signal handlers): stop taking
+        # connections, give the replies already queued a moment to flush, then leave the loop.
+        http.stop_accepting()
+        base.loopexit(GRACE_SECONDS)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if ready_fd >= 0:
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
+    try:
+        base.dispatch()
+    finally:
+        http.close()
+        base.close()
+    return 0
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1, max_body: int = 1048576) -> int:
+    """Run the echo server until SIGINT or SIGTERM; returns the exit status (0 when stopped)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if max_body < 0:
+        raise ValueError(f"max_body must be >= 0, got {max_body}")
+    if workers == 1:
+        sock = _listen(host, port, reuseport=False)
+        print(f"listening on http://{_url_host(host)}:{sock.getsockname()[1]}/", flush=True)
+        return _run_worker(sock, max_body)
+    return _supervise(host, port, workers, max_body)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Stop(Exception):
+    """Raised by the supervisor's signal handler to leave its wait."""
+
+
+def _spawn(host: str, port: int, max_body: int) -> tuple[int, int]:
+    """Fork one worker with its own SO_REUSEPORT socket; returns (pid, fd readable once ready)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns into the parent's code
+        status = 1
+        try:
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            status = _run_worker(_listen(host, port, reuseport=True), max_body, w)
+        except BaseException as exc:  # report and leave without running the parent's cleanup
+            print(f"echo worker {os.getpid()}: {exc!r}", file=sys.stderr, flush=True)
+        finally:
+            sys.stdout.flush()
+            os._exit(status)
+    os.close(w)
+    return pid, r
+
+
+def _supervise(host: str, port: int, workers: int, max_body: int) -> int:
+    """Start the workers, print the address, restart dead workers, stop them all on a signal."""
+    # The parent holds the port (bound, not listening) so that --port 0 names one real port
+    # that every worker binds with SO_REUSEPORT; it never accepts a connection itself.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    port = holder.getsockname()[1]
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop  # waitpid() would otherwise be retried after the signal (PEP 475)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children: dict[int, float] = {}
+    for _ in range(workers):
+        pid, ready = _spawn(host, port, max_body)
+        children[pid] = time.monotonic()
+        os.read(ready, 1)  # b"" if the worker died before it was ready
+        os.close(ready)
+    print(f"listening on http://{_url_host(host)}:{port}/", flush=True)
+    try:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            started = children.pop(pid, None)
+            if started is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            print(f"echo: worker {pid} exited with {code}; restarting", file=sys.stderr, flush=True)
+            if time.monotonic() - started < 1.0:
+                time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
+            new, ready = _spawn(host, port, max_body)
+            children[new] = time.monotonic()
+            os.close(ready)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        failed = 0
+        deadline = time.monotonic() + 10.0
+        for pid in list(children):
+            while True:
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    failed |= os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM)
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.01)
+        holder.close()
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bitcoin_support.echo",
+        description="HTTP echo server on libevent's evhttp with Python request callbacks.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (SO_REUSEPORT)")
+    parser.add_argument(
+        "--max-body", type=int, default=1048576, help="largest body accepted (413 above)"
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be >= 1")
+    if args.max_body < 0:
+        parser.error("--max-body must be >= 0")
+    try:
+        return serve(args.host, args.port, args.workers, args.max_body)
+    except OSError as exc:
+        print(f"echo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
