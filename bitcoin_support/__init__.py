@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from ._errors import ClosedError as ClosedError
 from ._errors import DummyHandleError as DummyHandleError
+from ._event import EV_CLOSED as EV_CLOSED
+from ._event import EV_ET as EV_ET
+from ._event import EV_PERSIST as EV_PERSIST
+from ._event import EV_READ as EV_READ
+from ._event import EV_SIGNAL as EV_SIGNAL
+from ._event import EV_TIMEOUT as EV_TIMEOUT
+from ._event import EV_WRITE as EV_WRITE
+from ._event import EVLOOP_NO_EXIT_ON_EMPTY as EVLOOP_NO_EXIT_ON_EMPTY
+from ._event import EVLOOP_NONBLOCK as EVLOOP_NONBLOCK
+from ._event import EVLOOP_ONCE as EVLOOP_ONCE
+from ._event import EventBase as EventBase
+from ._event import EvutilSocket as EvutilSocket
+from ._event import LibEvent as LibEvent
+from ._event import obtain_event as obtain_event
+from ._event import obtain_event_base as obtain_event_base
+from ._handles import live_counts as live_counts
 from ._interop import embed_library_path as embed_library_path
 from ._interop import get_include as get_include
 from ._log import TRACE as TRACE
@@ -21,10 +37,23 @@ from ._util import align_up as align_up
 from ._util import get_unique_path as get_unique_path
 
 __all__ = [
+    "EVLOOP_NONBLOCK",
+    "EVLOOP_NO_EXIT_ON_EMPTY",
+    "EVLOOP_ONCE",
+    "EV_CLOSED",
+    "EV_ET",
+    "EV_PERSIST",
+    "EV_READ",
+    "EV_SIGNAL",
+    "EV_TIMEOUT",
+    "EV_WRITE",
     "TRACE",
     "Block",
     "ClosedError",
     "DummyHandleError",
+    "EventBase",
+    "EvutilSocket",
+    "LibEvent",
     "PoolStats",
     "SecureAllocator",
     "SecureString",
@@ -36,6 +65,9 @@ __all__ = [
     "get_include",
     "get_unique_path",
     "lib",
+    "live_counts",
     "locked_pool_stats",
     "memory_cleanse",
+    "obtain_event",
+    "obtain_event_base",
 ]

@@ -24,4 +24,7 @@ char *bs_zaf_alloc(size_t size, size_t align);
 void bs_zaf_free(void *ptr);
 size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);
 
+#include "event_shim.h" /* the libevent handle records (event.c) */
+#include "http_shim.h"  /* the evhttp request records (http.c) */
+
 #endif

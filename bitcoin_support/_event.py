@@ -1,0 +1,706 @@
+"""libevent's event base and events as tracked handles, driven by Python or C callbacks.
+
+Callbacks never go through ``ffi.callback`` (it needs writable-and-executable memory): libevent
+calls one C trampoline per ABI (``cdefs/event.c``), which calls either the user's C
+``EventCallback`` or one of the ``extern "Python+C"`` functions below, with the Python object as an
+``ffi.new_handle``. Who keeps whom alive is written down in ``_handles.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from ._errors import ClosedError
+from ._handles import Handle, live_counts
+from ._log import events_log
+from ._native import ffi, lib
+
+__all__ = [
+    "EVLOOP_NONBLOCK",
+    "EVLOOP_NO_EXIT_ON_EMPTY",
+    "EVLOOP_ONCE",
+    "EV_CLOSED",
+    "EV_ET",
+    "EV_PERSIST",
+    "EV_READ",
+    "EV_SIGNAL",
+    "EV_TIMEOUT",
+    "EV_WRITE",
+    "EventBase",
+    "EvutilSocket",
+    "LibEvent",
+    "live_counts",
+    "obtain_event",
+    "obtain_event_base",
+]
+
+EV_TIMEOUT: Final[int] = lib.EV_TIMEOUT
+EV_READ: Final[int] = lib.EV_READ
+EV_WRITE: Final[int] = lib.EV_WRITE
+EV_SIGNAL: Final[int] = lib.EV_SIGNAL
+EV_PERSIST: Final[int] = lib.EV_PERSIST
+EV_ET: Final[int] = lib.EV_ET
+EV_CLOSED: Final[int] = lib.EV_CLOSED
+EVLOOP_ONCE: Final[int] = lib.EVLOOP_ONCE
+EVLOOP_NONBLOCK: Final[int] = lib.EVLOOP_NONBLOCK
+EVLOOP_NO_EXIT_ON_EMPTY: Final[int] = lib.EVLOOP_NO_EXIT_ON_EMPTY
+
+EvutilSocket = int
+"""libevent's socket type on POSIX: a file descriptor."""
+
+PyEventCallback = Callable[["LibEvent", Any], object]
+"""A Python event callback: ``cb(ev, arg)``; its return value is ignored."""
+
+_ALL_EVENTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_PERSIST | EV_ET | EV_CLOSED
+_RESULTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_CLOSED
+_IO: Final = EV_READ | EV_WRITE | EV_CLOSED
+_LOOP_FLAGS: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK | EVLOOP_NO_EXIT_ON_EMPTY
+_NOT_RESULTS: Final = ~_RESULTS
+_MAX_TIMEOUT: Final = float(2**31)
+_EVENT_CALLBACK: Final = ffi.typeof("EventCallback")
+_VOID_P: Final = ffi.typeof("void *")
+
+if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
+    raise ImportError("bitcoin_support: libevent's pthreads support could not be enabled")
+
+# The loop state of the base whose loop() runs on this thread, for errors raised where no
+# callback's own handler can catch them (a signal handler raising at a callback's first line).
+_tls = threading.local()
+_release_probe: Callable[[bytes], object] | None = None
+
+
+def _type_name(obj: object) -> str:
+    return type(obj).__name__
+
+
+def _timeout_arg(where: str, timeout: float) -> float:
+    """Seconds as a float in [0, 2**31], or TypeError/ValueError naming ``timeout``."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"{where}: timeout must be seconds (int or float) or None, not {_type_name(timeout)}"
+        )
+    seconds = float(timeout)
+    if not 0.0 <= seconds <= _MAX_TIMEOUT:  # also rejects NaN
+        raise ValueError(f"{where}: timeout must be between 0 and 2**31 seconds, got {timeout!r}")
+    return seconds
+
+
+def _oserror(where: str) -> OSError:
+    err = ffi.errno or 0
+    return OSError(err, f"{where}: {os.strerror(err) if err else 'libevent refused'}")
+
+
+class _LoopState:
+    """What the base's C record points at: the call_soon queue and the stored callback error.
+
+    Kept apart from EventBase so that the C record's handle does not keep the base alive.
+    """
+
+    __slots__ = ("deferred", "error", "lock", "queue", "rec", "running")
+
+    def __init__(self, rec: Any) -> None:
+        self.rec: Any = rec
+        self.queue: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self.error: BaseException | None = None
+        self.running = False
+        self.lock = threading.RLock()
+        # The event whose own callback, running now, deferred its re-activation (LibEvent.active).
+        self.deferred: LibEvent | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """A callback raised: store the first error and break the loop, log the others."""
+        if self.running:
+            if self.error is None:
+                self.error = exc
+                rec = self.rec
+                if rec is not None:
+                    lib.bs_base_loopbreak(rec)
+                return
+            events_log.error(
+                "callback raised after an earlier error stopped the loop", exc_info=exc
+            )
+            return
+        # A loop run by a C host: nobody to re-raise to. Log; stop it only for KeyboardInterrupt
+        # and the like, which ask for the program to stop.
+        events_log.error("callback raised in a loop run outside Python", exc_info=exc)
+        if not isinstance(exc, Exception) and self.rec is not None:
+            lib.bs_base_loopbreak(self.rec)
+
+
+def _callback_error(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+    """onerror of the extern "Python" functions: errors raised outside their own try blocks."""
+    st: _LoopState | None = getattr(_tls, "state", None)
+    if st is not None:
+        st.fail(exc)
+    else:
+        events_log.error("callback raised outside any loop run by Python", exc_info=exc)
+
+
+@final
+class EventBase(Handle):
+    """A libevent ``event_base`` (or a dummy): the loop, and owner of every handle made on it."""
+
+    __slots__ = ("_keep", "_st", "_st_handle")
+
+    _kind = "EventBase"
+
+    _keep: set[LibEvent]
+    _st: _LoopState
+    _st_handle: Any
+
+    def __init__(self, *, dummy: bool = False, epoll_changelist: bool = False) -> None:
+        """Create a base; see ``obtain_event_base`` for the options."""
+        if not isinstance(dummy, bool):
+            raise TypeError(f"obtain_event_base: dummy must be a bool, not {_type_name(dummy)}")
+        if not isinstance(epoll_changelist, bool):
+            raise TypeError(
+                "obtain_event_base: epoll_changelist must be a bool, "
+                f"not {_type_name(epoll_changelist)}"
+            )
+        flags = lib.EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST if epoll_changelist else 0
+        rec = lib.bs_base_new(1 if dummy else 0, flags)
+        if rec == ffi.NULL:
+            raise _oserror("obtain_event_base: could not create an event_base")
+        self._setup(rec, dummy)
+
+    @classmethod
+    def from_address(cls, ptr: int | Any) -> EventBase:
+        """Wrap a ``struct event_base *`` owned by a C host; closing the wrapper never frees it.
+
+        ``ptr`` is an address (int) or a cffi pointer. The host's base should have been created
+        after ``evthread_use_pthreads()`` (importing this package runs it) for
+        ``call_soon_threadsafe`` to wake it from other threads.
+        """
+        if isinstance(ptr, ffi.CData):
+            if ffi.typeof(ptr).kind != "pointer":
+                raise TypeError(
+                    "EventBase.from_address: ptr must be a pointer or an int address, "
+                    f"not {ffi.typeof(ptr).cname}"
+                )
+            address = int(ffi.cast("uintptr_t", ptr))
+        elif isinstance(ptr, int) and not isinstance(ptr, bool):
+            address = ptr
+        else:
+            raise TypeError(
+                "EventBase.from_address: ptr must be an int address or a cffi pointer, "
+                f"not {_type_name(ptr)}"
+            )
+        if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
+            raise ValueError(f"EventBase.from_address: ptr must be a non-NULL address, got {ptr!r}")
+        rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
+        if rec == ffi.NULL:
+            raise _oserror("EventBase.from_address: could not wrap the base")
+        self = cls.__new__(cls)
+        self._setup(rec, False)
+        return self
+
+    def _setup(self, rec: Any, dummy: bool) -> None:
+        self._keep = set()
+        self._st = st = _LoopState(rec)
+        self._st_handle = ffi.new_handle(st)
+        rec.py = self._st_handle
+        self._init_handle(rec, dummy=dummy, parent=None)
+
+    # -- release
+
+    def _check_close(self) -> None:
+        rec = self._rec
+        if rec is not None and (rec.depth > 0 or self._st.running):
+            raise RuntimeError(
+                "EventBase.close: the base's loop is running (a base cannot be "
+                "closed from inside its own callbacks)"
+            )
+
+    def _release_native(self, rec: Any) -> None:
+        st = self._st
+        with st.lock:
+            st.rec = None
+            lib.bs_base_release(rec)
+
+    def _after_release(self) -> None:
+        self._keep.clear()
+        self._st.queue.clear()
+
+    # -- the loop
+
+    def _native_base(self, what: str) -> Any:
+        """The ``struct event_base *`` of an open, real base (for the evhttp layer)."""
+        return self._require(what).base
+
+    @property
+    def address(self) -> int:
+        """Address of the ``struct event_base``, for C code that runs or extends the loop."""
+        return int(ffi.cast("uintptr_t", self._native_base("address")))
+
+    def dispatch(self) -> int:
+        """Run the loop until no events are left or it is stopped; same as ``loop(0)``."""
+        return self.loop(0)
+
+    def loop(self, flags: int = 0) -> int:
+        """Run the loop (``EVLOOP_*`` flags): 0 if it ran, 1 if there were no events.
+
+        The first exception a callback raised stops the loop and is re-raised here, with its
+        traceback. On the main thread, a signal (Ctrl-C) wakes the loop so that Python's handler
+        runs at once, through ``signal.set_wakeup_fd`` unless another wakeup fd is already set.
+        """
+        rec = self._require("loop")
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise TypeError(f"EventBase.loop: flags must be an int, not {_type_name(flags)}")
+        if flags & ~_LOOP_FLAGS:
+            raise ValueError(f"EventBase.loop: flags has unknown bits: {flags:#x}")
+        st = self._st
+        if st.running:
+            raise RuntimeError("EventBase.loop: the loop is already running")
+        wakeup = False
+        prev = getattr(_tls, "state", None)
+        _tls.state = st
+        st.running = True
+        try:
+            if (
+                not flags & EVLOOP_NONBLOCK
+                and threading.current_thread() is threading.main_thread()
+            ):
+                wakeup = self._install_wakeup(rec)
+            rc: int = lib.bs_base_loop(rec, flags)
+        finally:
+            st.running = False
+            _tls.state = prev
+            if wakeup:
+                signal.set_wakeup_fd(-1)
+        err = st.error
+        if err is not None:
+            st.error = None
+            try:
+                raise err
+            finally:
+                err = None
+        if rc < 0:
+            raise RuntimeError("EventBase.loop: event_base_loop failed")
+        return rc
+
+    @staticmethod
+    def _install_wakeup(rec: Any) -> bool:
+        fd = lib.bs_base_wake_fd(rec)
+        if fd < 0:
+            return False
+        old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        if old != -1:  # someone else (trio, asyncio) listens for signals: leave them theirs
+            signal.set_wakeup_fd(old)
+            return False
+        return True
+
+    def loopbreak(self) -> None:
+        """Stop the loop after the callback running now."""
+        if lib.bs_base_loopbreak(self._require("loopbreak")) != 0:
+            raise RuntimeError("EventBase.loopbreak: libevent refused")
+
+    def loopexit(self, timeout: float | None = None) -> None:
+        """Stop the loop after ``timeout`` seconds, or after the current round of callbacks."""
+        rec = self._require("loopexit")
+        seconds = -1.0 if timeout is None else _timeout_arg("EventBase.loopexit", timeout)
+        if lib.bs_base_loopexit(rec, seconds) != 0:
+            raise RuntimeError("EventBase.loopexit: libevent refused")
+
+    def got_break(self) -> bool:
+        """Whether the last loop ended through ``loopbreak()``."""
+        return bool(lib.bs_base_got(self._require("got_break"), 0))
+
+    def got_exit(self) -> bool:
+        """Whether the last loop ended through ``loopexit()``."""
+        return bool(lib.bs_base_got(self._require("got_exit"), 1))
+
+    @property
+    def backend(self) -> str:
+        """libevent's backend method, e.g. ``"epoll"``."""
+        return ffi.string(lib.bs_base_backend(self._require("backend"))).decode()  # type: ignore[no-any-return]
+
+    def now(self) -> float:
+        """The loop's cached time (seconds since the epoch); the current time outside a loop."""
+        value: float = lib.bs_base_now(self._require("now"))
+        return value
+
+    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop's thread, in order of submission; wakes the loop.
+
+        The one method that may be called from any thread.
+        """
+        if not callable(fn):
+            raise TypeError(
+                f"EventBase.call_soon_threadsafe: fn must be callable, not {_type_name(fn)}"
+            )
+        st = self._st
+        with st.lock:
+            rec = st.rec
+            if rec is None:
+                self._closed_error("call_soon_threadsafe")
+            if self._dummy:
+                self._require("call_soon_threadsafe")
+            st.queue.append((fn, args))
+            lib.bs_base_notify(rec)
+
+
+def obtain_event_base(*, dummy: bool = False, epoll_changelist: bool = False) -> EventBase:
+    """A new event base; ``dummy=True`` gives one with no libevent behind it (for tests).
+
+    ``epoll_changelist=True`` sets ``EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST``: libevent then batches
+    the epoll changes of one loop round into fewer ``epoll_ctl`` calls (markedly faster servers).
+    Caveat from libevent: with it, an fd that is ``dup()``-ed and has one copy closed can be left
+    watched wrongly; leave it off when file descriptors are duplicated.
+    """
+    return EventBase(dummy=dummy, epoll_changelist=epoll_changelist)
+
+
+def _fd_arg(fd: int | Any, events: int) -> tuple[int, object]:
+    """The descriptor (or signal number) as an int, and the object to keep alive with it."""
+    keep: object = None
+    if isinstance(fd, bool):
+        raise TypeError("obtain_event: fd must be an int or have fileno(), not bool")
+    if not isinstance(fd, int):
+        fileno = getattr(fd, "fileno", None)
+        if fileno is None:
+            raise TypeError(
+                f"obtain_event: fd must be an int or have fileno(), not {_type_name(fd)}"
+            )
+        keep, fd = fd, fileno()
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError("obtain_event: fd.fileno() must return an int")
+    if events & EV_SIGNAL:
+        if not 1 <= fd < signal.NSIG:
+            raise ValueError(f"obtain_event: fd must be a signal number for EV_SIGNAL, got {fd}")
+    elif fd < -1 or fd > 2**31 - 1:
+        raise ValueError(f"obtain_event: fd must be a descriptor >= 0 or -1, got {fd}")
+    elif fd == -1 and events & _IO:
+        raise ValueError(
+            "obtain_event: fd -1 is for timers and user events; "
+            "EV_READ/EV_WRITE/EV_CLOSED need a descriptor"
+        )
+    return fd, keep
+
+
+def _events_arg(events: int) -> int:
+    if isinstance(events, bool) or not isinstance(events, int):
+        raise TypeError(f"obtain_event: events must be an int, not {_type_name(events)}")
+    if events & ~_ALL_EVENTS or events < 0:
+        raise ValueError(f"obtain_event: events has unknown bits: {events:#x}")
+    if events & EV_SIGNAL and events & (_IO | EV_ET):
+        raise ValueError(
+            "obtain_event: events cannot mix EV_SIGNAL with EV_READ/EV_WRITE/EV_CLOSED/EV_ET"
+        )
+    if events & EV_ET and not events & _IO:
+        raise ValueError("obtain_event: EV_ET needs EV_READ, EV_WRITE or EV_CLOSED in events")
+    return events
+
+
+def _c_callback(cb: Any, arg: object) -> tuple[Any, Any]:
+    """An ``EventCallback`` pointer and its ``void *`` arg from a cffi function pointer."""
+    ctype = ffi.typeof(cb)
+    if ctype != _EVENT_CALLBACK:
+        if (
+            ctype.kind != "pointer"
+            or ctype.item.kind != "function"
+            or len(ctype.item.args) != 2
+            or ctype.item.result.cname != "void"
+            or any(a.kind != "pointer" for a in ctype.item.args)
+        ):
+            raise TypeError(
+                "obtain_event: cb must be a Python callable or a C function pointer "
+                f"void (*)(LibEvent *, void *), not {ctype.cname}"
+            )
+        cb = ffi.cast(_EVENT_CALLBACK, cb)
+    if cb == ffi.NULL:
+        raise ValueError("obtain_event: cb is a NULL function pointer")
+    if arg is None:
+        return cb, ffi.NULL
+    if isinstance(arg, ffi.CData) and ffi.typeof(arg).kind in ("pointer", "array"):
+        return cb, ffi.cast(_VOID_P, arg)
+    if (
+        isinstance(arg, int)
+        and not isinstance(arg, bool)
+        and 0 <= arg < 2 ** (8 * ffi.sizeof(_VOID_P))
+    ):
+        return cb, ffi.cast(_VOID_P, arg)
+    raise TypeError(
+        "obtain_event: arg of a C callback must be None, a cffi pointer or an int "
+        f"address, not {_type_name(arg)}"
+    )
+
+
+@final
+class LibEvent(Handle):
+    """A libevent ``struct event`` (or a dummy) on an EventBase, with a Python or C callback."""
+
+    __slots__ = (
+        "_again",
+        "_arg",
+        "_base",
+        "_can_defer",
+        "_cb",
+        "_events",
+        "_fd",
+        "_fdobj",
+        "_handle",
+        "_st",
+    )
+
+    _kind = "LibEvent"
+
+    _base: EventBase
+    _cb: PyEventCallback | None
+    _arg: Any
+    _fd: int
+    _fdobj: object
+    _events: int
+    _handle: Any
+    _can_defer: bool  # its Python callback is running now and the base holds it
+    _again: int  # flags of active() from its own callback, activated when it returns
+    _st: _LoopState
+
+    def __init__(
+        self,
+        base: EventBase,
+        fd: int | Any,
+        events: int,
+        cb: PyEventCallback | Any,
+        arg: Any = None,
+    ) -> None:
+        """Create an event; see ``obtain_event``."""
+        if not isinstance(base, EventBase):
+            raise TypeError(f"obtain_event: base must be an EventBase, not {_type_name(base)}")
+        events = _events_arg(events)
+        fdnum, fdobj = _fd_arg(fd, events)
+        if isinstance(cb, ffi.CData):
+            c_cb, c_arg = _c_callback(cb, arg)
+            py_cb: PyEventCallback | None = None
+        elif callable(cb):
+            c_cb, c_arg, py_cb = ffi.NULL, ffi.NULL, cb
+        else:
+            raise TypeError(
+                f"obtain_event: cb must be callable or an EventCallback, not {_type_name(cb)}"
+            )
+        brec = base._require_open("obtain_event")
+        rec = lib.bs_event_new(brec, fdnum, events, c_cb, c_arg)
+        if rec == ffi.NULL:
+            if ffi.errno == 32:  # EPIPE: the base is being released
+                raise ClosedError("obtain_event: the base is closed")
+            raise _oserror("obtain_event: could not create the event")
+        self._base = base
+        self._cb = py_cb
+        self._arg = arg
+        self._fd = fdnum
+        self._fdobj = fdobj
+        self._events = events
+        self._handle = None
+        self._can_defer = False
+        self._again = 0
+        self._st = base._st
+        self._init_handle(rec, dummy=base._dummy, parent=base)
+
+    # -- keep-alive: armed while pending or active (see _handles.py)
+
+    def _arm(self, what: str) -> None:
+        """Hand the C record a handle to this object and let the base hold it."""
+        rec = self._require(what)
+        self._handle = handle = ffi.new_handle(self)
+        rec.py = handle
+        self._base._keep.add(self)
+
+    def _disarm(self) -> None:
+        if self._handle is None:
+            return
+        rec = self._rec
+        if rec is not None:
+            rec.py = ffi.NULL
+        self._handle = None
+        self._can_defer = False
+        self._base._keep.discard(self)
+
+    def _release_native(self, rec: Any) -> None:
+        lib.bs_event_release(rec)
+
+    def _after_release(self) -> None:
+        self._handle = None
+        self._can_defer = False
+        self._again = 0
+        if self._st.deferred is self:
+            self._st.deferred = None
+        self._base._keep.discard(self)
+
+    def _flush(self) -> None:
+        """Activate now what active() deferred (another event is being activated after it)."""
+        again = self._again
+        self._again = 0
+        self._st.deferred = None
+        if again and self._rec is not None:
+            lib.bs_event_active(self._rec, again & _RESULTS)
+
+    # -- properties
+
+    @property
+    def base(self) -> EventBase:
+        """The base the event was made on."""
+        self._require_open("base")
+        return self._base
+
+    @property
+    def fd(self) -> int:
+        """The descriptor, the signal number for EV_SIGNAL, or -1."""
+        self._require_open("fd")
+        return self._fd
+
+    @property
+    def events(self) -> int:
+        """The flags the event was made with."""
+        self._require_open("events")
+        return self._events
+
+    @property
+    def fired(self) -> int:
+        """Flags of the current (or last) activation; read it inside the callback."""
+        fired: int = self._require_open("fired").fired
+        return fired
+
+    # -- operations
+
+    def add(self, timeout: float | None = None) -> None:
+        """Make the event pending, with an optional timeout in seconds."""
+        seconds = -1.0 if timeout is None else _timeout_arg("LibEvent.add", timeout)
+        was_armed = self._handle is not None
+        if not was_armed:
+            self._arm("add")
+        if lib.bs_event_add(self._rec, seconds) != 0:
+            error = _oserror("LibEvent.add: libevent could not add the event")
+            if not was_armed:
+                self._disarm()
+            raise error
+
+    def delete(self) -> None:
+        """Make the event neither pending nor active; the base stops holding it."""
+        rec = self._require("delete")
+        if self._again:
+            self._again = 0
+            self._st.deferred = None
+        lib.bs_event_del(rec)
+        self._disarm()
+
+    def active(self, what: int = EV_TIMEOUT) -> None:
+        """Make the event active now, with ``what`` as its fired flags.
+
+        From inside its own callback the activation is handed to the C trampoline, which makes
+        it when the callback returns (libevent could not run it sooner): one call into C fewer
+        on the hottest path. Activating another event of the base first flushes it, so libevent
+        sees the activations in the order they were made.
+        """
+        if self._can_defer and type(what) is int and what > 0 and not what & _NOT_RESULTS:
+            self._again |= what
+            self._st.deferred = self
+            return
+        deferred = self._st.deferred
+        if deferred is not None:
+            deferred._flush()
+        if self._handle is None:
+            self._arm("active")
+        try:
+            rc = lib.bs_event_active(self._rec, what)
+        except (TypeError, OverflowError):
+            raise TypeError(
+                f"LibEvent.active: what must be an int of EV_* flags, not {what!r}"
+            ) from None
+        if rc:
+            raise ValueError(f"LibEvent.active: what has bits that are not event results: {what!r}")
+
+    def pending(self, what: int = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL) -> bool:
+        """Whether the event is pending (or active) for any of the flags in ``what``."""
+        rec = self._require("pending")
+        if isinstance(what, bool) or not isinstance(what, int):
+            raise TypeError(f"LibEvent.pending: what must be an int, not {_type_name(what)}")
+        if what & ~_RESULTS:
+            raise ValueError(f"LibEvent.pending: what has unknown bits: {what:#x}")
+        return bool(self._again & what or lib.bs_event_pending(rec, what))
+
+
+def obtain_event(
+    base: EventBase, fd: int | Any, events: int, cb: PyEventCallback | Any, arg: Any = None
+) -> LibEvent:
+    """A new event on ``base``: ``cb(ev, arg)`` in Python, or a C ``EventCallback`` given ``arg``.
+
+    ``fd`` is a descriptor, an object with ``fileno()`` (kept alive with the event), -1 for timers
+    and user events, or a signal number with ``EV_SIGNAL``. On a dummy base the event is a dummy.
+    """
+    return LibEvent(base, fd, events, cb, arg)
+
+
+# -- the extern "Python+C" functions the trampolines call (cdefs/callbacks.h)
+
+_from_handle = ffi.from_handle
+
+
+@ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
+def bs_py_event_cb(handle: Any, what: int, pending: int) -> int:
+    """A Python-callback event fired; returns the flags the trampoline re-activates it with.
+
+    Not pending any more and not re-armed by its callback: the base stops holding it.
+    """
+    ev: LibEvent = _from_handle(handle)
+    ev._can_defer = True
+    try:
+        ev._cb(ev, ev._arg)  # type: ignore[misc]
+    except BaseException as exc:
+        ev._st.fail(exc)
+    ev._can_defer = False
+    again = ev._again
+    if again:
+        ev._again = 0
+        ev._st.deferred = None
+        return again
+    if not pending:
+        rec = ev._rec
+        if rec is not None and not lib.bs_event_pending(rec, _RESULTS):
+            ev._disarm()
+    return 0
+
+
+@ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
+def bs_py_event_unheld(handle: Any) -> None:
+    """A C-callback event fired and is not pending: the base stops holding it."""
+    ev: LibEvent = _from_handle(handle)
+    rec = ev._rec
+    if rec is not None and not lib.bs_event_pending(rec, _RESULTS):
+        ev._disarm()
+
+
+@ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
+def bs_py_base_cb(handle: Any) -> None:
+    """The base's notify or wakeup event fired: run the calls queued so far, in order."""
+    st: _LoopState = _from_handle(handle)
+    queue = st.queue
+    for _ in range(len(queue)):
+        fn, args = queue.popleft()
+        try:
+            fn(*args)
+        except BaseException as exc:
+            st.fail(exc)
+            if queue and st.rec is not None:
+                lib.bs_base_notify(st.rec)  # the rest runs on the next round
+            return
+
+
+@ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
+def bs_py_release_probe(record: Any, size: int) -> None:
+    """Test probe: receives the bytes of each record just after it was wiped."""
+    probe = _release_probe
+    if probe is not None:
+        probe(bytes(ffi.buffer(record, size)))
+
+
+def _set_release_probe(probe: Callable[[bytes], object] | None) -> None:
+    """Install (or remove) the test probe that sees each wiped record before it is freed."""
+    global _release_probe
+    _release_probe = probe
+    lib.bs_set_release_probe(1 if probe is not None else 0)

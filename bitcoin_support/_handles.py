@@ -1,0 +1,203 @@
+"""Machinery shared by the five libevent handle types: ids, live counters, TRACE logs, close.
+
+Ownership rules (the one place they are written down)
+------------------------------------------------------
+- Every handle owns one C record (``cdefs/private/event_shim.h``) and, unless it is a dummy, the
+  libevent object in it. Releasing the handle (``close()``, ``with``, or its finalizer) frees the
+  libevent object, wipes the record with ``bs_memory_cleanse`` and frees it. Nothing else frees a
+  record; the Python handle holds the only pointer to it that outlives a call.
+- A child (``LibEvent``, and in the evhttp layer ``EvHttp``, ``EvHttpRequest``,
+  ``EvHttpConnection``) holds a strong reference to its parent base, so a base outlives every child
+  Python still reaches. The parent knows its children only weakly (``_children``: id -> weakref),
+  so dropping an idle child releases it at once.
+- Releasing a parent first releases every child it can still reach (newest first). In C, each
+  child record is also linked to its base; releasing the base frees the libevent objects of any
+  child still linked (the "orphans": children the garbage collector is finalizing in the same
+  cycle, whose weakrefs are already cleared) before ``event_base_free``. An orphan's own release
+  later only wipes and frees its record. So no finalizer order can free a libevent object after
+  its base, and nothing is freed twice.
+- While an event is pending or active, its base keeps it alive: the event sits in the base's
+  ``_keep`` set and holds the ``ffi.new_handle`` that its C record hands to the trampoline (a
+  deliberate cycle, broken when the event stops being pending). A non-persistent event that has
+  fired, a deleted event and a closed one leave ``_keep`` and drop the handle, so the C record never
+  points at a Python object that may be gone.
+- The base's C record holds the handle of a small loop-state object, never of the base itself, so a
+  base without pending events is released as soon as it is dropped.
+- A base is never freed while one of its callbacks runs: ``close()`` refuses (``RuntimeError``)
+  and a finalizer that runs there leaves the freeing to the trampoline, once the callback returns.
+- ``EventBase.from_address`` wraps a base owned by a C host: releasing the wrapper releases the
+  handles made on it and the internal events, never the host's ``event_base``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Any, ClassVar, NoReturn, Self
+
+from ._errors import ClosedError, DummyHandleError
+from ._log import TRACE, events_log
+
+__all__ = ["KINDS", "Handle", "live_counts"]
+
+KINDS: tuple[str, ...] = ("EventBase", "LibEvent", "EvHttp", "EvHttpRequest", "EvHttpConnection")
+
+_next_id = itertools.count(1).__next__  # one C call, atomic under the GIL
+_live_lock = threading.Lock()
+_live: dict[str, int] = dict.fromkeys(KINDS, 0)
+# Serialises the "is it still open?" check and the swap in close(): two threads closing the same
+# handle must not both free its record. Re-entrant because a finalizer can run inside it.
+_close_lock = threading.RLock()
+
+
+def live_counts() -> dict[str, int]:
+    """Live handles of each of the five types (a snapshot, thread-safe)."""
+    with _live_lock:
+        return dict(_live)
+
+
+def _count(kind: str, delta: int) -> None:
+    with _live_lock:
+        _live[kind] += delta
+
+
+class Handle:
+    """Base of the five handle types: an id, a C record, a parent, children, close and finalizer.
+
+    A subclass sets ``_kind`` (one of ``KINDS``), calls ``_init_handle`` once its C record exists,
+    and implements ``_release_native(rec)`` (free the libevent object, wipe and free the record).
+    """
+
+    __slots__ = ("__weakref__", "_children", "_dummy", "_id", "_parent", "_rec")
+
+    _kind: ClassVar[str] = ""
+
+    _rec: Any
+    _id: int
+    _dummy: bool
+    _parent: Handle | None
+    _children: dict[int, weakref.ref[Handle]] | None
+
+    def _init_handle(self, rec: Any, *, dummy: bool, parent: Handle | None) -> None:
+        """Take ownership of ``rec``: assign the id, count, register with the parent, log."""
+        self._rec = rec
+        self._dummy = dummy
+        self._children = None
+        self._parent = parent
+        self._id = ident = _next_id()
+        _count(self._kind, 1)
+        if parent is not None:
+            parent._adopt(self)
+        if events_log.isEnabledFor(TRACE):
+            events_log.log(TRACE, "create %s id=%d%s", self._kind, ident, " dummy" if dummy else "")
+
+    def _adopt(self, child: Handle) -> None:
+        """Register ``child`` so that closing this handle releases it first."""
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        children[child._id] = weakref.ref(child)
+
+    # -- public surface shared by all five types
+
+    @property
+    def id(self) -> int:
+        """Positive integer, unique in the process across all five handle types."""
+        return self._id
+
+    @property
+    def closed(self) -> bool:
+        """True once the handle has been released."""
+        return self._rec is None
+
+    @property
+    def dummy(self) -> bool:
+        """True for a handle with no libevent object behind it (for tests)."""
+        return self._dummy
+
+    @classmethod
+    def live(cls) -> int:
+        """Number of handles of this type that are not yet released."""
+        with _live_lock:
+            return _live[cls._kind]
+
+    def close(self) -> None:
+        """Release the handle (children first); idempotent."""
+        self._check_close()
+        self._close(finalizing=False)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._rec is not None:
+                self._close(finalizing=True)
+        except Exception:  # a finalizer has nowhere to report to (interpreter exit)
+            pass
+
+    def __repr__(self) -> str:
+        try:
+            state = "closed" if self._rec is None else "dummy" if self._dummy else "open"
+            return f"<{type(self).__name__} id={self._id} {state}>"
+        except AttributeError:
+            return f"<{type(self).__name__} (not initialised)>"
+
+    # -- hooks and helpers for the subclasses
+
+    def _check_close(self) -> None:
+        """Raise if closing now is not allowed (a base inside its own callback)."""
+
+    def _release_native(self, rec: Any) -> None:
+        """Free the libevent object and the C record (wiped); called once, children already gone."""
+        raise NotImplementedError
+
+    def _after_release(self) -> None:
+        """Drop Python-side references (keep-alive entries, handles) after the record is gone."""
+
+    def _close(self, *, finalizing: bool) -> None:
+        with _close_lock:
+            rec = self._rec
+            if rec is None:
+                return
+            self._rec = None
+        try:
+            children = self._children
+            if children:
+                for ref in reversed(list(children.values())):
+                    child = ref()
+                    if child is not None:
+                        child._close(finalizing=finalizing)
+            self._release_native(rec)
+        finally:
+            self._children = None
+            parent = self._parent
+            if parent is not None and parent._children is not None:
+                parent._children.pop(self._id, None)
+            self._after_release()
+            _count(self._kind, -1)
+            if events_log.isEnabledFor(TRACE):
+                events_log.log(TRACE, "release %s id=%d", self._kind, self._id)
+
+    def _closed_error(self, what: str) -> NoReturn:
+        raise ClosedError(f"{type(self).__name__}.{what}: the handle is closed")
+
+    def _require(self, what: str) -> Any:
+        """The C record of a real, open handle, or ClosedError / DummyHandleError."""
+        rec = self._rec
+        if rec is None:
+            self._closed_error(what)
+        if self._dummy:
+            raise DummyHandleError(f"{type(self).__name__}.{what}: a dummy handle has no libevent")
+        return rec
+
+    def _require_open(self, what: str) -> Any:
+        """The C record of an open handle, dummy or not, or ClosedError."""
+        rec = self._rec
+        if rec is None:
+            self._closed_error(what)
+        return rec
