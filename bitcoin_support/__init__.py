@@ -20,6 +20,12 @@ from ._event import LibEvent as LibEvent
 from ._event import obtain_event as obtain_event
 from ._event import obtain_event_base as obtain_event_base
 from ._handles import live_counts as live_counts
+from ._http import EvHttp as EvHttp
+from ._http import EvHttpConnection as EvHttpConnection
+from ._http import EvHttpRequest as EvHttpRequest
+from ._http import obtain_evhttp as obtain_evhttp
+from ._http import obtain_evhttp_connection_base as obtain_evhttp_connection_base
+from ._http import obtain_evhttp_request as obtain_evhttp_request
 from ._interop import embed_library_path as embed_library_path
 from ._interop import get_include as get_include
 from ._log import TRACE as TRACE
@@ -51,6 +57,9 @@ __all__ = [
     "Block",
     "ClosedError",
     "DummyHandleError",
+    "EvHttp",
+    "EvHttpConnection",
+    "EvHttpRequest",
     "EventBase",
     "EvutilSocket",
     "LibEvent",
@@ -70,4 +79,7 @@ __all__ = [
     "memory_cleanse",
     "obtain_event",
     "obtain_event_base",
+    "obtain_evhttp",
+    "obtain_evhttp_connection_base",
+    "obtain_evhttp_request",
 ]
