@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar, Final, final
@@ -110,7 +111,7 @@ def _seconds(where: str, seconds: object) -> Any:
     tv = ffi.new("struct timeval *")
     whole = int(seconds)
     tv.tv_sec = whole
-    tv.tv_usec = int(round((seconds - whole) * 1_000_000))
+    tv.tv_usec = round((seconds - whole) * 1_000_000)
     return tv
 
 
@@ -147,7 +148,8 @@ def _body_arg(where: str, data: object) -> tuple[Any, int]:
 
 
 def _decode(ptr: Any) -> str:
-    return ffi.string(ptr).decode("utf-8", "surrogateescape")
+    text: str = ffi.string(ptr).decode("utf-8", "surrogateescape")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class _Headers(Mapping[str, str]):
         return f"{type(self).__name__}({list(self._entries())!r})"
 
 
-class _OutputHeaders(_Headers, MutableMapping[str, str]):  # type: ignore[misc]
+class _OutputHeaders(_Headers, MutableMapping[str, str]):
     """The headers to send: ``add`` appends, ``set`` (or ``[]=``) replaces, ``remove`` deletes.
 
     Names must be HTTP tokens and values must not hold CR, LF or NUL (``ValueError``): no header
@@ -300,6 +302,7 @@ class EvHttpRequest:
         "_in",
         "_out",
         "_rec",
+        "_started",
     )
 
     _kind: ClassVar[str] = _KIND
@@ -313,6 +316,7 @@ class EvHttpRequest:
     _arg: Any
     _in: _Headers | None
     _out: _OutputHeaders | None
+    _started: float
 
     def __init__(self) -> None:
         raise TypeError("EvHttpRequest: use obtain_evhttp_request() for a client request")
@@ -677,6 +681,15 @@ class EvHttpRequest:
             return "connection reset"
         if err:
             return _ERRORS.get(err, "failed")
+        if rec.req != _NULL:
+            # libevent's connect-failure path: the request comes back with code 0 and no error
+            # code, and errno is gone. Taking the connection timeout's full time means it timed
+            # out; failing earlier means the peer refused.
+            conn = self._conn
+            limit = conn._timeout if conn is not None else None
+            if limit is not None and time.monotonic() - self._started >= 0.9 * limit:
+                return "timeout"
+            return "connection refused"
         return _ERRNO_ERRORS.get(sys_errno, "connection failed")
 
 
@@ -689,7 +702,7 @@ class _ClientRequest(EvHttpRequest):
         try:
             if self._rec is not None:
                 self.close()
-        except Exception:  # noqa: S110 - a finalizer has nowhere to report to
+        except Exception:
             pass
 
 
@@ -922,18 +935,20 @@ class EvHttp(Handle):
 
     def set_max_body_size(self, n: int) -> None:
         """Bodies larger than ``n`` bytes get 413 before any callback runs."""
+        http = self._http("set_max_body_size")
         _check_int("EvHttp.set_max_body_size", "n", n, 0, 2**62)
-        lib.evhttp_set_max_body_size(self._http("set_max_body_size"), n)
+        lib.evhttp_set_max_body_size(http, n)
 
     def set_max_headers_size(self, n: int) -> None:
         """Request line and headers larger than ``n`` bytes are refused."""
+        http = self._http("set_max_headers_size")
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
-        lib.evhttp_set_max_headers_size(self._http("set_max_headers_size"), n)
+        lib.evhttp_set_max_headers_size(http, n)
 
     def set_timeout(self, seconds: float) -> None:
         """Close connections idle (or stuck mid-request) for ``seconds``."""
-        tv = _seconds("EvHttp.set_timeout", seconds)
-        lib.evhttp_set_timeout_tv(self._http("set_timeout"), tv)
+        http = self._http("set_timeout")
+        lib.evhttp_set_timeout_tv(http, _seconds("EvHttp.set_timeout", seconds))
 
     def set_allowed_methods(self, *names: str) -> None:
         """The methods served (others get 501); libevent's default: GET POST HEAD PUT DELETE."""
@@ -1041,7 +1056,7 @@ def _bs_http_on_gone(handle: Any) -> None:
 class EvHttpConnection(Handle):
     """A client connection to ``host:port`` on an EventBase, for ``make_request``."""
 
-    __slots__ = ("_base", "_host", "_pending", "_port", "_running")
+    __slots__ = ("_base", "_host", "_pending", "_port", "_running", "_timeout")
 
     _kind = "EvHttpConnection"
 
@@ -1050,6 +1065,7 @@ class EvHttpConnection(Handle):
     _port: int
     _pending: dict[int, EvHttpRequest] | None
     _running: int
+    _timeout: float | None
 
     def __init__(self, base: EventBase, host: str, port: int) -> None:
         where = "obtain_evhttp_connection_base"
@@ -1067,6 +1083,7 @@ class EvHttpConnection(Handle):
         self._port = port
         self._pending = {}
         self._running = 0
+        self._timeout = None
         self._init_handle(rec, dummy=base.dummy, parent=base)
 
     def _release_native(self, rec: Any) -> None:
@@ -1090,13 +1107,17 @@ class EvHttpConnection(Handle):
 
     def set_timeout(self, seconds: float) -> None:
         """Time allowed for connecting and for each read or write of a request."""
-        tv = _seconds("EvHttpConnection.set_timeout", seconds)
-        lib.evhttp_connection_set_timeout_tv(self._require("set_timeout").evcon, tv)
+        evcon = self._require("set_timeout").evcon
+        lib.evhttp_connection_set_timeout_tv(
+            evcon, _seconds("EvHttpConnection.set_timeout", seconds)
+        )
+        self._timeout = float(seconds)
 
     def set_retries(self, n: int) -> None:
         """Connection attempts retried after the first one fails (-1: forever)."""
+        evcon = self._require("set_retries").evcon
         _check_int("EvHttpConnection.set_retries", "n", n, -1, 2**31 - 1)
-        lib.evhttp_connection_set_retries(self._require("set_retries").evcon, n)
+        lib.evhttp_connection_set_retries(evcon, n)
 
     def make_request(self, req: EvHttpRequest, method: str, uri: str) -> None:
         """Send ``req`` (from ``obtain_evhttp_request``); its callback runs on completion."""
@@ -1114,6 +1135,7 @@ class EvHttpConnection(Handle):
         if not curi:
             raise ValueError(f"{where}: uri must not be empty")
         req._conn = self
+        req._started = time.monotonic()
         req._handle = h = ffi.new_handle(req)
         rrec.py = h
         _client_pending[req._id] = req

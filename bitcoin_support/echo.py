@@ -1,4 +1,4 @@
-"""The HTTP echo server: ``python -m bitcoin_support.echo [--host] [--port] [--workers] [--max-body]``.
+"""The HTTP echo server: ``python -m bitcoin_support.echo [--host --port --workers --max-body]``.
 
 Every request gets 200 with its own body and ``Content-Type`` (default
 ``application/octet-stream``); a body over ``--max-body`` gets 413. The request handling is a
@@ -73,7 +73,9 @@ def _run_worker(sock: socket.socket, max_body: int, ready_fd: int = -1) -> int:
     return 0
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1, max_body: int = 1048576) -> int:
+def serve(
+    host: str = "127.0.0.1", port: int = 8080, workers: int = 1, max_body: int = 1048576
+) -> int:
     """Run the echo server until SIGINT or SIGTERM; returns the exit status (0 when stopped)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -9,6 +9,7 @@ struct evhttp_uri;
 struct evbuffer;
 struct evkeyvalq;
 struct evkeyval { char *key; char *value; ...; };
+struct timeval { long tv_sec; long tv_usec; ...; };
 
 typedef struct EvHttpRequest EvHttpRequest;
 typedef void (*EvHttpRequestCallback)(EvHttpRequest *req, void *arg);

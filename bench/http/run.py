@@ -132,7 +132,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def wrk(port: int, duration: float, lua: Path | None) -> tuple[float, int]:
     """(requests/s, errors) of one wrk run on CPU 1."""
-    cmd = [*pin(1), "wrk", "-t1", "-c50", f"-d{duration}s", "--timeout", "5s"]
+    cmd = [*pin(1), "wrk", "-t1", "-c50", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
     if lua is not None:
         cmd += ["-s", str(lua)]
     cmd.append(f"http://127.0.0.1:{port}/")
