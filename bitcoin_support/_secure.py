@@ -24,6 +24,12 @@ from ._native import ffi, lib
 MAX_SIZE = sys.maxsize
 MAX_ALIGN = 1 << 30
 _getrefcount = sys.getrefcount
+# Bound once: the hot paths below pay no attribute lookups on ffi and lib.
+_from_buffer = ffi.from_buffer
+_cleanse = lib.bs_memory_cleanse
+_gc = ffi.gc
+_release = ffi.release
+_new_object = object.__new__
 # References to a Block's _owner when nothing else holds it: the slot, free()'s local and
 # getrefcount's argument.
 _UNSHARED_REFS = 3
@@ -41,6 +47,9 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
     ``buf`` is a writable buffer, a cffi pointer (``size`` required), or a Block, SecureString or
     SerializeData of this package.
     """
+    if type(buf) is bytearray and size is None:  # the common case, kept short
+        _cleanse(_from_buffer(buf), len(buf))
+        return
     if isinstance(buf, ffi.CData):
         if size is None:
             raise TypeError("size is required when buf is a cffi pointer")
@@ -138,7 +147,7 @@ class Block:
         if _getrefcount(owner) > _UNSHARED_REFS:
             raise BufferError("a view of this memory is still exported")
         self._owner = None
-        ffi.release(owner)
+        _release(owner)
 
     def _cleanse_target(self) -> tuple[Any, int]:
         return self._live(), self.size
@@ -163,14 +172,22 @@ class Allocator:
 
     def allocate(self, size: int, align: int = 16) -> Block:
         """A new zeroed block of ``size`` bytes aligned to ``align`` (a power of two)."""
-        _check_alloc_args(size, align)
-        raw = type(self)._alloc(size, align)
-        if raw == ffi.NULL:
+        if type(size) is not int or type(align) is not int or align != 16 or size < 0:
+            _check_alloc_args(size, align)  # the default alignment needs no further check
+        elif size > MAX_SIZE:
+            raise MemoryError(f"cannot allocate {size} bytes")
+        cls = type(self)
+        raw = cls._alloc(size, align)
+        if not raw:  # NULL
             err = ffi.errno
             if err == 22:  # EINVAL
                 raise ValueError(f"align {align} is not supported")
             raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
-        return Block(self, ffi.gc(raw, type(self)._release), size)
+        block: Block = _new_object(Block)  # Block(...) without the __init__ call: hot path
+        block._allocator = self
+        block._owner = _gc(raw, cls._release)
+        block.size = size
+        return block
 
     def deallocate(self, block: Block) -> None:
         """Same as ``block.free()``; the block must come from an allocator of this kind."""
