@@ -6,6 +6,7 @@ Everything talks to 127.0.0.1 only and every wait is bounded.
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import socket
 import threading
@@ -83,6 +84,16 @@ class LoopThread:
         self.stop()
 
 
+class _KeepOpen(io.BufferedReader):
+    """A buffered socket reader that HTTPResponse cannot close (the next response needs it)."""
+
+    def close(self) -> None:
+        pass
+
+    def really_close(self) -> None:
+        super().close()
+
+
 class _FileSock:
     """Lets several ``HTTPResponse`` objects read one after the other from one buffered file."""
 
@@ -98,7 +109,7 @@ class RawClient:
 
     def __init__(self, port: int, timeout: float = 5.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.file = self.sock.makefile("rb")
+        self.file = _KeepOpen(socket.SocketIO(self.sock, "rb"))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -123,7 +134,7 @@ class RawClient:
             return False
 
     def close(self) -> None:
-        self.file.close()
+        self.file.really_close()
         self.sock.close()
 
     def __enter__(self) -> RawClient:
