@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,16 +15,22 @@ INCLUDES = ["-I", str(ROOT / "bitcoin_support" / "include"), "-I", str(ROOT / "c
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+# The tools run without the sanitizer runtime scripts/sanitize.sh preloads into Python.
+CLEAN_ENV = {
+    k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
+}
 
 
 def build(out: Path, *flags: str) -> Path:
     cmd = ["gcc", *WARNINGS, "-O1", "-g", *flags, *INCLUDES, *map(str, SOURCES), "-lpthread"]
-    subprocess.run([*cmd, "-o", str(out)], check=True, timeout=120)
+    subprocess.run([*cmd, "-o", str(out)], check=True, timeout=120, env=CLEAN_ENV)
     return out
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=100, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=100, check=False, env=CLEAN_ENV
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout
     return proc
