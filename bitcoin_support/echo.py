@@ -154,7 +154,10 @@ def _supervise(host: str, port: int, workers: int, max_body: int) -> int:
                 time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
             new, ready = _spawn(host, port, max_body)
             children[new] = time.monotonic()
-            os.close(ready)
+            try:
+                os.read(ready, 1)  # wait until it listens (b"" if it died first)
+            finally:
+                os.close(ready)
     except _Stop:
         pass
     finally:
