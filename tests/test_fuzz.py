@@ -20,6 +20,9 @@ def targets() -> list[str]:
 def test_fuzz_target_bounded_run(target: str) -> None:
     regressions = sorted((FUZZ / "regressions" / target.removeprefix("fuzz_")).glob("*"))
     args = [sys.executable, str(FUZZ / f"{target}.py"), "-seed=1", "-max_total_time=60"]
+    dictionary = FUZZ / f"{target.removeprefix('fuzz_')}.dict"
+    if dictionary.exists():
+        args.append(f"-dict={dictionary}")
     if regressions:
         replay = subprocess.run(
             [*args, *map(str, regressions)], capture_output=True, text=True, timeout=120
