@@ -403,11 +403,11 @@ def _c_callback(cb: Any, arg: object) -> tuple[Any, Any]:
     ctype = ffi.typeof(cb)
     if ctype != _EVENT_CALLBACK:
         if (
-            ctype.kind != "pointer"
-            or ctype.item.kind != "function"
-            or len(ctype.item.args) != 2
-            or ctype.item.result.cname != "void"
-            or any(a.kind != "pointer" for a in ctype.item.args)
+            ctype.kind != "function"
+            or ctype.ellipsis
+            or len(ctype.args) != 2
+            or ctype.result.cname != "void"
+            or any(a.kind != "pointer" for a in ctype.args)
         ):
             raise TypeError(
                 "obtain_event: cb must be a Python callable or a C function pointer "
