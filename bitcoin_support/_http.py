@@ -579,7 +579,7 @@ class EvHttpRequest:
             self._reply_rc("send_reply", rc)
         self._released()
 
-    def send_echo(self, code: int = 200, *, default_content_type: str = "") -> None:
+    def send_echo(self, code: int = 200, *, default_content_type: str | bytes = b"") -> None:
         """Answer with the request's own body and ``Content-Type`` (or ``default_content_type``).
 
         The body moves from the input buffer to the output buffer inside libevent: no copy
@@ -590,7 +590,10 @@ class EvHttpRequest:
             rec = self._server_rec("send_echo")
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
-        ct = _header_bytes("value", default_content_type) if default_content_type else _NULL
+        if type(default_content_type) is bytes:
+            ct = default_content_type
+        else:
+            ct = _header_bytes("value", default_content_type) if default_content_type else _NULL
         rc = lib.bs_http_send_echo(rec, code, ct)
         if rc:
             self._reply_rc("send_echo", rc)

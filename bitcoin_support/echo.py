@@ -30,7 +30,7 @@ GRACE_SECONDS: Final = 0.25  # time left to flush replies after a stop signal
 
 def _echo(req: EvHttpRequest, arg: Any) -> None:
     """Answer with the request's body and Content-Type (moved inside libevent, no copy)."""
-    req.send_echo(200, default_content_type=DEFAULT_CONTENT_TYPE)  # type: ignore[arg-type]
+    req.send_echo(200, default_content_type=DEFAULT_CONTENT_TYPE)
 
 
 def _listen(host: str, port: int, reuseport: bool) -> socket.socket:
