@@ -96,7 +96,10 @@ class Handle:
         """Register ``child`` so that closing this handle releases it first."""
         children = self._children
         if children is None:
-            children = self._children = {}
+            with _close_lock:  # two threads adding the first children must share one dict
+                if self._children is None:
+                    self._children = {}
+                children = self._children
         children[child._id] = weakref.ref(child)
 
     # -- public surface shared by all five types

@@ -589,6 +589,44 @@ def test_exception_in_a_loop_run_outside_python_is_logged(
     assert any(r.exc_info and "from a host loop" in str(r.exc_info[1]) for r in caplog.records)
 
 
+def test_keyboard_interrupt_in_a_host_run_loop_stops_it(
+    base: EventBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    late: list[int] = []
+
+    def interrupt(ev: LibEvent, arg: object) -> None:
+        raise KeyboardInterrupt
+
+    obtain_event(base, -1, 0, interrupt).active()
+    obtain_event(base, -1, 0, lambda ev, arg: late.append(1)).add(0.2)
+    with caplog.at_level(logging.ERROR, logger="bitcoin_support.events"):
+        bs.lib.bs_base_loop(base._rec, 0)
+    assert late == [] and caplog.records
+
+
+def test_errors_after_the_first_are_logged_not_raised(
+    base: EventBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    def cb(ev: LibEvent, arg: object) -> None:
+        base._st.fail(ValueError("first"))
+        base._st.fail(ValueError("second"))
+
+    obtain_event(base, -1, 0, cb).active()
+    with caplog.at_level(logging.ERROR, logger="bitcoin_support.events"):
+        with pytest.raises(ValueError, match="first"):
+            base.dispatch()
+    assert [str(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["second"]
+
+
+def test_dispatch_on_another_thread(base: EventBase) -> None:
+    fired: list[int] = []
+    obtain_event(base, -1, 0, lambda ev, arg: fired.append(threading.get_ident())).add(0.01)
+    worker = threading.Thread(target=base.dispatch)
+    worker.start()
+    worker.join(10)
+    assert fired == [worker.ident]
+
+
 # ---------------------------------------------------------------- callbacks changing handles
 
 
@@ -731,6 +769,17 @@ def test_dropping_an_unadded_event_releases_it(base: EventBase) -> None:
     ev = obtain_event(base, -1, 0, nothing)
     del ev
     assert LibEvent.live() == before
+
+
+def test_wrapper_dropped_inside_its_own_callback_is_released_after_it(base: EventBase) -> None:
+    before = bs.live_counts()
+    fired: list[int] = []
+    wrapper = EventBase.from_address(base.address)
+    obtain_event(wrapper, -1, 0, lambda ev, arg: fired.append(1)).active()
+    del wrapper  # now only the pending event holds the wrapper; it goes when the event does
+    base.dispatch()
+    gc.collect()
+    assert fired == [1] and bs.live_counts() == before
 
 
 def test_dropping_the_base_with_pending_events_releases_everything() -> None:
