@@ -60,7 +60,8 @@ _ALL_EVENTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_PERSIST | 
 _RESULTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_CLOSED
 _IO: Final = EV_READ | EV_WRITE | EV_CLOSED
 _LOOP_FLAGS: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK | EVLOOP_NO_EXIT_ON_EMPTY
-_NOT_RESULTS: Final = ~_RESULTS
+# Flags active() may defer: every non-empty combination of the result flags.
+_DEFERRABLE: Final = frozenset(f for f in range(1, 256) if not f & ~_RESULTS)
 _MAX_TIMEOUT: Final = float(2**31)
 _EVENT_CALLBACK: Final = ffi.typeof("EventCallback")
 _VOID_P: Final = ffi.typeof("void *")
@@ -440,7 +441,6 @@ class LibEvent(Handle):
         "_again",
         "_arg",
         "_base",
-        "_can_defer",
         "_cb",
         "_events",
         "_fd",
@@ -458,8 +458,9 @@ class LibEvent(Handle):
     _fdobj: object
     _events: int
     _handle: Any
-    _can_defer: bool  # its Python callback is running now and the base holds it
-    _again: int  # flags of active() from its own callback, activated when it returns
+    # None, except while its own Python callback runs and the base holds it: then the flags of
+    # the active() calls made there, which the trampoline activates when the callback returns.
+    _again: int | None
     _st: _LoopState
 
     def __init__(
@@ -497,8 +498,7 @@ class LibEvent(Handle):
         self._fdobj = fdobj
         self._events = events
         self._handle = None
-        self._can_defer = False
-        self._again = 0
+        self._again = None
         self._st = base._st
         self._init_handle(rec, dummy=base._dummy, parent=base)
 
@@ -518,7 +518,9 @@ class LibEvent(Handle):
         if rec is not None:
             rec.py = ffi.NULL
         self._handle = None
-        self._can_defer = False
+        self._again = None  # active() must arm it again: no deferring
+        if self._st.deferred is self:
+            self._st.deferred = None
         self._base._keep.discard(self)
 
     def _release_native(self, rec: Any) -> None:
@@ -526,8 +528,7 @@ class LibEvent(Handle):
 
     def _after_release(self) -> None:
         self._handle = None
-        self._can_defer = False
-        self._again = 0
+        self._again = None
         if self._st.deferred is self:
             self._st.deferred = None
         self._base._keep.discard(self)
@@ -535,7 +536,8 @@ class LibEvent(Handle):
     def _flush(self) -> None:
         """Activate now what active() deferred (another event is being activated after it)."""
         again = self._again
-        self._again = 0
+        if again:
+            self._again = 0
         self._st.deferred = None
         if again and self._rec is not None:
             lib.bs_event_active(self._rec, again & _RESULTS)
@@ -583,11 +585,8 @@ class LibEvent(Handle):
     def delete(self) -> None:
         """Make the event neither pending nor active; the base stops holding it."""
         rec = self._require("delete")
-        if self._again:
-            self._again = 0
-            self._st.deferred = None
         lib.bs_event_del(rec)
-        self._disarm()
+        self._disarm()  # also drops a deferred activation
 
     def active(self, what: int = EV_TIMEOUT) -> None:
         """Make the event active now, with ``what`` as its fired flags.
@@ -597,8 +596,12 @@ class LibEvent(Handle):
         on the hottest path. Activating another event of the base first flushes it, so libevent
         sees the activations in the order they were made.
         """
-        if self._can_defer and type(what) is int and what > 0 and not what & _NOT_RESULTS:
-            self._again |= what
+        again = self._again
+        if again is not None and what in _DEFERRABLE:
+            try:
+                self._again = again | what
+            except TypeError:  # 1.0 and the like compare equal to an int flag
+                raise TypeError(f"LibEvent.active: what must be an int, not {what!r}") from None
             self._st.deferred = self
             return
         deferred = self._st.deferred
@@ -622,7 +625,7 @@ class LibEvent(Handle):
             raise TypeError(f"LibEvent.pending: what must be an int, not {_type_name(what)}")
         if what & ~_RESULTS:
             raise ValueError(f"LibEvent.pending: what has unknown bits: {what:#x}")
-        return bool(self._again & what or lib.bs_event_pending(rec, what))
+        return bool((self._again or 0) & what or lib.bs_event_pending(rec, what))
 
 
 def obtain_event(
@@ -642,23 +645,21 @@ _from_handle = ffi.from_handle
 
 
 @ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
-def bs_py_event_cb(handle: Any, what: int, pending: int) -> int:
+def bs_py_event_cb(handle: Any, pending: int) -> int:
     """A Python-callback event fired; returns the flags the trampoline re-activates it with.
 
     Not pending any more and not re-armed by its callback: the base stops holding it.
     """
     ev: LibEvent = _from_handle(handle)
-    ev._can_defer = True
+    ev._again = 0
     try:
         ev._cb(ev, ev._arg)  # type: ignore[misc]
     except BaseException as exc:
         ev._st.fail(exc)
-    ev._can_defer = False
     again = ev._again
+    ev._again = None
     if again:
-        ev._again = 0
-        ev._st.deferred = None
-        return again
+        return again  # st.deferred may still name ev: harmless, it is held while active
     if not pending:
         rec = ev._rec
         if rec is not None and not lib.bs_event_pending(rec, _RESULTS):

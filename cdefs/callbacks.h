@@ -4,9 +4,10 @@
  * ffi.def_extern. Only plain C types here: this header is fed to ffi.cdef before event.h.
  */
 extern "Python+C" {
-    /* A Python-callback event fired; pending says whether it stays added after this run.
-       Returns the flags to re-activate it with (0: none); nonzero only while it is held. */
-    int bs_py_event_cb(void *handle, int what, int pending);
+    /* A Python-callback event fired (its flags are in the record); pending says whether it
+       stays added after this run. Returns the flags to re-activate it with (0: none), nonzero
+       only while Python holds it. */
+    int bs_py_event_cb(void *handle, int pending);
     /* A C-callback event fired and is no longer pending: its Python handle may drop it. */
     void bs_py_event_unheld(void *handle);
     /* The base's internal notify or wakeup event fired: run call_soon_threadsafe work. */

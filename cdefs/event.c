@@ -341,7 +341,7 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
     } else if (py != NULL) {
         /* Nonzero: active() was called from the callback on its own event, which Python still
            holds (the keep-alive set), so e is alive; e->ev is NULL if it was orphaned. */
-        int again = bs_py_event_cb(py, what, pending);
+        int again = bs_py_event_cb(py, pending);
         if (again != 0 && e->ev != NULL)
             event_active(e->ev, again & EV_ALL_RESULTS, 0);
     }

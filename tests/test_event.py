@@ -1234,6 +1234,20 @@ def test_bad_active_what_inside_own_callback(base: EventBase) -> None:
     assert len(errors) == 1
 
 
+def test_float_active_what_inside_own_callback(base: EventBase) -> None:
+    errors: list[BaseException] = []
+
+    def cb(ev: LibEvent, arg: object) -> None:
+        try:
+            ev.active(1.0)  # type: ignore[arg-type]
+        except TypeError as exc:
+            errors.append(exc)
+
+    obtain_event(base, -1, 0, cb).active()
+    base.dispatch()
+    assert len(errors) == 1 and "what" in str(errors[0])
+
+
 @pytest.mark.parametrize(("flags", "exc"), [("x", TypeError), (0x100, ValueError)])
 def test_bad_loop_flags(base: EventBase, flags: Any, exc: type[Exception]) -> None:
     with pytest.raises(exc, match="flags"):

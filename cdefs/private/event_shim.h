@@ -60,7 +60,7 @@ void bs_node_detach_locked(bs_node *node);
 void bs_record_free(void *record, size_t size);
 
 /* The "Python+C" functions of cdefs/callbacks.h, defined by the cffi module. */
-int bs_py_event_cb(void *handle, int what, int pending);
+int bs_py_event_cb(void *handle, int pending);
 void bs_py_event_unheld(void *handle);
 void bs_py_base_cb(void *handle);
 void bs_py_release_probe(void *record, size_t size);
