@@ -274,9 +274,10 @@ fail:
     return -1;
 }
 
+/* The wrappers below return an error for a dummy (no event_base) rather than crash. */
 int bs_base_loop(bs_base *b, int flags)
 {
-    return event_base_loop(b->base, flags);
+    return b->base == NULL ? -1 : event_base_loop(b->base, flags);
 }
 
 int bs_base_loopbreak(bs_base *b)
@@ -297,6 +298,8 @@ int bs_base_loopexit(bs_base *b, double timeout)
 {
     struct timeval tv;
 
+    if (b->base == NULL)
+        return -1;
     if (timeout < 0)
         return event_base_loopexit(b->base, NULL);
     to_timeval(timeout, &tv);
@@ -307,18 +310,20 @@ double bs_base_now(bs_base *b)
 {
     struct timeval tv;
 
-    if (event_base_gettimeofday_cached(b->base, &tv) != 0)
+    if (b->base == NULL || event_base_gettimeofday_cached(b->base, &tv) != 0)
         return -1.0;
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
 const char *bs_base_backend(bs_base *b)
 {
-    return event_base_get_method(b->base);
+    return b->base == NULL ? "" : event_base_get_method(b->base);
 }
 
 int bs_base_got(bs_base *b, int which)
 {
+    if (b->base == NULL)
+        return 0;
     return which ? event_base_got_exit(b->base) : event_base_got_break(b->base);
 }
 
