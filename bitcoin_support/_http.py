@@ -23,6 +23,7 @@ body); the one-second ``Date`` header is cached in C.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import time
@@ -32,7 +33,7 @@ from typing import Any, ClassVar, Final, final
 
 from ._errors import ClosedError
 from ._event import EventBase
-from ._handles import Handle, _count, _live, _live_lock, _next_id
+from ._handles import Handle, _live_extra, _next_id
 from ._log import TRACE, events_log, http_log
 from ._native import ffi, lib
 from ._serialize import SerializeData
@@ -88,6 +89,34 @@ _BS_REQ_DONE: Final = 0x40
 _from_handle = ffi.from_handle
 _NULL = ffi.NULL
 _trace_enabled = events_log.isEnabledFor
+# logging's own per-logger cache of isEnabledFor (cleared in place by setLevel and friends):
+# reading it first saves the method call on every request while TRACE is off.
+_trace_cache: dict[int, bool] = events_log._cache  # type: ignore[attr-defined]
+
+# Requests are counted without a lock: two atomic counters (``next`` on itertools.count is one
+# C call under the GIL), live = created - released.
+_created = itertools.count()
+_released_count = itertools.count()
+_count_created = _created.__next__
+_count_released = _released_count.__next__
+
+
+def _counter_value(counter: itertools.count[int]) -> int:
+    """The next value of an itertools.count, read without advancing it."""
+    return int(counter.__reduce__()[1][0])
+
+
+def _live_requests() -> int:
+    """Requests created and not yet released (thread-safe snapshot)."""
+    return _counter_value(_created) - _counter_value(_released_count)
+
+
+_live_extra[_KIND] = _live_requests
+
+
+def _trace() -> bool:
+    enabled = _trace_cache.get(TRACE)
+    return _trace_enabled(TRACE) if enabled is None else enabled
 
 
 def _type_name(obj: object) -> str:
@@ -341,8 +370,7 @@ class EvHttpRequest:
     @classmethod
     def live(cls) -> int:
         """Number of requests not yet released."""
-        with _live_lock:
-            return _live[_KIND]
+        return _live_requests()
 
     def __enter__(self) -> EvHttpRequest:
         return self
@@ -400,8 +428,8 @@ class EvHttpRequest:
                 conn = self._conn
                 if conn is not None and conn._pending is not None:
                     conn._pending.pop(self._id, None)
-        _count(_KIND, -1)
-        if _trace_enabled(TRACE):
+        _count_released()
+        if _trace():
             events_log.log(TRACE, "release EvHttpRequest id=%d", self._id)
 
     def _live_req(self, what: str) -> Any:
@@ -597,7 +625,15 @@ class EvHttpRequest:
         rc = lib.bs_http_send_echo(rec, code, ct)
         if rc:
             self._reply_rc("send_echo", rc)
-        self._released()
+        # self._released(), inlined: this is the echo server's per-request path
+        self._rec = None
+        if self._handle is not None:
+            self._after_close()
+            return
+        _count_released()
+        t = _trace_cache.get(TRACE)
+        if t or (t is None and _trace_enabled(TRACE)):
+            events_log.log(TRACE, "release EvHttpRequest id=%d", self._id)
 
     def send_error(self, code: int, reason: str | None = None) -> None:
         """Answer with libevent's error page for ``code``; the request is closed afterwards."""
@@ -735,8 +771,8 @@ def obtain_evhttp_request(cb: PyRequestCallback, arg: Any = None) -> EvHttpReque
     req._in = None
     req._out = None
     req._id = _next_id()
-    _count(_KIND, 1)
-    if _trace_enabled(TRACE):
+    _count_created()
+    if _trace():
         events_log.log(TRACE, "create EvHttpRequest id=%d", req._id)
     return req
 
@@ -1006,8 +1042,9 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
     req._out = None
     req._conn = None
     req._id = ident = _next_id()
-    _count(_KIND, 1)
-    if _trace_enabled(TRACE):
+    _count_created()
+    t = _trace_cache.get(TRACE)
+    if t or (t is None and _trace_enabled(TRACE)):
         events_log.log(TRACE, "create EvHttpRequest id=%d", ident)
     http._running += 1
     try:

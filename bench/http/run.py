@@ -130,6 +130,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(port: int, duration: float, lua: Path | None) -> tuple[float, int]:
     """(requests/s, errors) of one wrk run on CPU 1."""
     cmd = [*pin(1), "wrk", "-t1", "-c50", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
@@ -166,6 +172,7 @@ def main() -> int:
         table = servers(build_c_echo(tmp))
         names = [n for n in table if not args.only or n in args.only]
         results: dict[tuple[str, str], list[float]] = {}
+        cost: dict[tuple[str, str], list[float]] = {}
         errors: dict[str, int] = dict.fromkeys(names, 0)
         for rnd in range(args.repeats):
             for name in names:
@@ -174,21 +181,31 @@ def main() -> int:
                 try:
                     wrk(port, 1.0, lua)  # warm-up, not counted
                     for kind, script in (("POST", lua), ("GET", None)):
+                        cpu0 = cpu_seconds(proc.pid)
                         rps, err = wrk(port, args.duration, script)
+                        cpu = cpu_seconds(proc.pid) - cpu0
+                        us = 1e6 * cpu / max(1.0, rps * round(args.duration))
                         results.setdefault((name, kind), []).append(rps)
+                        cost.setdefault((name, kind), []).append(us)
                         errors[name] += err
-                        print(f"round {rnd + 1} {name:18} {kind:4} {rps:10.0f} req/s", flush=True)
+                        print(
+                            f"round {rnd + 1} {name:18} {kind:4} {rps:10.0f} req/s "
+                            f"{us:6.2f} us CPU/request",
+                            flush=True,
+                        )
                 finally:
                     stop(proc)
         med = {key: statistics.median(v) for key, v in results.items()}
         print()
         print(f"wrk -t1 -c50 -d{args.duration:g}s, server on CPU 0, wrk on CPU 1, 64-byte POST")
         print(f"and GET, median of {args.repeats} interleaved rounds\n")
-        print("| server | POST req/s | GET req/s | errors |")
-        print("|---|---:|---:|---:|")
+        print("| server | POST req/s | GET req/s | POST us CPU/req | GET us CPU/req | errors |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name in names:
             post, get = med.get((name, "POST"), 0.0), med.get((name, "GET"), 0.0)
-            print(f"| {name} | {post:,.0f} | {get:,.0f} | {errors[name]} |")
+            cp = statistics.median(cost.get((name, "POST"), [0.0]))
+            cg = statistics.median(cost.get((name, "GET"), [0.0]))
+            print(f"| {name} | {post:,.0f} | {get:,.0f} | {cp:.2f} | {cg:.2f} | {errors[name]} |")
         print("\n| ratio | POST | GET | target |")
         print("|---|---:|---:|---:|")
         ok = True
