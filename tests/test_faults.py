@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import subprocess
 import sys
@@ -9,7 +11,16 @@ import textwrap
 
 import pytest
 
-from bitcoin_support import SecureAllocator, SecureString, locked_pool_stats
+from bitcoin_support import (
+    EVLOOP_NONBLOCK,
+    LibEvent,
+    SecureAllocator,
+    SecureString,
+    live_counts,
+    locked_pool_stats,
+    obtain_event,
+    obtain_event_base,
+)
 
 
 def run_child(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -129,3 +140,35 @@ def test_fork_child_relocks_the_arenas() -> None:
     if os.environ.get("BITCOIN_SUPPORT_SANITIZED") != "1":  # ASan turns mlock into a no-op
         assert locked == total
         assert vmlck_kib * 1024 >= locked
+
+
+def test_exception_storm_every_error_accounted_for_and_no_handle_leaks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    n = 10_000
+    before = live_counts()
+    base = obtain_event_base()
+
+    def boom(ev: LibEvent, i: int) -> None:
+        raise ValueError(i)
+
+    events = [obtain_event(base, -1, 0, boom, i) for i in range(n)]
+    for ev in events:
+        ev.active()
+    reraised: list[int] = []
+    with caplog.at_level(logging.ERROR, logger="bitcoin_support.events"):
+        for _ in range(2 * n):
+            try:
+                base.loop(EVLOOP_NONBLOCK)
+            except ValueError as exc:
+                reraised.append(exc.args[0])
+            if len(reraised) + len(caplog.records) >= n:
+                break
+    logged = [r.exc_info[1].args[0] for r in caplog.records if r.exc_info and r.exc_info[1]]
+    assert len(reraised) + len(logged) == n
+    assert sorted(reraised + logged) == list(range(n))  # each exactly once
+    assert len(reraised) >= 1
+    del events
+    gc.collect()
+    base.close()
+    assert live_counts() == before
