@@ -57,6 +57,7 @@ typedef struct arena {
     uint32_t chunks_used;
     uint32_t chunks_free;
     uint16_t bins[NBINS];           /* first free chunk of each size class */
+    uint64_t nonempty[2];           /* bit b set when bins[b] holds a chunk */
     uint8_t state[ARENA_UNITS];     /* at a chunk's first unit: CHUNK_FREE or CHUNK_USED */
     uint16_t len[ARENA_UNITS];      /* at a chunk's first unit: its length in units */
     uint16_t head[ARENA_UNITS];     /* at a free chunk's last unit: its first unit */
@@ -101,15 +102,20 @@ static void bin_insert(arena *a, uint32_t u)
     if (a->bins[b] != NONE)
         a->prev_free[a->bins[b]] = (uint16_t)u;
     a->bins[b] = (uint16_t)u;
+    a->nonempty[b / 64] |= UINT64_C(1) << (b % 64);
 }
 
 static void bin_remove(arena *a, uint32_t u)
 {
     uint16_t p = a->prev_free[u], n = a->next_free[u];
-    if (p != NONE)
+    if (p != NONE) {
         a->next_free[p] = n;
-    else
-        a->bins[bin_of(a->len[u])] = n;
+    } else {
+        unsigned b = bin_of(a->len[u]);
+        a->bins[b] = n;
+        if (n == NONE)
+            a->nonempty[b / 64] &= ~(UINT64_C(1) << (b % 64));
+    }
     if (n != NONE)
         a->prev_free[n] = p;
 }
@@ -133,11 +139,22 @@ static void take_free(arena *a, uint32_t u)
 }
 
 /* Best fit: the smallest free chunk that holds n units plus the slack alignment may need. */
+/* The first non-empty bin at or after b, or NBINS. */
+static unsigned next_bin(const arena *a, unsigned b)
+{
+    for (unsigned w = b / 64; w < 2; w++) {
+        uint64_t bits = a->nonempty[w];
+        if (w == b / 64)
+            bits &= ~UINT64_C(0) << (b % 64);
+        if (bits != 0)
+            return w * 64 + (unsigned)__builtin_ctzll(bits);
+    }
+    return NBINS;
+}
+
 static uint32_t find_best(arena *a, uint32_t need)
 {
-    for (unsigned b = bin_of(need); b < NBINS; b++) {
-        if (a->bins[b] == NONE)
-            continue;
+    for (unsigned b = next_bin(a, bin_of(need)); b < NBINS; b = next_bin(a, b + 1)) {
         if (b < EXACT_BINS)
             return a->bins[b];
         uint32_t best = NONE, best_len = UINT32_MAX;
@@ -251,6 +268,7 @@ static arena *arena_new(int *err)
     memset(a->state, 0, sizeof a->state);
     memset(a->head, 0xFF, sizeof a->head); /* arena_free reads head[u - 1] before trusting it */
     memset(a->bins, 0xFF, sizeof a->bins);
+    a->nonempty[0] = a->nonempty[1] = 0;
     a->used_units = a->chunks_used = a->chunks_free = 0;
     set_free(a, 0, ARENA_UNITS);
     a->next = pool.arenas;
