@@ -3,17 +3,17 @@
  *
  *     ./host PORT [MODULE:FUNCTION ...]
  *
- * Creates an event_base and an evhttp bound on 127.0.0.1:PORT (0 picks a free port), then for
- * each MODULE:FUNCTION (default: c_host_app.py beside this program, function setup) calls
+ Creates an event_base and a listening socket on 127.0.0.1:PORT (0 picks a free port), then
+ * for each MODULE:FUNCTION (default: c_host_app.py beside this program, function setup) calls
  * bs_python_attach(base, MODULE, FUNCTION). MODULE is a dotted module name or the path of a .py
- * file. The Python side finds the host's evhttp through the environment variable
- * BS_HOST_EVHTTP (its address, set below). A failed attach is reported and the host serves on
- * without it.
+ * file. The Python side serves HTTP on the host's socket with an evhttp on the host's base; it
+ * finds the socket through the environment variable BS_HOST_LISTEN_FD (set below). A failed
+ * attach is reported and the host runs on without it.
  *
  * The host owns the loop and the signals: SIGTERM and SIGINT are libevent signal events on the
  * host's base that stop the loop. After the loop ends, MODULE:teardown is called for each module
  * attached, so Python releases what it registered on the base while the base still exists;
- * then the host frees the evhttp and the base and exits 0.
+ * then the host closes its socket, frees the base and exits 0.
  *
  * It also keeps a secret (a stand-in API token) in the package's locked pool for its whole run:
  * bs_secure_allocate() and bs_secure_deallocate() work without Python.
@@ -22,12 +22,13 @@
 #include <bitcoin_support.h>
 
 #include <event2/event.h>
-#include <event2/http.h>
 #include <event2/thread.h>
+#include <event2/util.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,17 +92,24 @@ int main(int argc, char **argv)
         return 1;
     }
     struct event_base *base = event_base_new();
-    struct evhttp *http = base ? evhttp_new(base) : NULL;
-    struct evhttp_bound_socket *bound =
-        http ? evhttp_bind_socket_with_handle(http, "127.0.0.1", (ev_uint16_t)port) : NULL;
-    if (bound == NULL) {
-        fprintf(stderr, "host: cannot listen on 127.0.0.1:%d\n", port);
+    if (base == NULL) {
+        fprintf(stderr, "host: event_base_new failed\n");
         return 1;
     }
+
+    /* The host owns the listening socket; Python's evhttp serves on a duplicate of it. */
     struct sockaddr_in addr;
     socklen_t addrlen = sizeof addr;
-    if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&addr, &addrlen) != 0) {
-        perror("host: getsockname");
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    evutil_socket_t listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0 || evutil_make_listen_socket_reuseable(listener) != 0 ||
+        evutil_make_socket_closeonexec(listener) != 0 ||
+        bind(listener, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(listener, 128) != 0 ||
+        getsockname(listener, (struct sockaddr *)&addr, &addrlen) != 0) {
+        fprintf(stderr, "host: cannot listen on 127.0.0.1:%d\n", port);
         return 1;
     }
 
@@ -121,10 +129,10 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* The one thing Python needs besides the base: where the host's evhttp is. */
-    char http_addr[32];
-    snprintf(http_addr, sizeof http_addr, "%p", (void *)http);
-    setenv("BS_HOST_EVHTTP", http_addr, 1);
+    /* The one thing Python needs besides the base: the socket to serve on. */
+    char fdtext[16];
+    snprintf(fdtext, sizeof fdtext, "%d", (int)listener);
+    setenv("BS_HOST_LISTEN_FD", fdtext, 1);
 
     char *modules[MAX_MODULES];
     int attached = 0;
@@ -157,7 +165,7 @@ int main(int argc, char **argv)
 
     event_base_dispatch(base);
 
-    /* Python handles on the base go first, while the base and the evhttp still exist. */
+    /* Python's handles on the base go first, while the base still exists. */
     for (int i = 0; i < attached; i++) {
         int rc = bs_python_attach(base, modules[i], "teardown");
         printf("teardown %s -> %d\n", modules[i], rc);
@@ -166,7 +174,7 @@ int main(int argc, char **argv)
     bs_secure_deallocate(token); /* wiped before it goes back to the pool */
     event_free(stop_term);
     event_free(stop_int);
-    evhttp_free(http);
+    evutil_closesocket(listener);
     event_base_free(base);
     printf("host: stopped\n");
     return 0;

@@ -1,0 +1,61 @@
+"""Python handlers that examples/c_host/host.c loads with ``bs_python_attach``.
+
+``setup(base)`` gets the host's event_base (``EventBase.from_address``: the host owns and frees
+it). It serves HTTP on the host's listening socket (``BS_HOST_LISTEN_FD``) with an evhttp on that
+base: every request is echoed back (200, same body and ``Content-Type``), and ``/stats`` reports
+how many times a 50 ms timer fired and how much of the locked pool is in use (the host keeps a
+32-byte secret there, allocated from C). The host runs the loop; ``teardown(base)`` runs after
+the loop has stopped and releases everything registered here, before the host frees its base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from bitcoin_support import (
+    EV_PERSIST,
+    EventBase,
+    EvHttpRequest,
+    LibEvent,
+    locked_pool_stats,
+    obtain_event,
+    obtain_evhttp,
+)
+
+# What setup() registered, for teardown(). The base wrapper owns the events and the evhttp:
+# closing it releases them all (the host's base itself is left alone).
+_state: dict[str, Any] = {}
+
+
+def setup(base: EventBase) -> None:
+    """Serve on the host's socket and start the timer; called once by the host."""
+    ticks = 0
+
+    def tick(ev: LibEvent, arg: object) -> None:
+        nonlocal ticks
+        ticks += 1
+
+    def echo(req: EvHttpRequest, arg: object) -> None:
+        req.send_echo(200, default_content_type="application/octet-stream")
+
+    def stats(req: EvHttpRequest, arg: object) -> None:
+        body = json.dumps({"ticks": ticks, "pool_used": locked_pool_stats().used})
+        req.send_reply(200, body=body.encode(), content_type="application/json")
+
+    http = obtain_evhttp(base)
+    http.accept_socket(int(os.environ["BS_HOST_LISTEN_FD"]))
+    http.set_gencb(echo)
+    http.set_cb("/stats", stats)
+    timer = obtain_event(base, -1, EV_PERSIST, tick)
+    timer.add(0.05)
+    _state.update(base=base, http=http, timer=timer)
+
+
+def teardown(base: EventBase) -> None:
+    """Release the evhttp, the timer and the base wrapper; called by the host after its loop."""
+    wrapper = _state.pop("base", None)
+    _state.clear()
+    if wrapper is not None:
+        wrapper.close()
