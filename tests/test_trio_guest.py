@@ -338,3 +338,20 @@ def test_bad_arguments(base: EventBase) -> None:
 
     with pytest.raises(TypeError, match="evhttp"):
         trio_guest.run(base, serve_bad)
+
+
+def test_example_runs() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "trio_guest.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    counts = dict(line.split(": ") for line in proc.stdout.splitlines()[1:])
+    assert all(int(v) > 0 for v in counts.values()), proc.stdout
