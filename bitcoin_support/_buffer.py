@@ -58,9 +58,9 @@ class WipingBuffer:
             old._check_unshared()
         new = self._allocator.allocate(capacity) if capacity else None
         if new is not None and self._len:
-            ffi.memmove(new._owner, self._ptr, self._len)
+            ffi.memmove(new._raw, self._ptr, self._len)
         self._block = new
-        self._ptr = _EMPTY if new is None else ffi.cast("uint8_t *", new._owner)
+        self._ptr = _EMPTY if new is None else ffi.cast("uint8_t *", new._raw)
         if old is not None:
             old.free()
 
@@ -107,7 +107,7 @@ class WipingBuffer:
         """A cffi buffer of the live bytes, keeping the block alive while it exists."""
         if self._block is None:
             return bytearray()
-        return ffi.buffer(self._block._owner, self._len)
+        return self._block._pinned_buffer(self._len)
 
     @contextmanager
     def _view(self, readonly: bool) -> Iterator[memoryview]:

@@ -1,12 +1,11 @@
 """Secure memory: the optimizer-proof wipe, the two allocators and the blocks they hand out.
 
-Ownership: a ``Block`` owns its memory through one cffi object made by ``ffi.gc`` (``_owner``).
-The memory goes back to its allocator (wiped on the way, in C) either when ``free()`` calls
-``ffi.release`` on it or when the last reference to ``_owner`` dies. Views hold ``_owner`` through
-``ffi.buffer``, so a view that outlives its ``with`` block keeps the memory alive rather than
-pointing at freed memory, and ``free()`` refuses (``BufferError``) while any view is exported.
-``Block.cdata`` is a plain alias that does not own anything: like a C pointer, it must not be used
-after ``free()``.
+Ownership: a ``Block`` owns its memory (``_raw``) until ``free()`` or its finalizer gives it back
+to its allocator, which wipes it in C. A view never points at freed memory: every buffer the block
+exports holds a *pin*, a cffi object whose destructor (``ffi.gc``) refers to the block, so the
+block, and with it the memory, lives as long as any view of it; ``free()`` refuses
+(``BufferError``) while a pin is alive. ``Block.cdata`` is a plain alias that owns nothing: like a
+C pointer, it must not be used after ``free()``.
 """
 
 from __future__ import annotations
@@ -28,11 +27,8 @@ _getrefcount = sys.getrefcount
 _from_buffer = ffi.from_buffer
 _cleanse = lib.bs_memory_cleanse
 _gc = ffi.gc
-_release = ffi.release
+_buffer = ffi.buffer
 _new_object = object.__new__
-# References to a Block's _owner when nothing else holds it: the slot, free()'s local and
-# getrefcount's argument.
-_UNSHARED_REFS = 3
 
 
 class Cleansable(Protocol):
@@ -96,23 +92,29 @@ def _check_alloc_args(size: int, align: int) -> None:
 class Block:
     """Memory from an allocator: reads as zeros when new, wiped when freed or dropped."""
 
-    __slots__ = ("__weakref__", "_allocator", "_owner", "size")
+    __slots__ = ("__weakref__", "_allocator", "_pins", "_raw", "size")
 
-    def __init__(self, allocator: Allocator, owner: Any, size: int) -> None:
+    _allocator: Allocator
+    _pins: int
+    _raw: Any
+    size: int
+
+    def __init__(self, allocator: Allocator, raw: Any, size: int) -> None:
         self._allocator = allocator
-        self._owner: Any = owner
+        self._raw = raw
+        self._pins = 0
         self.size = size
 
     @property
     def closed(self) -> bool:
         """True once the block has been freed."""
-        return self._owner is None
+        return self._raw is None
 
     def _live(self) -> Any:
-        owner = self._owner
-        if owner is None:
+        raw = self._raw
+        if raw is None:
             raise ClosedError("block is freed")
-        return owner
+        return raw
 
     @property
     def cdata(self) -> Any:
@@ -124,10 +126,19 @@ class Block:
         """The memory's address as an int."""
         return int(ffi.cast("uintptr_t", self._live()))
 
+    def _pinned_buffer(self, n: int) -> Any:
+        """A cffi buffer of the first ``n`` bytes that keeps this block alive while it exists."""
+        pin = _gc(self._live(), self._unpin)
+        self._pins += 1
+        return _buffer(pin, n)
+
+    def _unpin(self, pin: Any) -> None:
+        self._pins -= 1
+
     @contextmanager
     def view(self) -> Iterator[memoryview]:
         """A writable memoryview of exactly ``size`` bytes, released when the block ends."""
-        mv = memoryview(ffi.buffer(self._live(), self.size))
+        mv = memoryview(self._pinned_buffer(self.size))
         try:
             yield mv
         finally:
@@ -135,19 +146,25 @@ class Block:
 
     def _check_unshared(self) -> None:
         """BufferError while a view of the memory is exported (it would point at freed memory)."""
-        owner = self._owner
-        if owner is not None and _getrefcount(owner) > _UNSHARED_REFS:
+        if self._pins:
             raise BufferError("a view of this memory is still exported")
 
     def free(self) -> None:
         """Wipe the memory and give it back; idempotent. BufferError while a view is exported."""
-        owner = self._owner
-        if owner is None:
+        raw = self._raw
+        if raw is None:
             return
-        if _getrefcount(owner) > _UNSHARED_REFS:
+        if self._pins:
             raise BufferError("a view of this memory is still exported")
-        self._owner = None
-        _release(owner)
+        self._raw = None
+        self._allocator._release(raw)
+
+    def __del__(self) -> None:
+        # No pin can be alive here (each one keeps the block alive), so the memory is unshared.
+        raw = self._raw
+        if raw is not None:
+            self._raw = None
+            self._allocator._release(raw)
 
     def _cleanse_target(self) -> tuple[Any, int]:
         return self._live(), self.size
@@ -159,7 +176,7 @@ class Block:
         self.free()
 
     def __repr__(self) -> str:
-        state = "freed" if self._owner is None else f"size={self.size}"
+        state = "freed" if self._raw is None else f"size={self.size}"
         return f"<Block {state} from {type(self._allocator).__name__}>"
 
 
@@ -185,7 +202,8 @@ class Allocator:
             raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
         block: Block = _new_object(Block)  # Block(...) without the __init__ call: hot path
         block._allocator = self
-        block._owner = _gc(raw, cls._release)
+        block._raw = raw
+        block._pins = 0
         block.size = size
         return block
 
