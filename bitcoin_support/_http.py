@@ -895,7 +895,7 @@ class EvHttp(Handle):
         if bound == _NULL:
             err = ffi.errno or errno.EADDRNOTAVAIL
             raise OSError(err, f"EvHttp.bind: cannot listen on {host}:{port}: {os.strerror(err)}")
-        self._bound.append(bound)
+        self._track(bound)
         return _sock_port(int(lib.evhttp_bound_socket_get_fd(bound)))
 
     def accept_socket(self, sock: socket.socket | int) -> int:
@@ -921,15 +921,22 @@ class EvHttp(Handle):
         except BaseException:
             os.close(dup)
             raise
-        self._bound.append(bound)
+        self._track(bound)
         return _sock_port(dup)
+
+    def _track(self, bound: Any) -> None:
+        """Keep a listening socket, guarded so that running out of descriptors pauses accepting
+        for a moment instead of spinning the loop."""
+        self._bound.append(bound)
+        if lib.bs_evhttp_guard_accept(self._rec, bound) != 0:
+            raise MemoryError("EvHttp: cannot guard the listening socket")
 
     def stop_accepting(self) -> None:
         """Close every listening socket; connections already open keep being served."""
-        http = self._http("stop_accepting")
+        self._http("stop_accepting")
         bound, self._bound = self._bound, []
         for b in bound:
-            lib.evhttp_del_accept_socket(http, b)
+            lib.bs_evhttp_del_accept(self._rec, b)
 
     # -- callbacks
 

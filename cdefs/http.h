@@ -76,6 +76,8 @@ typedef struct bs_evhttp { struct evhttp *http; ...; } bs_evhttp;
 typedef struct bs_evconn { struct evhttp_connection *evcon; ...; } bs_evconn;
 bs_evhttp *bs_evhttp_new(bs_base *b);
 void bs_evhttp_release(bs_evhttp *h);
+int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
+void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
 void bs_evconn_release(bs_evconn *c, int later);
 

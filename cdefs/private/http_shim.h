@@ -52,6 +52,7 @@ typedef struct bs_http_route {
 typedef struct bs_evhttp {
     bs_node node;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
+    struct bs_accept_guard *guards; /* owned: one per listening socket (see http.c) */
 } bs_evhttp;
 
 typedef struct bs_evconn {
@@ -62,6 +63,8 @@ typedef struct bs_evconn {
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
 void bs_evhttp_release(bs_evhttp *h);
+int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
+void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
 void bs_evconn_release(bs_evconn *c, int later);
 
