@@ -123,17 +123,36 @@ static void base_internal_cb(evutil_socket_t fd, short what, void *arg)
             ;
     }
     b->depth++;
-    if (b->py != NULL)
+    if (b->py != NULL) {
         bs_py_base_cb(b->py);
+        /* libevent does not count internal callbacks as work done, so loop(EVLOOP_ONCE) would
+           go back to waiting after running queued calls; activating an ordinary event in the
+           same pass makes the run count. */
+        if (b->ran != NULL)
+            event_active(b->ran, EV_TIMEOUT, 0);
+    }
     if (--b->depth == 0 && b->dead)
         base_destroy(b, 1);
 }
 
+static void ran_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
 static int base_init_notify(bs_base *b)
 {
-    b->notify = event_new(b->base, -1, 0, base_internal_cb, b);
-    if (b->notify == NULL)
+    b->ran = event_new(b->base, -1, 0, ran_cb, NULL);
+    if (b->ran == NULL)
         return -1;
+    b->notify = event_new(b->base, -1, 0, base_internal_cb, b);
+    if (b->notify == NULL) {
+        event_free(b->ran);
+        b->ran = NULL;
+        return -1;
+    }
     /* Internal events do not keep event_base_loop() from returning "no events". */
     b->notify->ev_evcallback.evcb_flags |= EVLIST_INTERNAL;
     return 0;
@@ -219,6 +238,10 @@ void bs_base_release(bs_base *b)
     if (b->notify != NULL) {
         event_free(b->notify);
         b->notify = NULL;
+    }
+    if (b->ran != NULL) {
+        event_free(b->ran);
+        b->ran = NULL;
     }
     if (b->wake != NULL) {
         event_free(b->wake);

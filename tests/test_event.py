@@ -980,6 +980,16 @@ def test_call_soon_threadsafe_passes_args_in_order(base: EventBase) -> None:
     assert got == [(i, i + 1) for i in range(5)]
 
 
+def test_loop_once_returns_after_running_queued_calls(base: EventBase) -> None:
+    ran: list[int] = []
+    keep = bs.obtain_event(base, -1, bs.EV_PERSIST, lambda ev, arg: None)
+    keep.add(60)  # a pending user event: the loop has something to wait for
+    base.call_soon_threadsafe(ran.append, 1)
+    assert base.loop(bs.EVLOOP_ONCE) == 0
+    assert ran == [1]
+    keep.close()
+
+
 def test_call_soon_threadsafe_wakes_a_blocked_dispatch(base: EventBase) -> None:
     obtain_event(base, -1, 0, nothing).add(10)
     timer = threading.Timer(0.05, base.call_soon_threadsafe, (base.loopbreak,))

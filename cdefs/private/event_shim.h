@@ -36,6 +36,7 @@ struct bs_base {
     struct event_base *base;    /* NULL for a dummy */
     void *py;                   /* ffi.new_handle of the Python loop state, or NULL */
     struct event *notify;       /* internal user event behind call_soon_threadsafe */
+    struct event *ran;          /* ordinary no-op event activated after Python ran (see event.c) */
     struct event *wake;         /* internal read event on wake_fds[0] (signal wakeup fd) */
     int wake_fds[2];
     bs_node children;           /* list sentinel */
