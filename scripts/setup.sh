@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine for this project: libevent headers, pkg-config and wrk from apt
+# Set up a fresh Debian machine for this project: libevent headers, pkg-config, compilers, wrk and
+# valgrind from apt
 # (as root, only what is missing), then .venv with the package installed in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libevent-dev pkg-config gcc wrk valgrind; do
+for pkg in libevent-dev pkg-config gcc g++ binutils util-linux wrk valgrind; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,5 +18,12 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel
-.venv/bin/python -m pip install -q -e ".[test]"
+# Quiet unless it fails: the build backend's notices are not for a newcomer's screen.
+log=$(mktemp)
+if ! { .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel &&
+       .venv/bin/python -m pip install -q -e ".[test]"; } >"$log" 2>&1; then
+    cat "$log"
+    rm -f "$log"
+    exit 1
+fi
+rm -f "$log"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README gives it: set up (apt + .venv), lint, type-check, test.
+# The whole test suite, as the README gives it: set up (apt + .venv), lint, type-check, test,
+# then the same tests again against a shim built with AddressSanitizer and UBSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,3 +8,5 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict bitcoin_support
 .venv/bin/python -m pytest "$@"
+echo "== the same suite against the ASan+UBSan build of the shim"
+bash scripts/sanitize.sh "$@"
