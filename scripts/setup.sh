@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine for this project: libevent headers, pkg-config, compilers, wrk and
-# valgrind from apt
-# (as root, only what is missing), then .venv with the package installed in editable mode.
+# Set up a fresh Debian machine for this project: libevent headers, pkg-config, compilers, wrk
+# and valgrind from apt (as root, only what is missing), then .venv with the package installed
+# in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
