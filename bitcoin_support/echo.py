@@ -6,11 +6,13 @@ Python callback on evhttp. ``--workers N`` runs N worker processes, each with it
 and its own ``SO_REUSEPORT`` socket on the same port (the kernel spreads connections across
 them); the parent only supervises them (restarts one that dies, stops them all on SIGINT or
 SIGTERM). A worker stops gracefully: it stops accepting, answers what it already read, exits 0.
+On SIGUSR1 a worker prints its live handle counts to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from ._event import obtain_event_base
+from ._handles import live_counts
 from ._http import EvHttp, EvHttpRequest, obtain_evhttp
 
 __all__ = ["main", "serve"]
@@ -60,8 +63,14 @@ def _run_worker(sock: socket.socket, max_body: int, ready_fd: int = -1) -> int:
         http.stop_accepting()
         base.loopexit(GRACE_SECONDS)
 
+    def report(signum: int, frame: object) -> None:
+        # SIGUSR1: the live handle counts, for soak runs that check nothing is left behind.
+        line = f"echo worker {os.getpid()}: live {json.dumps(live_counts())}\n"
+        os.write(2, line.encode())  # one write: lines from several workers do not interleave
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGUSR1, report)
     if ready_fd >= 0:
         os.write(ready_fd, b"r")
         os.close(ready_fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -121,6 +122,19 @@ def test_no_descriptor_growth(echo: Echo) -> None:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 s.recv(1000)
     assert wait_for(lambda: open_fds(echo.proc.pid) <= before, 5)
+
+
+def test_sigusr1_reports_no_live_requests_after_traffic(echo: Echo) -> None:
+    for _ in range(20):
+        request(echo.port)
+    echo.proc.send_signal(signal.SIGUSR1)
+    assert echo.proc.stderr is not None
+    line = echo.proc.stderr.readline()
+    counts = json.loads(line.split(" live ", 1)[1])
+    assert counts["EvHttpRequest"] == 0
+    assert counts["EvHttpConnection"] == 0
+    assert counts["EvHttp"] == 1
+    assert counts["EventBase"] == 1
 
 
 def test_workers_share_the_port() -> None:
