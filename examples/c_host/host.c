@@ -3,7 +3,7 @@
  *
  *     ./host PORT [MODULE:FUNCTION ...]
  *
- Creates an event_base and a listening socket on 127.0.0.1:PORT (0 picks a free port), then
+ * Creates an event_base and a listening socket on 127.0.0.1:PORT (0 picks a free port), then
  * for each MODULE:FUNCTION (default: c_host_app.py beside this program, function setup) calls
  * bs_python_attach(base, MODULE, FUNCTION). MODULE is a dotted module name or the path of a .py
  * file. The Python side serves HTTP on the host's socket with an evhttp on the host's base; it
