@@ -48,13 +48,6 @@ def nothing(ev: LibEvent, arg: object) -> None:
 
 
 @pytest.fixture
-def base() -> Iterator[EventBase]:
-    b = obtain_event_base()
-    yield b
-    b.close()
-
-
-@pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     a, b = socket.socketpair()
     a.setblocking(False)

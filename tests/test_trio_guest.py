@@ -7,7 +7,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import outcome
@@ -24,17 +23,9 @@ from bitcoin_support import (
     EvHttpRequest,
     LibEvent,
     obtain_event,
-    obtain_event_base,
     obtain_evhttp,
     trio_guest,
 )
-
-
-@pytest.fixture
-def base() -> Iterator[EventBase]:
-    b = obtain_event_base()
-    yield b
-    b.close()
 
 
 @pytest.fixture
