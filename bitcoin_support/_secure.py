@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, final
@@ -29,6 +30,10 @@ _cleanse = lib.bs_memory_cleanse
 _gc = ffi.gc
 _buffer = ffi.buffer
 _new_object = object.__new__
+# Guards the pin counts of all blocks: Python does not promise that `+=` on an attribute is
+# atomic across threads, and a lost update could let free() run while a view still points at
+# the memory.
+_pin_lock = threading.Lock()
 
 
 class Cleansable(Protocol):
@@ -129,11 +134,13 @@ class Block:
     def _pinned_buffer(self, n: int) -> Any:
         """A cffi buffer of the first ``n`` bytes that keeps this block alive while it exists."""
         pin = _gc(self._live(), self._unpin)
-        self._pins += 1
+        with _pin_lock:  # views may be made and dropped on several threads at once
+            self._pins += 1
         return _buffer(pin, n)
 
     def _unpin(self, pin: Any) -> None:
-        self._pins -= 1
+        with _pin_lock:
+            self._pins -= 1
 
     @contextmanager
     def view(self) -> Iterator[memoryview]:

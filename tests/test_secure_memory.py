@@ -708,3 +708,31 @@ def test_bare_c_entry_points_agree_with_the_pool() -> None:
     lib.bs_secure_deallocate(p)
     lib.bs_secure_deallocate(ffi.NULL)
     assert locked_pool_stats().chunks_used == before.chunks_used - 1
+
+
+def test_views_from_many_threads_leave_no_pin_behind() -> None:
+    block = SecureAllocator().allocate(64)
+    errors: list[BaseException] = []
+
+    def viewer() -> None:
+        try:
+            for _ in range(5000):
+                with block.view() as mv:
+                    mv[0] = 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=viewer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert block._pins == 0
+    block.free()  # no view is left, so this must not raise BufferError
+    assert block.closed
