@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from ._errors import ClosedError
+from ._errors import ClosedError, nonnegative_int
 from ._native import ffi, lib
 from ._secure import Allocator, Block
 
@@ -73,11 +73,7 @@ class WipingBuffer:
     def reserve(self, additional: int) -> None:
         """Capacity of at least ``len + additional`` (Rust's ``reserve``)."""
         self._check()
-        if not isinstance(additional, int) or isinstance(additional, bool):
-            raise TypeError(f"additional must be an int, not {type(additional).__name__}")
-        if additional < 0:
-            raise ValueError(f"additional must be >= 0, got {additional}")
-        self._ensure(self._len + additional)
+        self._ensure(self._len + nonnegative_int("additional", additional))
 
     def shrink_to_fit(self) -> None:
         """Move the bytes to a block of exactly their size; the old block is wiped."""

@@ -1,4 +1,5 @@
-"""The package's exceptions: each subclasses the builtin a caller would catch anyway."""
+"""The package's exceptions, and the argument checks that raise TypeError or ValueError naming
+the argument."""
 
 from __future__ import annotations
 
@@ -9,3 +10,17 @@ class ClosedError(ValueError):
 
 class DummyHandleError(RuntimeError):
     """A dummy handle was asked for something that needs libevent."""
+
+
+def type_name(obj: object) -> str:
+    """The name of ``obj``'s type, for messages about a bad argument."""
+    return type(obj).__name__
+
+
+def nonnegative_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 0 (bool excluded), else TypeError or ValueError naming it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type_name(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final, final
 
 from ._errors import ClosedError
+from ._errors import type_name as _type_name
 from ._handles import Handle, live_counts
 from ._log import events_log
 from ._native import ffi, lib
@@ -73,10 +74,6 @@ if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
 # callback's own handler can catch them (a signal handler raising at a callback's first line).
 _tls = threading.local()
 _release_probe: Callable[[bytes], object] | None = None
-
-
-def _type_name(obj: object) -> str:
-    return type(obj).__name__
 
 
 def _timeout_arg(where: str, timeout: float) -> float:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar, Final, final
 
 from ._errors import ClosedError
+from ._errors import type_name as _type_name
 from ._event import EventBase
 from ._handles import Handle, _live_extra, _next_id
 from ._log import TRACE, events_log, http_log
@@ -117,10 +118,6 @@ _live_extra[_KIND] = _live_requests
 def _trace() -> bool:
     enabled = _trace_cache.get(TRACE)
     return _trace_enabled(TRACE) if enabled is None else enabled
-
-
-def _type_name(obj: object) -> str:
-    return type(obj).__name__
 
 
 def _check_int(where: str, name: str, value: object, low: int, high: int) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, final
 
-from ._errors import ClosedError
+from ._errors import ClosedError, nonnegative_int
 from ._log import secure_alloc_log
 from ._native import ffi, lib
 
@@ -76,11 +76,7 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
 
 
 def _check_size(size: int) -> int:
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"size must be an int, not {type(size).__name__}")
-    if size < 0:
-        raise ValueError(f"size must be >= 0, got {size}")
-    return size
+    return nonnegative_int("size", size)
 
 
 def _check_alloc_args(size: int, align: int) -> None:

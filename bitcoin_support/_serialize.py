@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any, SupportsIndex, final, overload
 
 from ._buffer import WipingBuffer
+from ._errors import nonnegative_int
 from ._native import ffi, lib
 from ._secure import Allocator, ZeroAfterFreeAllocator
 
@@ -185,10 +186,7 @@ class SerializeData(WipingBuffer):
     def resize(self, n: int) -> None:
         """Set the length to ``n``: new bytes are zero, dropped bytes are wiped."""
         self._check()
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise TypeError(f"n must be an int, not {type(n).__name__}")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        n = nonnegative_int("n", n)
         if n < self._len:
             self._truncate(n)
         elif n > self._len:

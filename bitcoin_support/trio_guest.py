@@ -30,6 +30,7 @@ import outcome
 import trio
 
 from ._errors import ClosedError
+from ._errors import type_name as _type_name
 from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, obtain_event
 from ._http import EvHttp, EvHttpRequest
 
@@ -38,10 +39,6 @@ __all__ = ["run", "serve_http", "start", "wait_event"]
 T = TypeVar("T")
 
 _http_log: Final = logging.getLogger("bitcoin_support.http")
-
-
-def _type_name(obj: object) -> str:
-    return type(obj).__name__
 
 
 def _check_base(where: str, base: object) -> EventBase:
