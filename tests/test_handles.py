@@ -10,11 +10,8 @@ from typing import Any
 
 import pytest
 
-import bitcoin_support as bs
 from bitcoin_support import (
     EV_PERSIST,
-    ClosedError,
-    DummyHandleError,
     EventBase,
     LibEvent,
     live_counts,
@@ -224,32 +221,6 @@ def test_id_and_dummy_stay_readable_after_close() -> None:
     d = obtain_event_base(dummy=True)
     d.close()
     assert d.id > 0 and d.dummy
-
-
-def test_error_classes() -> None:
-    assert issubclass(ClosedError, ValueError) and issubclass(DummyHandleError, RuntimeError)
-
-
-def test_exports_of_the_event_core() -> None:
-    names = [
-        "EventBase",
-        "LibEvent",
-        "obtain_event_base",
-        "obtain_event",
-        "live_counts",
-        "EvutilSocket",
-        "EV_TIMEOUT",
-        "EV_READ",
-        "EV_WRITE",
-        "EV_SIGNAL",
-        "EV_PERSIST",
-        "EV_ET",
-        "EV_CLOSED",
-        "EVLOOP_ONCE",
-        "EVLOOP_NONBLOCK",
-        "EVLOOP_NO_EXIT_ON_EMPTY",
-    ]
-    assert all(name in bs.__all__ and hasattr(bs, name) for name in names)
 
 
 # ---------------------------------------------------------------- threads
