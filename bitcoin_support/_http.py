@@ -23,7 +23,6 @@ body); the one-second ``Date`` header is cached in C.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import socket
 import time
@@ -83,41 +82,30 @@ _ERRNO_ERRORS: Final[dict[int, str]] = {
     errno.ENETUNREACH: "network unreachable",
 }
 _KIND: Final = "EvHttpRequest"
-_BS_REQ_SENT: Final = 0x04
-_BS_REQ_STARTED: Final = 0x08
-_BS_REQ_DONE: Final = 0x40
+# Request record states (cdefs/private/http_shim.h)
+_NEW: Final[int] = lib.BS_REQ_NEW
+_MADE: Final[int] = lib.BS_REQ_MADE
+_RESPONDING: Final[int] = lib.BS_REQ_RESPONDING
+_CANCELLED: Final[int] = lib.BS_REQ_CANCELLED
+_STARTED: Final[int] = lib.BS_REQ_STARTED
+_REPLYABLE: Final = frozenset((lib.BS_REQ_CALLBACK, lib.BS_REQ_DEFERRED))
+_CANCEL_ERROR: Final = 5  # EVREQ_HTTP_REQUEST_CANCEL + 1
 
 _from_handle = ffi.from_handle
 _NULL = ffi.NULL
 _trace_enabled = events_log.isEnabledFor
-# logging's own per-logger cache of isEnabledFor (cleared in place by setLevel and friends):
-# reading it first saves the method call on every request while TRACE is off.
-_trace_cache: dict[int, bool] = events_log._cache  # type: ignore[attr-defined]
-
-# Requests are counted without a lock: two atomic counters (``next`` on itertools.count is one
-# C call under the GIL), live = created - released.
-_created = itertools.count()
-_released_count = itertools.count()
-_count_created = _created.__next__
-_count_released = _released_count.__next__
-
-
-def _counter_value(counter: itertools.count[int]) -> int:
-    """The next value of an itertools.count, read without advancing it."""
-    return int(counter.__reduce__()[1][0])
 
 
 def _live_requests() -> int:
-    """Requests created and not yet released (thread-safe snapshot)."""
-    return _counter_value(_created) - _counter_value(_released_count)
+    """Requests not yet released: counted in C, where Python's hold on a record begins and ends."""
+    return int(lib.bs_http_live_requests())
 
 
 _live_extra[_KIND] = _live_requests
 
 
 def _trace() -> bool:
-    enabled = _trace_cache.get(TRACE)
-    return _trace_enabled(TRACE) if enabled is None else enabled
+    return _trace_enabled(TRACE)
 
 
 def _check_int(where: str, name: str, value: object, low: int, high: int) -> int:
@@ -261,7 +249,9 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
         if rc == -1:
             raise ValueError(f"header name {name!r} is not a valid HTTP token")
         if rc == -2:
-            raise ValueError(f"header value for {name!r} must not contain CR, LF or NUL")
+            raise ValueError(
+                f"header value for {name!r} must not contain control characters (CR, LF, NUL...)"
+            )
         if rc != 0:
             raise MemoryError("could not add the header")
 
@@ -277,6 +267,8 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
     def remove(self, name: str) -> int:
         """Remove every header called ``name`` (any case); returns how many were removed."""
         key = _header_bytes("name", name)
+        if lib.bs_http_header_check(key, len(key), b"", 0) != 0:
+            raise ValueError(f"header name {name!r} is not a valid HTTP token")
         q = self._q()
         n = 0
         while lib.evhttp_remove_header(q, key) == 0:
@@ -329,12 +321,14 @@ class EvHttpRequest:
         "_out",
         "_rec",
         "_started",
+        "_traced",
     )
 
     _kind: ClassVar[str] = _KIND
 
     _rec: Any
     _id: int
+    _traced: bool  # TRACE was on at creation: its release is logged too
     _http: EvHttp | None
     _handle: Any
     _conn: EvHttpConnection | None
@@ -389,12 +383,12 @@ class EvHttpRequest:
         rec = self._rec
         if rec is None:
             return
-        if self._http is not None:
-            if not rec.flags & (_BS_REQ_SENT | _BS_REQ_STARTED) and rec.req != _NULL:
-                lib.bs_http_send_error(rec, 500, _NULL)  # ends Python's share of the record
+        if self._http is not None and rec.req != _NULL:
+            if rec.state in _REPLYABLE:
+                lib.bs_http_send_error(rec, 500, _NULL)  # ends Python's hold on the record
                 self._released()
                 return
-            if rec.flags & _BS_REQ_STARTED and rec.req != _NULL:
+            if rec.state == _STARTED:
                 lib.bs_http_reply_end(rec)
                 self._released()
                 return
@@ -403,6 +397,21 @@ class EvHttpRequest:
             lib.bs_http_req_release(rec)
         finally:
             self._after_close()
+
+    def _finish_cancelled(self, base: EventBase, *, run_callback: bool) -> None:
+        """A client request its connection cancelled: run its callback once, then close."""
+        cb = self._cb
+        try:
+            if run_callback and cb is not None:
+                cb(self, self._arg)
+        except BaseException as exc:
+            base._st.fail(exc)
+        finally:
+            rec = self._rec
+            if rec is not None:
+                self._rec = None
+                lib.bs_http_req_release(rec)
+                self._after_close()
 
     def _on_gone(self, cb: Callable[[], object] | None) -> None:
         """Private hook (``trio_guest.serve_http``): ``cb()`` runs once if the connection of this
@@ -425,8 +434,7 @@ class EvHttpRequest:
                 conn = self._conn
                 if conn is not None and conn._pending is not None:
                     conn._pending.pop(self._id, None)
-        _count_released()
-        if _trace():
+        if self._traced:
             events_log.log(TRACE, "release EvHttpRequest id=%d", self._id)
 
     def _live_req(self, what: str) -> Any:
@@ -544,7 +552,7 @@ class EvHttpRequest:
             return got
         try:
             dst = ffi.from_buffer("char[]", into, require_writable=True)
-        except TypeError:
+        except (TypeError, BufferError):  # not a buffer, or a read-only one
             raise TypeError(
                 "EvHttpRequest.read_body: into must be a SerializeData or a writable buffer, "
                 f"not {_type_name(into)}"
@@ -624,13 +632,8 @@ class EvHttpRequest:
             self._reply_rc("send_echo", rc)
         # self._released(), inlined: this is the echo server's per-request path
         self._rec = None
-        if self._handle is not None:
+        if self._handle is not None or self._traced:
             self._after_close()
-            return
-        _count_released()
-        t = _trace_cache.get(TRACE)
-        if t or (t is None and _trace_enabled(TRACE)):
-            events_log.log(TRACE, "release EvHttpRequest id=%d", self._id)
 
     def send_error(self, code: int, reason: str | None = None) -> None:
         """Answer with libevent's error page for ``code``; the request is closed afterwards."""
@@ -676,7 +679,7 @@ class EvHttpRequest:
             raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
         if self._http is not None:
             raise RuntimeError(f"EvHttpRequest.{what}: only a client request has a body to send")
-        if rec.flags & 0x20:
+        if rec.state != _NEW:
             raise RuntimeError(f"EvHttpRequest.{what}: the request was already made")
         return rec
 
@@ -707,7 +710,7 @@ class EvHttpRequest:
         rec = self._rec
         if rec is None:
             raise ClosedError("EvHttpRequest.error: the request is closed")
-        if self._http is not None or not rec.flags & _BS_REQ_DONE:
+        if self._http is not None or rec.state in (_NEW, _MADE):
             return None
         if rec.req != _NULL and lib.evhttp_request_get_response_code(rec.req) != 0:
             return None
@@ -768,8 +771,8 @@ def obtain_evhttp_request(cb: PyRequestCallback, arg: Any = None) -> EvHttpReque
     req._in = None
     req._out = None
     req._id = _next_id()
-    _count_created()
-    if _trace():
+    req._traced = traced = _trace_enabled(TRACE)
+    if traced:
         events_log.log(TRACE, "create EvHttpRequest id=%d", req._id)
     return req
 
@@ -864,12 +867,24 @@ class EvHttp(Handle):
     def _http(self, what: str) -> Any:
         return self._require(f"{what}").http
 
-    def _check_close(self) -> None:
-        if self._running:
-            raise RuntimeError("EvHttp.close: cannot close a server from its own request callback")
-
     def _release_native(self, rec: Any) -> None:
-        lib.bs_evhttp_release(rec)  # on_close() closes the deferred requests through Python
+        """Answer 503 to the requests still waiting for a reply, then free the server.
+
+        Inside one of its own request callbacks libevent is still working on one of its
+        connections, so C stops it accepting now and frees it on the next loop round.
+        """
+        later = self._running > 0
+        if rec.http != _NULL:
+            for req in list(self._pending):
+                r = req._rec
+                if r is not None and r.req != _NULL and r.state in _REPLYABLE:
+                    lib.bs_http_send_error(r, 503, _NULL)
+                    req._released()
+            if later:  # libevent must not call routes that are about to go
+                for path in self._routes:
+                    if path is not None:
+                        lib.evhttp_del_cb(rec.http, path.encode("utf-8", "surrogateescape"))
+        lib.bs_evhttp_release(rec, 1 if later else 0)  # on_close() closes what is left
 
     def _after_release(self) -> None:
         for req in list(self._pending):  # only left when the base freed the server as an orphan
@@ -901,25 +916,25 @@ class EvHttp(Handle):
         The caller keeps its own socket object; the duplicate is made non-blocking (which is
         shared with the original descriptor) and closed with the server.
         """
+        where = "EvHttp.accept_socket"
         http = self._http("accept_socket")
         if isinstance(sock, bool):
-            raise TypeError("EvHttp.accept_socket: sock must be a socket or an fd, not bool")
+            raise TypeError(f"{where}: sock must be a socket or an fd, not bool")
         fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
-        if not isinstance(fd, int):
-            raise TypeError(
-                f"EvHttp.accept_socket: sock must be a socket or an fd, not {_type_name(sock)}"
-            )
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"{where}: sock must be a socket or an fd, not {_type_name(sock)}")
+        port = _listening_tcp_port(where, fd)
         dup = os.dup(fd)
         try:
             os.set_blocking(dup, False)
             bound = lib.evhttp_accept_socket_with_handle(http, dup)
             if bound == _NULL:
-                raise OSError(ffi.errno, "EvHttp.accept_socket: libevent refused the socket")
+                raise OSError(ffi.errno, f"{where}: libevent refused the socket")
         except BaseException:
             os.close(dup)
             raise
         self._track(bound)
-        return _sock_port(dup)
+        return port
 
     def _track(self, bound: Any) -> None:
         """Keep a listening socket, guarded so that running out of descriptors pauses accepting
@@ -950,9 +965,12 @@ class EvHttp(Handle):
         self._routes[None] = route
 
     def set_cb(self, path: str, cb: PyRequestCallback | Any, arg: Any = None) -> None:
-        """The callback for requests whose path is exactly ``path`` (replaces an earlier one)."""
+        """The callback for requests whose path is exactly ``path`` (replaces an earlier one).
+
+        ``path`` is a str; an ASCII ``bytes`` path names the same route as its str.
+        """
         http = self._http("set_cb")
-        cpath = _text_arg("EvHttp.set_cb", "path", path)
+        key, cpath = _path_arg("EvHttp.set_cb", path)
         ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
         lib.evhttp_del_cb(http, cpath)
         if is_c:
@@ -963,16 +981,17 @@ class EvHttp(Handle):
             rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, r.crec)
             route = r
         if rc != 0:
+            self._routes.pop(key, None)  # its old callback is gone from libevent too
             raise MemoryError("EvHttp.set_cb: libevent refused the callback")
-        self._routes[str(path)] = route
+        self._routes[key] = route
 
     def del_cb(self, path: str) -> None:
         """Remove the callback of ``path``; ValueError when there is none."""
         http = self._http("del_cb")
-        cpath = _text_arg("EvHttp.del_cb", "path", path)
+        key, cpath = _path_arg("EvHttp.del_cb", path)
         if lib.evhttp_del_cb(http, cpath) != 0:
             raise ValueError(f"EvHttp.del_cb: no callback for path {path!r}")
-        self._routes.pop(str(path), None)
+        self._routes.pop(key, None)
 
     # -- limits
 
@@ -1011,6 +1030,43 @@ class EvHttp(Handle):
         lib.evhttp_set_allowed_methods(self._http("set_allowed_methods"), mask)
 
 
+def _path_arg(where: str, path: object) -> tuple[str, bytes]:
+    """A route's key (str) and its bytes for libevent: one route per path, whatever its type."""
+    if isinstance(path, bytes):
+        try:
+            key = path.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: a bytes path must be ASCII, got {path!r}") from None
+    elif isinstance(path, str):
+        key = path
+    else:
+        raise TypeError(f"{where}: path must be str (or ASCII bytes), not {_type_name(path)}")
+    return key, _text_arg(where, "path", key)
+
+
+def _listening_tcp_port(where: str, fd: int) -> int:
+    """The port of a bound, listening TCP socket; ValueError for anything else."""
+    if fd < 0:
+        raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
+    try:
+        ok = (
+            s.family in (socket.AF_INET, socket.AF_INET6)
+            and s.type == socket.SOCK_STREAM
+            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        )
+        if not ok:
+            raise ValueError(f"{where}: sock must be a bound, listening TCP socket")
+        return int(s.getsockname()[1])
+    except OSError as exc:
+        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
+    finally:
+        s.close()
+
+
 def _sock_port(fd: int) -> int:
     """The local port of a socket, without taking ownership of ``fd``."""
     s = socket.socket(fileno=os.dup(fd))
@@ -1046,9 +1102,8 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
     req._out = None
     req._conn = None
     req._id = ident = _next_id()
-    _count_created()
-    t = _trace_cache.get(TRACE)
-    if t or (t is None and _trace_enabled(TRACE)):
+    req._traced = traced = _trace_enabled(TRACE)
+    if traced:
         events_log.log(TRACE, "create EvHttpRequest id=%d", ident)
     http._running += 1
     try:
@@ -1063,16 +1118,25 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
             http._base._st.fail(exc)
         return 1
     http._running -= 1
-    if req._rec is not None:
-        # Not answered: the server holds the request until it is answered or its connection
-        # closes; the C record gets a handle to tell us about the latter.
-        if rec.req == _NULL:
-            req._rec = None
-            req._after_close()
-            return 0
-        req._handle = h = ffi.new_handle(req)
-        http._pending.add(req)
-        lib.bs_http_defer(rec, h)
+    if req._rec is None:
+        return 0
+    if http._rec is None and rec.req != _NULL:
+        # The callback closed its own server: nobody is left to answer later.
+        if rec.state in _REPLYABLE:
+            lib.bs_http_send_error(rec, 503, _NULL)
+            req._released()
+        else:
+            req.close()
+        return 0
+    # Not answered: the server holds the request until it is answered or its connection
+    # closes; the C record gets a handle to tell us about the latter.
+    h = ffi.new_handle(req)
+    if lib.bs_http_defer(rec, h) != 0:  # its connection is gone: the trampoline finishes it
+        req._rec = None
+        req._after_close()
+        return 0
+    req._handle = h
+    http._pending.add(req)
     return 0
 
 
@@ -1100,11 +1164,12 @@ def _bs_http_on_gone(handle: Any) -> None:
 class EvHttpConnection(Handle):
     """A client connection to ``host:port`` on an EventBase, for ``make_request``."""
 
-    __slots__ = ("_base", "_host", "_pending", "_port", "_running", "_timeout")
+    __slots__ = ("_base", "_finalizing", "_host", "_pending", "_port", "_running", "_timeout")
 
     _kind = "EvHttpConnection"
 
     _base: EventBase
+    _finalizing: bool
     _host: str
     _port: int
     _pending: dict[int, EvHttpRequest] | None
@@ -1128,20 +1193,28 @@ class EvHttpConnection(Handle):
         self._pending = {}
         self._running = 0
         self._timeout = None
+        self._finalizing = False
         self._init_handle(rec, dummy=base.dummy, parent=base)
 
+    def _close(self, *, finalizing: bool) -> None:
+        self._finalizing = finalizing
+        super()._close(finalizing=finalizing)
+
     def _release_native(self, rec: Any) -> None:
+        """Free the connection (next round if inside its own callback); finish its requests.
+
+        C cancels every request still queued; each one's callback then runs once, with
+        ``response_code == 0`` and ``error == "cancelled"`` (not from a finalizer: nobody is
+        left to tell). A request whose callback runs now finishes as usual.
+        """
         pending = self._pending
         self._pending = None
+        lib.bs_evconn_release(rec, 1 if self._running else 0)
         if pending:
             for req in list(pending.values()):
                 r = req._rec
-                if r is not None:
-                    lib.bs_http_req_forget(r)  # libevent frees it with the connection
-                    req._rec = None
-                    lib.bs_http_req_release(r)
-                    req._after_close()
-        lib.bs_evconn_release(rec, 1 if self._running else 0)
+                if r is not None and r.state == _CANCELLED:
+                    req._finish_cancelled(self._base, run_callback=not self._finalizing)
 
     @property
     def peer(self) -> tuple[str, int]:
@@ -1185,9 +1258,8 @@ class EvHttpConnection(Handle):
         _client_pending[req._id] = req
         assert self._pending is not None
         self._pending[req._id] = req
-        if lib.bs_http_make_request(rrec, rec.evcon, cmd, curi) != 0:
-            if req._rec is not None and not rrec.flags & _BS_REQ_DONE:
-                req.close()
+        if lib.bs_http_make_request(rrec, rec, cmd, curi) != 0:
+            req.close()  # cancelled in C, or already finished by its callback
             raise OSError(errno.ECONNABORTED, f"{where}: libevent refused the request")
 
 

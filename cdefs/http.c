@@ -1,29 +1,44 @@
 /*
- * http.c - the evhttp shim: request trampolines, request lifetime tracking, header validation
- * and the one-call replies that keep the per-request Python path short.
+ * http.c - the evhttp shim: request trampolines, request records, header validation and the
+ * one-call replies that keep the per-request Python path short. Who owns what across Python and
+ * libevent is told once, in the README's "Lifetimes" chapter; this file holds the C half.
  *
- * Lifetime of a server request given to Python (see bs_http_req_t in http_shim.h):
- *   1. bs_http_server_cb() takes a record, hooks libevent's on-complete callback on the request
- *      and the close callback on its connection (libevent 2.1 serves one request at a time per
- *      connection, so the connection's close callback can name the current request), and calls
- *      Python.
- *   2. A reply that completes (send_reply, send_error, reply_end) ends Python's ownership at once;
- *      libevent keeps the request until the bytes are written and then calls on_complete(), which
- *      unhooks the close callback and drops libevent's ownership.
- *   3. A callback that returns without replying leaves a deferred request: Python keeps its
- *      wrapper and gives us a handle (bs_http_defer). libevent 2.1 does not read from a connection
- *      whose request waits for a reply, so we watch the socket for hang-up ourselves and free the
- *      connection when the client is gone.
- *   4. When the connection closes first, on_close() tells Python (the wrapper becomes closed, and
- *      a late reply raises ClosedError). libevent frees a request still queued on the connection
- *      itself; a request it detached on a read error or timeout (evhttp_request_get_connection()
- *      is NULL) is ours to free, and we free it here, since nobody else ever will.
- * A request that libevent owns is never freed here except in that detached case.
+ * Request records
+ * ---------------
+ * A record (bs_http_req_t) has holders, one bit each in `holds`; the holder that lets go last
+ * wipes and frees it (rec_drop), and a holder never lets go twice (that aborts: it would be a
+ * double free). The holders are Python's wrapper (PY) and libevent while it may still call us
+ * back with the record (EV); besides, `calls` counts our own calls in progress that may run
+ * Python (rec_enter_call): so whatever the Python code does (close the request, its connection,
+ * its server), the record that the trampoline reads afterwards is still there.
  *
- * Client requests: libevent owns a request once evhttp_make_request() accepted it and frees it
- * right after its callback returns, so the callback must never free it (closing the Python
- * wrapper inside the callback only drops Python's ownership). Before it is made, the request is
- * ours and closing the wrapper frees it; a made request still pending is cancelled.
+ * `state` says what libevent's request may be used for; rec_enter() is the one place it changes
+ * and it refuses any transition not drawn here:
+ *
+ *   server:  CALLBACK --> DEFERRED --> STARTED --> SENT --> DONE      (on_complete)
+ *               |  \________\______________^        |
+ *               '------------'---------------'-------'--> GONE       (connection closed)
+ *   client:  NEW --> MADE --> RESPONDING --> DONE                     (client_cb)
+ *             |        '--> CANCELLED                                 (cancel, connection freed)
+ *             '--> DONE                                               (freed before it was made)
+ *
+ * Server: bs_http_server_cb makes the record (PY|EV|CB) in CALLBACK and calls Python. A reply
+ * that completes drops PY (SENT); libevent calls on_complete once the bytes are written (drops
+ * EV). A callback that returns without replying leaves DEFERRED: libevent 2.1 does not read a
+ * connection whose request waits for its reply, so we watch the socket for hang-up ourselves.
+ * When the connection closes first, on_close() moves to GONE, tells Python (which drops PY) and
+ * drops EV; a request libevent detached on a read error or timeout is freed there, since
+ * nobody else ever will.
+ *
+ * Client: libevent owns a request from evhttp_make_request() on and frees it right after its
+ * callback (client_cb) returns, or before it with a NULL request on failure. A made record is
+ * linked to its connection's record (bs_evconn.reqs) until libevent lets go of it, so freeing
+ * the connection (closed by Python, or orphaned when its base goes first) cancels exactly the
+ * records libevent frees with it, in C, whatever order Python's finalizers run in.
+ *
+ * Connections and servers closed from inside their own callbacks are freed on the next loop
+ * round (a timer the record owns), never under libevent's feet; until then they accept nothing
+ * new. A base released first frees them with its other children (bs_node orphans).
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
@@ -33,6 +48,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,28 +60,99 @@
 
 void bs_memory_cleanse(void *ptr, size_t len);
 
-/* ---- records: a small per-thread free list, every record wiped before reuse or free ---- */
+/* ---- request records ---- */
 
 static __thread int in_orphan; /* a base is freeing its children: no calls into Python */
 
+static void rec_fatal(const char *what)
+{
+    fprintf(stderr, "bitcoin_support: request record: %s\n", what);
+    abort();
+}
+
+/*
+ * A small per-thread free list saves a malloc per request. Sanitizer builds have none, so that
+ * AddressSanitizer sees every use of a freed record.
+ */
+#ifdef BS_SANITIZE
+#define BS_REC_CACHE 0
+#else
 #define BS_REC_CACHE 64
+#endif
+#if BS_REC_CACHE
 static __thread bs_http_req_t *rec_cache[BS_REC_CACHE];
 static __thread int rec_cached;
+#endif
 
-static bs_http_req_t *rec_alloc(void)
+/* Records Python holds: the live count of EvHttpRequest, kept where the holds change. */
+static atomic_long py_holds;
+
+BS_EXPORT long bs_http_live_requests(void)
 {
+    return atomic_load_explicit(&py_holds, memory_order_relaxed);
+}
+
+static bs_http_req_t *rec_new(int state, unsigned holds)
+{
+    bs_http_req_t *rec;
+#if BS_REC_CACHE
     if (rec_cached > 0)
-        return rec_cache[--rec_cached];
-    return calloc(1, sizeof(bs_http_req_t));
+        rec = rec_cache[--rec_cached];
+    else
+#endif
+        rec = calloc(1, sizeof(bs_http_req_t));
+    if (rec != NULL) {
+        rec->state = state;
+        rec->holds = holds;
+        if (holds & BS_HOLD_PY)
+            atomic_fetch_add_explicit(&py_holds, 1, memory_order_relaxed);
+    }
+    return rec;
 }
 
 static void rec_free(bs_http_req_t *rec)
 {
-    bs_memory_cleanse(rec, sizeof(*rec));
-    if (rec_cached < BS_REC_CACHE)
+    bs_memory_cleanse(rec, sizeof(*rec)); /* state BS_REQ_FREE, no holders */
+#if BS_REC_CACHE
+    if (rec_cached < BS_REC_CACHE) {
         rec_cache[rec_cached++] = rec;
-    else
-        free(rec);
+        return;
+    }
+#endif
+    free(rec);
+}
+
+/* The transitions of the diagram above; anything else is a bug in this file. */
+static int rec_may_enter(int from, int to)
+{
+    switch (to) {
+    case BS_REQ_MADE:
+        return from == BS_REQ_NEW;
+    case BS_REQ_RESPONDING:
+        return from == BS_REQ_MADE;
+    case BS_REQ_CANCELLED:
+        return from == BS_REQ_MADE;
+    case BS_REQ_DEFERRED:
+        return from == BS_REQ_CALLBACK;
+    case BS_REQ_STARTED:
+        return from == BS_REQ_CALLBACK || from == BS_REQ_DEFERRED;
+    case BS_REQ_SENT:
+        return from == BS_REQ_CALLBACK || from == BS_REQ_DEFERRED || from == BS_REQ_STARTED;
+    case BS_REQ_GONE:
+        return from == BS_REQ_CALLBACK || from == BS_REQ_DEFERRED || from == BS_REQ_STARTED ||
+               from == BS_REQ_SENT;
+    case BS_REQ_DONE:
+        return from == BS_REQ_NEW || from == BS_REQ_RESPONDING || from == BS_REQ_SENT;
+    default:
+        return 0;
+    }
+}
+
+static void rec_enter(bs_http_req_t *rec, int state)
+{
+    if (!rec_may_enter(rec->state, state))
+        rec_fatal("transition not in the state machine");
+    rec->state = state;
 }
 
 static void stop_watch(bs_http_req_t *rec)
@@ -76,46 +163,67 @@ static void stop_watch(bs_http_req_t *rec)
     }
 }
 
-/* Drop one owner; the last one frees the record. */
-static void rec_drop(bs_http_req_t *rec, unsigned owner)
+static void conn_unlink(bs_http_req_t *rec);
+
+static void rec_free_if_unheld(bs_http_req_t *rec)
 {
-    rec->flags &= ~owner;
-    if ((rec->flags & (BS_REQ_PY | BS_REQ_EV)) == 0) {
+    if (rec->holds == 0 && rec->calls == 0) {
         stop_watch(rec);
+        conn_unlink(rec);
         rec_free(rec);
     }
 }
 
-/* Python lets go of a record (its wrapper is closed). */
-BS_EXPORT void bs_http_req_release(bs_http_req_t *rec)
+/* One holder lets go; the last one wipes and frees the record. */
+static void rec_drop(bs_http_req_t *rec, unsigned hold)
 {
-    if (rec == NULL || !(rec->flags & BS_REQ_PY))
-        return;
-    rec->py = NULL;
-    if ((rec->flags & BS_REQ_CLIENT) && rec->req != NULL && !(rec->flags & BS_REQ_DONE)) {
-        struct evhttp_request *r = rec->req;
-        rec->req = NULL;
-        if (rec->flags & BS_REQ_MADE) {
-            /* Pending on a connection: cancelling frees it and runs no callback. */
-            rec->flags |= BS_REQ_DONE;
-            evhttp_cancel_request(r);
-            rec->flags &= ~BS_REQ_EV;
-        } else {
-            evhttp_request_free(r); /* never made: still ours */
-        }
-    }
-    rec_drop(rec, BS_REQ_PY);
+    if (rec->state == BS_REQ_FREE || !(rec->holds & hold))
+        rec_fatal("a holder let go twice");
+    rec->holds &= ~hold;
+    if (hold & BS_HOLD_PY)
+        atomic_fetch_sub_explicit(&py_holds, 1, memory_order_relaxed);
+    rec_free_if_unheld(rec);
 }
 
-/* The connection of a made client request is being freed: libevent frees the request silently. */
-BS_EXPORT void bs_http_req_forget(bs_http_req_t *rec)
+/* Around a call that may run Python (which may close anything): the record outlives it. */
+static void rec_enter_call(bs_http_req_t *rec)
 {
-    if (rec == NULL)
+    rec->calls++;
+}
+
+static void rec_leave_call(bs_http_req_t *rec)
+{
+    if (rec->state == BS_REQ_FREE || rec->calls <= 0)
+        rec_fatal("a call left twice");
+    rec->calls--;
+    rec_free_if_unheld(rec);
+}
+
+/* Python lets go of a record (its wrapper is closed); a client request is cancelled or freed. */
+BS_EXPORT void bs_http_req_release(bs_http_req_t *rec)
+{
+    if (rec == NULL || !(rec->holds & BS_HOLD_PY))
         return;
-    rec->req = NULL;
-    rec->flags |= BS_REQ_DONE;
-    if (rec->flags & BS_REQ_EV)
-        rec_drop(rec, BS_REQ_EV);
+    rec->py = NULL;
+    if (rec->state == BS_REQ_NEW) {
+        struct evhttp_request *r = rec->req;
+        rec->req = NULL;
+        rec_enter(rec, BS_REQ_DONE);
+        if (r != NULL)
+            evhttp_request_free(r); /* never made: still ours */
+    } else if (rec->state == BS_REQ_MADE) {
+        /* Cancelling frees the request and runs no request callback. */
+        struct evhttp_request *r = rec->req;
+        rec->req = NULL;
+        rec_enter(rec, BS_REQ_CANCELLED);
+        rec->error = EVREQ_HTTP_REQUEST_CANCEL + 1;
+        rec_enter_call(rec); /* the error callback still writes to rec; others may run Python */
+        evhttp_cancel_request(r);
+        conn_unlink(rec);
+        rec_drop(rec, BS_HOLD_EV);
+        rec_leave_call(rec);
+    }
+    rec_drop(rec, BS_HOLD_PY);
 }
 
 /* ---- SIGPIPE: a write to a closed socket must not kill the process ---- */
@@ -144,7 +252,8 @@ static int is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-/* 0, or -1 for a name that is not an RFC 9110 token, -2 for a value with CR, LF or NUL. */
+/* 0, or -1 for a name that is not an RFC 9110 token, -2 for a value with a control character
+   (RFC 9110 field values: visible characters, obs-text, space and horizontal tab). */
 BS_EXPORT int bs_http_header_check(const char *key, size_t klen, const char *value, size_t vlen)
 {
     if (klen == 0)
@@ -153,8 +262,8 @@ BS_EXPORT int bs_http_header_check(const char *key, size_t klen, const char *val
         if (!is_tchar((unsigned char)key[i]))
             return -1;
     for (size_t i = 0; i < vlen; i++) {
-        char c = value[i];
-        if (c == '\r' || c == '\n' || c == '\0')
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
             return -2;
     }
     return 0;
@@ -240,30 +349,36 @@ static void on_complete(struct evhttp_request *r, void *arg)
         evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
     rec->req = NULL;
     rec->evcon = NULL;
-    rec_drop(rec, BS_REQ_EV);
+    rec_enter(rec, BS_REQ_DONE);
+    rec_drop(rec, BS_HOLD_EV);
 }
 
 static void on_close(struct evhttp_connection *evcon, void *arg)
 {
     bs_http_req_t *rec = arg;
     evhttp_connection_set_closecb(evcon, NULL, NULL);
-    if (rec == NULL || !(rec->flags & BS_REQ_EV))
+    if (rec == NULL || !(rec->holds & BS_HOLD_EV))
         return;
     if (rec->req != NULL) {
         /* Detached by a read error or timeout: libevent will not free it, so we do. */
-        if (evhttp_request_get_connection(rec->req) == NULL)
+        if (evhttp_request_get_connection(rec->req) == NULL) {
+            evhttp_request_set_on_complete_cb(rec->req, NULL, NULL);
             evhttp_request_free(rec->req);
+        }
         rec->req = NULL;
     }
     rec->evcon = NULL;
-    rec->flags |= BS_REQ_GONE;
+    rec_enter(rec, BS_REQ_GONE);
     stop_watch(rec);
-    if ((rec->flags & BS_REQ_PY) && rec->py != NULL && !in_orphan) {
-        rec->flags &= ~BS_REQ_EV;
-        _bs_http_on_gone(rec->py); /* Python closes the wrapper and releases the record */
+    if ((rec->holds & BS_HOLD_PY) && rec->py != NULL && !in_orphan) {
+        void *py = rec->py;
+        rec_enter_call(rec);
+        _bs_http_on_gone(py); /* Python closes the wrapper and lets go of the record */
+        rec_drop(rec, BS_HOLD_EV);
+        rec_leave_call(rec);
         return;
     }
-    rec_drop(rec, BS_REQ_EV);
+    rec_drop(rec, BS_HOLD_EV);
 }
 
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
@@ -283,50 +398,65 @@ static void watch_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_connection_free(rec->evcon); /* runs on_close() */
 }
 
+/* A request on a server that Python closed from inside one of its callbacks. */
+static void closed_server_cb(struct evhttp_request *r, void *arg)
+{
+    (void)arg;
+    evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+}
+
 BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_route_t *route = arg;
-    bs_http_req_t *rec = rec_alloc();
+    bs_http_req_t *rec = rec_new(BS_REQ_CALLBACK, BS_HOLD_PY | BS_HOLD_EV);
     if (rec == NULL) {
         evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
         return;
     }
     rec->req = r;
     rec->evcon = evhttp_request_get_connection(r);
-    rec->flags = BS_REQ_PY | BS_REQ_EV;
     evhttp_request_set_on_complete_cb(r, on_complete, rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, on_close, rec);
+    rec_enter_call(rec);
     int failed = _bs_http_on_request(rec, route->py);
     bs_http_finish_callback(rec, failed);
+    rec_leave_call(rec);
 }
 
 /*
  * After the Python callback: a failed callback gets 500 (or its chunked reply ended); a record
- * Python neither answered nor deferred is released. Returns 1 when a reply was sent here.
+ * Python neither answered nor deferred is let go. Returns 1 when a reply was sent here.
  */
 BS_EXPORT int bs_http_finish_callback(bs_http_req_t *rec, int failed)
 {
-    if (!(rec->flags & BS_REQ_PY) || (rec->py != NULL && !failed))
+    if (!(rec->holds & BS_HOLD_PY) || (rec->py != NULL && !failed))
         return 0;
     int sent = 0;
-    if (rec->req != NULL) {
-        if (rec->flags & BS_REQ_STARTED)
-            evhttp_send_reply_end(rec->req);
+    if (rec->req != NULL && (rec->state == BS_REQ_CALLBACK || rec->state == BS_REQ_DEFERRED ||
+                             rec->state == BS_REQ_STARTED)) {
+        struct evhttp_request *r = rec->req;
+        int started = rec->state == BS_REQ_STARTED;
+        rec_enter(rec, BS_REQ_SENT);
+        if (started)
+            evhttp_send_reply_end(r);
         else
-            evhttp_send_error(rec->req, HTTP_INTERNAL, NULL);
-        rec->flags |= BS_REQ_SENT;
+            evhttp_send_error(r, HTTP_INTERNAL, NULL);
         sent = 1;
     }
     rec->py = NULL;
-    rec_drop(rec, BS_REQ_PY);
+    rec_drop(rec, BS_HOLD_PY);
     return sent;
 }
 
-/* The Python callback returned without replying: keep the record and watch for hang-up. */
+/* The Python callback returned without completing its reply: keep the record, watch for hang-up. */
 BS_EXPORT int bs_http_defer(bs_http_req_t *rec, void *py)
 {
     if (rec->req == NULL || rec->evcon == NULL)
+        return -1;
+    if (rec->state == BS_REQ_CALLBACK)
+        rec_enter(rec, BS_REQ_DEFERRED);
+    else if (rec->state != BS_REQ_STARTED)
         return -1;
     rec->py = py;
     if (rec->watch == NULL) {
@@ -347,17 +477,37 @@ static int can_reply(bs_http_req_t *rec)
 {
     if (rec->req == NULL)
         return -1;
-    if (rec->flags & (BS_REQ_SENT | BS_REQ_STARTED))
+    if (rec->state != BS_REQ_CALLBACK && rec->state != BS_REQ_DEFERRED)
         return -2;
     return 0;
 }
 
-/* A reply is complete: Python's ownership ends here, libevent's at on_complete(). */
+static int can_chunk(bs_http_req_t *rec)
+{
+    if (rec->req == NULL)
+        return -1;
+    return rec->state == BS_REQ_STARTED ? 0 : -2;
+}
+
+/*
+ * A reply is complete: Python's hold ends here, libevent's at on_complete(). The state changes
+ * before libevent is called, because libevent may finish (and call on_complete) inside the call.
+ */
+static struct evhttp_request *replying(bs_http_req_t *rec)
+{
+    struct evhttp_request *r = rec->req;
+    rec_enter(rec, BS_REQ_SENT);
+    rec_enter_call(rec);
+    return r;
+}
+
 static void replied(bs_http_req_t *rec)
 {
-    rec->flags |= BS_REQ_SENT;
     rec->py = NULL;
-    rec_drop(rec, BS_REQ_PY);
+    if (rec->state == BS_REQ_SENT || rec->state == BS_REQ_DONE)
+        rec->req = NULL;
+    rec_drop(rec, BS_HOLD_PY);
+    rec_leave_call(rec);
 }
 
 BS_EXPORT int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason,
@@ -380,7 +530,7 @@ BS_EXPORT int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reaso
         add_date(out);
     if (len && evbuffer_add(evhttp_request_get_output_buffer(r), body, len) != 0)
         return -4;
-    evhttp_send_reply(r, code, reason, NULL);
+    evhttp_send_reply(replying(rec), code, reason, NULL);
     replied(rec);
     return 0;
 }
@@ -403,7 +553,7 @@ BS_EXPORT int bs_http_send_echo(bs_http_req_t *rec, int code, const char *defaul
     if (evhttp_find_header(out, "Date") == NULL)
         add_date(out);
     evbuffer_add_buffer(evhttp_request_get_output_buffer(r), evhttp_request_get_input_buffer(r));
-    evhttp_send_reply(r, code, NULL, NULL);
+    evhttp_send_reply(replying(rec), code, NULL, NULL);
     replied(rec);
     return 0;
 }
@@ -413,7 +563,7 @@ BS_EXPORT int bs_http_send_error(bs_http_req_t *rec, int code, const char *reaso
     int rc = can_reply(rec);
     if (rc != 0)
         return rc;
-    evhttp_send_error(rec->req, code, reason);
+    evhttp_send_error(replying(rec), code, reason);
     replied(rec);
     return 0;
 }
@@ -426,17 +576,16 @@ BS_EXPORT int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reas
     struct evkeyvalq *out = evhttp_request_get_output_headers(rec->req);
     if (evhttp_find_header(out, "Date") == NULL)
         add_date(out);
+    rec_enter(rec, BS_REQ_STARTED);
     evhttp_send_reply_start(rec->req, code, reason);
-    rec->flags |= BS_REQ_STARTED;
     return 0;
 }
 
 BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
 {
-    if (rec->req == NULL)
-        return -1;
-    if (!(rec->flags & BS_REQ_STARTED) || (rec->flags & BS_REQ_SENT))
-        return -2;
+    int rc = can_chunk(rec);
+    if (rc != 0)
+        return rc;
     if (len == 0)
         return 0; /* an empty chunk would end the chunked body */
     struct evbuffer *buf = evbuffer_new();
@@ -452,21 +601,48 @@ BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t l
 
 BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
 {
-    if (rec->req == NULL)
-        return -1;
-    if (!(rec->flags & BS_REQ_STARTED) || (rec->flags & BS_REQ_SENT))
-        return -2;
-    evhttp_send_reply_end(rec->req);
+    int rc = can_chunk(rec);
+    if (rc != 0)
+        return rc;
+    evhttp_send_reply_end(replying(rec));
     replied(rec);
     return 0;
 }
 
 /* ---- client ---- */
 
+static void conn_link(bs_http_req_t *rec, bs_evconn *c)
+{
+    rec->conn = c;
+    rec->prev = NULL;
+    rec->next = c->reqs;
+    if (c->reqs != NULL)
+        c->reqs->prev = rec;
+    c->reqs = rec;
+}
+
+static void conn_unlink(bs_http_req_t *rec)
+{
+    bs_evconn *c = rec->conn;
+    if (c == NULL)
+        return;
+    if (rec->prev != NULL)
+        rec->prev->next = rec->next;
+    else
+        c->reqs = rec->next;
+    if (rec->next != NULL)
+        rec->next->prev = rec->prev;
+    rec->conn = NULL;
+    rec->prev = rec->next = NULL;
+}
+
 static void client_error_cb(enum evhttp_request_error err, void *arg)
 {
     bs_http_req_t *rec = arg;
-    rec->error = (int)err + 1;
+    if (rec->state != BS_REQ_MADE && rec->state != BS_REQ_CANCELLED)
+        return;
+    if (rec->error == 0)
+        rec->error = (int)err + 1;
     rec->sys_errno = errno;
 }
 
@@ -474,64 +650,72 @@ static void client_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_req_t *rec = arg;
     int saved = errno;
-    if (rec->flags & BS_REQ_DONE)
+    if (rec->state == BS_REQ_CANCELLED) {
+        /* Python cancelled it while its connection's free was pending; libevent lets go now. */
+        conn_unlink(rec);
+        rec_drop(rec, BS_HOLD_EV);
         return;
+    }
+    if (rec->state != BS_REQ_MADE)
+        rec_fatal("response for a request that is not in flight");
     if (rec->sys_errno == 0)
         rec->sys_errno = saved;
-    rec->flags |= BS_REQ_DONE;
     /* r is NULL when libevent already freed the request (error path); else it frees r after. */
+    rec_enter(rec, BS_REQ_RESPONDING);
+    conn_unlink(rec);
     rec->req = r;
-    if ((rec->flags & BS_REQ_PY) && rec->py != NULL)
+    rec_enter_call(rec);
+    if ((rec->holds & BS_HOLD_PY) && rec->py != NULL)
         _bs_http_on_response(rec->py);
     rec->req = NULL;
-    rec_drop(rec, BS_REQ_EV);
+    rec_enter(rec, BS_REQ_DONE);
+    rec_drop(rec, BS_HOLD_EV);
+    rec_leave_call(rec);
 }
 
 BS_EXPORT bs_http_req_t *bs_http_client_new(void *py)
 {
-    bs_http_req_t *rec = rec_alloc();
+    bs_http_req_t *rec = rec_new(BS_REQ_NEW, BS_HOLD_PY);
     if (rec == NULL)
         return NULL;
     rec->req = evhttp_request_new(client_cb, rec);
     if (rec->req == NULL) {
-        rec_free(rec);
+        rec_drop(rec, BS_HOLD_PY);
         return NULL;
     }
     evhttp_request_set_error_cb(rec->req, client_error_cb);
     rec->py = py;
-    rec->flags = BS_REQ_PY | BS_REQ_CLIENT;
     return rec;
 }
 
-BS_EXPORT int bs_http_make_request(bs_http_req_t *rec, struct evhttp_connection *evcon, int type,
-                                   const char *uri)
+/* 0 made (its callback may already have run), -1 refused by libevent, -2 not a new request. */
+BS_EXPORT int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri)
 {
-    if (rec->req == NULL || (rec->flags & BS_REQ_MADE))
+    if (rec->state != BS_REQ_NEW || rec->req == NULL || c->evcon == NULL || c->free_later)
         return -2;
-    rec->flags |= BS_REQ_MADE | BS_REQ_EV;
-    if (evhttp_make_request(evcon, rec->req, (enum evhttp_cmd_type)type, uri) != 0) {
-        /* libevent freed the request; a callback that already ran has cleared the owner flag */
-        rec->req = NULL;
-        rec->flags = (rec->flags | BS_REQ_DONE) & ~BS_REQ_EV;
+    struct evhttp_request *r = rec->req;
+    rec_enter(rec, BS_REQ_MADE);
+    rec->holds |= BS_HOLD_EV;
+    rec_enter_call(rec); /* libevent may answer (and run Python) inside evhttp_make_request */
+    conn_link(rec, c);
+    if (evhttp_make_request(c->evcon, r, (enum evhttp_cmd_type)type, uri) != 0) {
+        /*
+         * libevent 2.1 gave the request back (it could not open a socket) or, out of memory
+         * for the URI, freed it; it cannot be told which, and a leak is the lesser harm.
+         */
+        if (rec->state == BS_REQ_MADE) {
+            rec->req = NULL;
+            rec_enter(rec, BS_REQ_CANCELLED);
+            if (rec->error == 0)
+                rec->error = EVREQ_HTTP_EOF + 1;
+            conn_unlink(rec);
+            rec_drop(rec, BS_HOLD_EV);
+        }
+        rec_leave_call(rec);
         return -1;
     }
+    rec_leave_call(rec);
     return 0;
-}
-
-/* ---- deferred connection free (never inside the connection's own callback) ---- */
-
-static void free_connection_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    evhttp_connection_free(arg);
-}
-
-BS_EXPORT int bs_http_connection_free_later(struct event_base *base,
-                                            struct evhttp_connection *evcon)
-{
-    struct timeval zero = {0, 0};
-    return event_base_once(base, -1, EV_TIMEOUT, free_connection_cb, evcon, &zero);
 }
 
 /* ---- accept guards: out of descriptors, pause accepting instead of spinning ---- */
@@ -640,17 +824,70 @@ BS_EXPORT void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bo
 
 /* ---- the EvHttp and EvHttpConnection records, linked to their base (see event_shim.h) ---- */
 
+/*
+ * Freeing later: a server or connection released inside one of its own callbacks stays linked
+ * to its base, with a zero-delay timer that frees it on the next loop round. If the base goes
+ * first, its orphan function frees it instead. Either way the record goes with it: Python let
+ * go of it already.
+ */
+static int free_later(struct event_base *base, struct event **slot, event_callback_fn fn,
+                      void *arg)
+{
+    struct timeval zero = {0, 0};
+    if (base == NULL)
+        return -1;
+    *slot = evtimer_new(base, fn, arg);
+    if (*slot == NULL)
+        return -1;
+    if (evtimer_add(*slot, &zero) != 0) {
+        event_free(*slot);
+        *slot = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void timer_free(struct event **slot)
+{
+    if (*slot != NULL) {
+        event_free(*slot);
+        *slot = NULL;
+    }
+}
+
+static void evhttp_free_now(bs_evhttp *h)
+{
+    guards_free(h, NULL); /* their timers live on the base */
+    if (h->http != NULL) {
+        struct evhttp *http = h->http;
+        h->http = NULL;
+        evhttp_free(http); /* closes every connection: on_close() tells Python */
+    }
+}
 
 static void evhttp_orphan(bs_node *n)
 {
     bs_evhttp *h = (bs_evhttp *)n;
-    guards_free(h, NULL); /* their timers live on the base being freed */
-    if (h->http != NULL) {
-        in_orphan = 1;
-        evhttp_free(h->http);
-        in_orphan = 0;
-    }
-    h->http = NULL;
+    int released = h->free_later != NULL;
+    timer_free(&h->free_later);
+    in_orphan = 1;
+    evhttp_free_now(h);
+    in_orphan = 0;
+    if (released)
+        bs_record_free(h, sizeof *h);
+}
+
+static void evhttp_free_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_evhttp *h = arg;
+    (void)fd;
+    (void)what;
+    bs_tree_lock();
+    bs_node_detach_locked(&h->node);
+    bs_tree_unlock();
+    timer_free(&h->free_later);
+    evhttp_free_now(h);
+    bs_record_free(h, sizeof *h);
 }
 
 BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
@@ -676,29 +913,81 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
     return h;
 }
 
-BS_EXPORT void bs_evhttp_release(bs_evhttp *h)
+/*
+ * Python lets go of its server. later: inside one of the server's own request callbacks, where
+ * evhttp_free would free the connection libevent is working on; then the server stops accepting
+ * now, answers 503 to anything already read, and is freed on the next loop round.
+ */
+BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
 {
-    struct evhttp *http;
+    if (later && h->http != NULL) {
+        guards_free(h, NULL);
+        evhttp_set_gencb(h->http, closed_server_cb, NULL);
+        bs_tree_lock();
+        int ok = h->node.owner != NULL &&
+                 free_later(h->node.owner->base, &h->free_later, evhttp_free_later_cb, h) == 0;
+        bs_tree_unlock();
+        if (ok)
+            return;
+    }
     bs_tree_lock();
     bs_node_detach_locked(&h->node);
-    http = h->http;
-    h->http = NULL;
     bs_tree_unlock();
-    guards_free(h, NULL);
-    if (http != NULL)
-        evhttp_free(http); /* closes every connection: on_close() tells Python */
+    evhttp_free_now(h);
     bs_record_free(h, sizeof *h);
+}
+
+/* The connection is going: every made request still linked is cancelled, silently (no Python). */
+static void conn_cancel_all(bs_evconn *c)
+{
+    for (bs_http_req_t *rec = c->reqs; rec != NULL; rec = rec->next) {
+        if (rec->state == BS_REQ_MADE) {
+            rec->req = NULL;
+            rec_enter(rec, BS_REQ_CANCELLED);
+            rec->error = EVREQ_HTTP_REQUEST_CANCEL + 1;
+        }
+    }
+}
+
+/* evhttp_connection_free, then libevent's hold on every linked record ends (it freed them). */
+static void conn_free_now(bs_evconn *c)
+{
+    conn_cancel_all(c);
+    if (c->evcon != NULL) {
+        struct evhttp_connection *evcon = c->evcon;
+        c->evcon = NULL;
+        evhttp_connection_free(evcon);
+    }
+    while (c->reqs != NULL) {
+        bs_http_req_t *rec = c->reqs;
+        conn_unlink(rec);
+        rec_drop(rec, BS_HOLD_EV);
+    }
 }
 
 static void evconn_orphan(bs_node *n)
 {
     bs_evconn *c = (bs_evconn *)n;
-    if (c->evcon != NULL) {
-        in_orphan = 1;
-        evhttp_connection_free(c->evcon);
-        in_orphan = 0;
-    }
-    c->evcon = NULL;
+    int released = c->free_later != NULL;
+    timer_free(&c->free_later);
+    in_orphan = 1;
+    conn_free_now(c);
+    in_orphan = 0;
+    if (released)
+        bs_record_free(c, sizeof *c);
+}
+
+static void evconn_free_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_evconn *c = arg;
+    (void)fd;
+    (void)what;
+    bs_tree_lock();
+    bs_node_detach_locked(&c->node);
+    bs_tree_unlock();
+    timer_free(&c->free_later);
+    conn_free_now(c);
+    bs_record_free(c, sizeof *c);
 }
 
 BS_EXPORT bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port)
@@ -726,18 +1015,25 @@ BS_EXPORT bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port)
     return c;
 }
 
-/* later: inside one of the connection's own request callbacks, free it once the loop returns. */
+/*
+ * Python lets go of its connection; every request still queued on it is cancelled here (Python
+ * then finishes their wrappers with error "cancelled"). later: inside one of the connection's
+ * own response callbacks, where libevent still works on it; it is freed on the next round.
+ */
 BS_EXPORT void bs_evconn_release(bs_evconn *c, int later)
 {
-    struct evhttp_connection *evcon;
+    conn_cancel_all(c);
+    if (later && c->evcon != NULL) {
+        bs_tree_lock();
+        int ok = c->node.owner != NULL &&
+                 free_later(c->base, &c->free_later, evconn_free_later_cb, c) == 0;
+        bs_tree_unlock();
+        if (ok)
+            return;
+    }
     bs_tree_lock();
     bs_node_detach_locked(&c->node);
-    evcon = c->evcon;
-    c->evcon = NULL;
     bs_tree_unlock();
-    if (evcon != NULL) {
-        if (!later || bs_http_connection_free_later(c->base, evcon) != 0)
-            evhttp_connection_free(evcon);
-    }
+    conn_free_now(c);
     bs_record_free(c, sizeof *c);
 }

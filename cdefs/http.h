@@ -65,17 +65,28 @@ void evhttp_connection_get_peer(struct evhttp_connection *evcon, char **address,
 typedef struct bs_http_req {
     struct evhttp_request *req;
     void *py;
-    unsigned flags;
+    int state;
     int error;
     int sys_errno;
     ...;
 } bs_http_req_t;
+/* States of a request record (cdefs/private/http_shim.h; the diagram is in http.c). */
+#define BS_REQ_NEW ...
+#define BS_REQ_MADE ...
+#define BS_REQ_RESPONDING ...
+#define BS_REQ_CANCELLED ...
+#define BS_REQ_CALLBACK ...
+#define BS_REQ_DEFERRED ...
+#define BS_REQ_STARTED ...
+#define BS_REQ_SENT ...
+#define BS_REQ_GONE ...
+#define BS_REQ_DONE ...
 typedef struct bs_http_route { void *py; } bs_http_route_t;
 
 typedef struct bs_evhttp { struct evhttp *http; ...; } bs_evhttp;
 typedef struct bs_evconn { struct evhttp_connection *evcon; ...; } bs_evconn;
 bs_evhttp *bs_evhttp_new(bs_base *b);
-void bs_evhttp_release(bs_evhttp *h);
+void bs_evhttp_release(bs_evhttp *h, int later);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
@@ -84,10 +95,9 @@ void bs_evconn_release(bs_evconn *c, int later);
 void bs_http_server_cb(struct evhttp_request *r, void *arg);
 int bs_http_ignore_sigpipe(void);
 bs_http_req_t *bs_http_client_new(void *py);
-int bs_http_make_request(bs_http_req_t *rec, struct evhttp_connection *evcon, int type,
-                         const char *uri);
+int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri);
 void bs_http_req_release(bs_http_req_t *rec);
-void bs_http_req_forget(bs_http_req_t *rec);
+long bs_http_live_requests(void);
 int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason, const char *body,
                        size_t len, const char *ctype, size_t ctype_len);
 int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype);
@@ -105,7 +115,6 @@ struct evkeyval *bs_http_header_next(struct evkeyval *kv);
 const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);
 int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port);
-int bs_http_connection_free_later(struct event_base *base, struct evhttp_connection *evcon);
 
 /* Request callbacks into Python (defined in bitcoin_support/_http.py). */
 extern "Python+C" int _bs_http_on_request(bs_http_req_t *rec, void *route);

@@ -14,34 +14,48 @@
 
 /*
  * One record per request the package tracks (server requests given to Python, client requests).
+ * The rules are in http.c ("Request records"); in short:
  *
- * Ownership: two owners share a record, each named by a flag; the last one to let go wipes and
- * frees it (bs_http_req_drop):
- *   BS_REQ_PY  the Python EvHttpRequest wrapper holds it (until the wrapper is closed);
- *   BS_REQ_EV  libevent may still call back with it (on-complete, connection close, client
- *              response), so the record must outlive libevent's interest in the request.
- * `req` is libevent's request while it may be used, NULL once libevent has freed it or will free
- * it (reply complete, connection closed, client callback returned): the Python wrapper checks it
- * before every use, which is how a late reply becomes ClosedError instead of a use after free.
+ * holds: who keeps the record alive, one bit per holder, and `calls`: how many calls of ours
+ *        that may run Python are in progress with it. It is wiped and freed when both are zero
+ *        (rec_drop, rec_leave). A bit is never dropped twice.
+ * state: what `req` may be used for. Every change of state goes through rec_enter(), which
+ *        refuses the transitions the state machine does not have.
+ * req:   libevent's request while Python may use it, NULL once libevent has freed it or is
+ *        about to (the Python wrapper checks it before every use: a late call is ClosedError).
  */
 typedef struct bs_http_req {
     struct evhttp_request *req;
     struct evhttp_connection *evcon; /* server: the request's connection (close tracking) */
     struct event *watch;             /* server: hang-up detection while the reply is deferred */
+    struct bs_evconn *conn;          /* client: the connection it was made on, while linked */
+    struct bs_http_req *prev, *next; /* client: in conn's list of requests libevent holds */
     void *py;                        /* ffi handle of the Python wrapper, or NULL */
-    unsigned flags;
+    unsigned holds;
+    int calls;                       /* our C code inside a call that may run Python with it */
+    int state;
     int error;                       /* client: enum evhttp_request_error + 1, or 0 */
     int sys_errno;                   /* client: errno seen when the request failed */
 } bs_http_req_t;
 
-#define BS_REQ_PY 0x01u
-#define BS_REQ_EV 0x02u
-#define BS_REQ_SENT 0x04u      /* reply complete (server) */
-#define BS_REQ_STARTED 0x08u   /* chunked reply started (server) */
-#define BS_REQ_CLIENT 0x10u
-#define BS_REQ_MADE 0x20u      /* client: given to evhttp_make_request */
-#define BS_REQ_DONE 0x40u      /* client: the response callback ran */
-#define BS_REQ_GONE 0x80u      /* server: the connection closed before the reply completed */
+/* Holders of a record. */
+#define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
+#define BS_HOLD_EV 0x02u /* libevent may still call back with it */
+
+/* States of a record (see the diagram in http.c). */
+enum {
+    BS_REQ_FREE = 0,    /* wiped: a record in this state is never used */
+    BS_REQ_NEW,         /* client: made by Python, not sent; Python owns libevent's request */
+    BS_REQ_MADE,        /* client: queued or in flight; libevent owns the request */
+    BS_REQ_RESPONDING,  /* client: its response callback runs (req: the response, or NULL) */
+    BS_REQ_CANCELLED,   /* client: cancelled, or its connection closed first */
+    BS_REQ_CALLBACK,    /* server: its request callback runs */
+    BS_REQ_DEFERRED,    /* server: the callback returned; Python answers later */
+    BS_REQ_STARTED,     /* server: a chunked reply was started */
+    BS_REQ_SENT,        /* server: the reply is complete; libevent is writing it */
+    BS_REQ_GONE,        /* server: the connection closed before the reply was complete */
+    BS_REQ_DONE         /* finished: req is NULL, only the holders are left */
+};
 
 /* The arg of the server trampoline for one path or the generic callback. */
 typedef struct bs_http_route {
@@ -53,16 +67,19 @@ typedef struct bs_evhttp {
     bs_node node;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http.c) */
+    struct event *free_later; /* released inside its own callback: frees it next round */
 } bs_evhttp;
 
 typedef struct bs_evconn {
     bs_node node;
     struct evhttp_connection *evcon; /* owned; NULL for a dummy and once orphaned */
     struct event_base *base;
+    bs_http_req_t *reqs;       /* made requests libevent still holds (client records) */
+    struct event *free_later;  /* released inside its own callback: frees it next round */
 } bs_evconn;
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
-void bs_evhttp_release(bs_evhttp *h);
+void bs_evhttp_release(bs_evhttp *h, int later);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
@@ -71,9 +88,9 @@ void bs_evconn_release(bs_evconn *c, int later);
 void bs_http_server_cb(struct evhttp_request *r, void *arg);
 int bs_http_ignore_sigpipe(void);
 bs_http_req_t *bs_http_client_new(void *py);
-int bs_http_make_request(bs_http_req_t *rec, struct evhttp_connection *evcon, int type,
-                         const char *uri);
+int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri);
 void bs_http_req_release(bs_http_req_t *rec);
+long bs_http_live_requests(void);
 int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason, const char *body,
                        size_t len, const char *ctype, size_t ctype_len);
 int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype);
@@ -91,8 +108,6 @@ struct evkeyval *bs_http_header_next(struct evkeyval *kv);
 const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);
 int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port);
-void bs_http_req_forget(bs_http_req_t *rec);
-int bs_http_connection_free_later(struct event_base *base, struct evhttp_connection *evcon);
 
 /* The Python side (extern "Python+C" in http.h). */
 int _bs_http_on_request(bs_http_req_t *rec, void *route);
