@@ -62,7 +62,6 @@ METHODS: Final[dict[str, int]] = {
     "PATCH": 1 << 8,
 }
 _METHOD_NAMES: Final[dict[int, str]] = {v: k for k, v in METHODS.items()}
-_LIBEVENT_CB: Final = ffi.typeof("void (*)(struct evhttp_request *, void *)")
 _REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
 _VOID_P: Final = ffi.typeof("void *")
 _ERRORS: Final[dict[int, str]] = {
@@ -783,17 +782,28 @@ def obtain_evhttp_request(cb: PyRequestCallback, arg: Any = None) -> EvHttpReque
 
 @final
 class _Route:
-    """A Python callback registered for a path (or the generic one), as the C trampoline's arg."""
+    """A callback registered for a path (or the generic one): the C trampoline's arg.
+
+    Python and C callbacks alike go through ``bs_http_server_cb``, so the server's record knows
+    when one of its callbacks runs. The EvHttp holds its routes while libevent may call them.
+    """
 
     __slots__ = ("arg", "cb", "crec", "handle", "http")
 
-    def __init__(self, http: EvHttp, cb: PyRequestCallback, arg: Any) -> None:
+    def __init__(
+        self, http: EvHttp, cb: Any, arg: Any, c_cb: Any = None, c_arg: Any = None
+    ) -> None:
         self.http = http
         self.cb = cb
         self.arg = arg
-        self.handle = ffi.new_handle(self)
-        self.crec = ffi.new("bs_http_route_t *")
-        self.crec.py = self.handle
+        self.crec = crec = ffi.new("bs_http_route_t *")
+        crec.h = http._rec
+        if c_cb is not None:
+            self.handle = None
+            crec.c_cb = c_cb
+            crec.c_arg = c_arg
+        else:
+            self.handle = crec.py = ffi.new_handle(self)
 
 
 def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
@@ -824,7 +834,7 @@ def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
                 f"{where}: arg of a C callback must be None, a cffi pointer or an int address, "
                 f"not {_type_name(arg)}"
             )
-        return ffi.cast(_LIBEVENT_CB, cb), carg, True
+        return ffi.cast(_REQUEST_CB, cb), carg, True
     if not callable(cb):
         raise TypeError(f"{where}: cb must be callable, not {_type_name(cb)}")
     return None, arg, False
@@ -847,7 +857,7 @@ class EvHttp(Handle):
     _base: EventBase
     _bound: list[Any]
     _pending: set[EvHttpRequest]
-    _routes: dict[str | None, object]
+    _routes: dict[str | None, _Route]
     _running: int
 
     def __init__(self, base: EventBase) -> None:
@@ -956,11 +966,7 @@ class EvHttp(Handle):
         """The callback for requests that no ``set_cb`` path matches (default: 404)."""
         http = self._http("set_gencb")
         ccb, carg, is_c = _callback_args("EvHttp.set_gencb", cb, arg)
-        if is_c:
-            lib.evhttp_set_gencb(http, ccb, carg)
-            self._routes[None] = (cb, arg)
-            return
-        route = _Route(self, cb, arg)
+        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
         lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
         self._routes[None] = route
 
@@ -972,14 +978,9 @@ class EvHttp(Handle):
         http = self._http("set_cb")
         key, cpath = _path_arg("EvHttp.set_cb", path)
         ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
+        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
         lib.evhttp_del_cb(http, cpath)
-        if is_c:
-            rc = lib.evhttp_set_cb(http, cpath, ccb, carg)
-            route: object = (cb, arg)
-        else:
-            r = _Route(self, cb, arg)
-            rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, r.crec)
-            route = r
+        rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, route.crec)
         if rc != 0:
             self._routes.pop(key, None)  # its old callback is gone from libevent too
             raise MemoryError("EvHttp.set_cb: libevent refused the callback")

@@ -398,6 +398,8 @@ static void watch_cb(evutil_socket_t fd, short what, void *arg)
         evhttp_connection_free(rec->evcon); /* runs on_close() */
 }
 
+static void py_request(struct evhttp_request *r, bs_http_route_t *route);
+
 /* A request on a server that Python closed from inside one of its callbacks. */
 static void closed_server_cb(struct evhttp_request *r, void *arg)
 {
@@ -405,9 +407,25 @@ static void closed_server_cb(struct evhttp_request *r, void *arg)
     evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
 }
 
+/* Every request callback, Python or C, runs through here: the server knows when it is inside
+   one of its own callbacks, where it must not be freed (bs_evhttp_release). */
 BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_route_t *route = arg;
+    bs_evhttp *h = route->h;
+    if (route->c_cb != NULL) {
+        h->running++;
+        route->c_cb((EvHttpRequest *)r, route->c_arg);
+        h->running--;
+        return;
+    }
+    h->running++;
+    py_request(r, route);
+    h->running--;
+}
+
+static void py_request(struct evhttp_request *r, bs_http_route_t *route)
+{
     bs_http_req_t *rec = rec_new(BS_REQ_CALLBACK, BS_HOLD_PY | BS_HOLD_EV);
     if (rec == NULL) {
         evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
@@ -920,7 +938,7 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
  */
 BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
 {
-    if (later && h->http != NULL) {
+    if ((later || h->running > 0) && h->http != NULL) {
         guards_free(h, NULL);
         evhttp_set_gencb(h->http, closed_server_cb, NULL);
         bs_tree_lock();

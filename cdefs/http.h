@@ -81,9 +81,14 @@ typedef struct bs_http_req {
 #define BS_REQ_SENT ...
 #define BS_REQ_GONE ...
 #define BS_REQ_DONE ...
-typedef struct bs_http_route { void *py; } bs_http_route_t;
-
 typedef struct bs_evhttp { struct evhttp *http; ...; } bs_evhttp;
+typedef struct bs_http_route {
+    void *py;
+    EvHttpRequestCallback c_cb;
+    void *c_arg;
+    bs_evhttp *h;
+    ...;
+} bs_http_route_t;
 typedef struct bs_evconn { struct evhttp_connection *evcon; ...; } bs_evconn;
 bs_evhttp *bs_evhttp_new(bs_base *b);
 void bs_evhttp_release(bs_evhttp *h, int later);

@@ -59,7 +59,10 @@ enum {
 
 /* The arg of the server trampoline for one path or the generic callback. */
 typedef struct bs_http_route {
-    void *py; /* ffi handle of the Python route (owned by the EvHttp wrapper) */
+    void *py;                   /* ffi handle of the Python route, or NULL for a C callback */
+    EvHttpRequestCallback c_cb; /* a C callback, called through bs_http_server_cb too */
+    void *c_arg;
+    struct bs_evhttp *h;        /* the server: counts the callbacks running on it */
 } bs_http_route_t;
 
 /* The EvHttp and EvHttpConnection handle records: linked to their base like every handle. */
@@ -68,6 +71,7 @@ typedef struct bs_evhttp {
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
+    int running;              /* request callbacks (Python or C) of this server running now */
 } bs_evhttp;
 
 typedef struct bs_evconn {
