@@ -473,3 +473,55 @@ def test_server_closed_from_its_own_request_callback() -> None:
     base.close()
     gc.collect()
     assert bs.live_counts()["EvHttp"] == 0
+
+
+# -- garbage cycles: a server, its base and its deferred requests, with finalizers touching them
+
+SERVER_CYCLE = """
+    import gc, itertools, socket
+    from bitcoin_support import *
+
+    class Toucher:
+        def __del__(self):
+            for call in (lambda: self.req.send_reply(200, body=b"late"),
+                         lambda: self.req.output_headers.add("X", "y"),
+                         lambda: self.http.set_cb("/p", lambda r, a: None),
+                         lambda: self.base.loop(EVLOOP_NONBLOCK)):
+                try:
+                    call()
+                except (ClosedError, RuntimeError):
+                    pass
+
+    def cycle(order):
+        base = obtain_event_base()
+        http = obtain_evhttp(base)
+        port = http.bind()
+        got = []
+        http.set_gencb(lambda req, arg: got.append(req))
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        for c in clients:
+            c.sendall(b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+        while len(got) < 2:
+            base.loop(EVLOOP_ONCE)
+        objs = {"base": base, "http": http, "req": got[0]}
+        t = Toucher()
+        t.__dict__.update(objs)
+        t.me = t
+        for name in order:  # finalizers run in allocation order: this one first
+            holder = type("H", (), {})()
+            holder.obj, holder.me = objs[name], holder
+        del base, http, got, objs, t, holder
+        gc.collect()
+        for c in clients:
+            c.close()
+
+    for order in itertools.permutations(["base", "http", "req"]):
+        cycle(order)
+    gc.collect()
+    print(live_counts())
+"""
+
+
+def test_server_base_and_deferred_requests_collected_in_any_order() -> None:
+    out = assert_child_ok(SERVER_CYCLE)
+    assert "'EvHttpRequest': 0" in out and "'EvHttp': 0" in out and "'EventBase': 0" in out
