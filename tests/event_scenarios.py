@@ -1,0 +1,167 @@
+"""Scenarios of the re-entrancy and thread tests, run in a child interpreter (``python FILE
+NAME ARGS...``) so that a crash is reported as a failed test instead of ending the test run.
+
+Each scenario prints ``OK`` on success and raises (exit status 1) on a wrong result.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import bitcoin_support as bs
+from bitcoin_support import EV_PERSIST, EventBase, LibEvent, ffi, obtain_event, obtain_event_base
+
+ACTIONS = (
+    "delete_self",
+    "close_self",
+    "close_others",
+    "close_base",
+    "readd_self",
+    "delete_readd",
+    "active_self",
+    "active_close",
+)
+
+# ffi.callback objects must outlive every event that uses them.
+_c_callbacks: list[Any] = []
+
+
+def make_cb(kind: str, body: Callable[[LibEvent], None], holder: dict[str, LibEvent]) -> Any:
+    """A Python callback or an ``EventCallback`` made with ffi.callback, both calling ``body``."""
+    if kind == "py":
+        return lambda ev, arg: body(ev)
+
+    @ffi.callback("EventCallback")  # type: ignore[untyped-decorator]
+    def c_cb(rec: Any, arg: Any) -> None:
+        body(holder["ev"])
+
+    _c_callbacks.append(c_cb)
+    return c_cb
+
+
+def run_until_idle(base: EventBase, seconds: float = 5.0) -> None:
+    """Run the loop until no events are left, failing after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while base.loop(bs.EVLOOP_NONBLOCK) == 0:
+        assert time.monotonic() < deadline, "events kept running"
+
+
+def fresh_events(base: EventBase, kind: str, seen: set[int], n: int = 20) -> None:
+    """``n`` new events fire exactly once each, with ids never seen before."""
+    counts = [0] * n
+
+    def body_for(i: int) -> Callable[[LibEvent], None]:
+        def body(ev: LibEvent) -> None:
+            counts[i] += 1
+
+        return body
+
+    events = []
+    for i in range(n):
+        holder: dict[str, LibEvent] = {}
+        ev = obtain_event(base, -1, 0, make_cb(kind, body_for(i), holder))
+        holder["ev"] = ev
+        ev.add(0)
+        events.append(ev)
+    ids = {ev.id for ev in events}
+    assert len(ids) == n and not ids & seen, "ids shared or reused"
+    seen |= ids
+    run_until_idle(base)
+    assert counts == [1] * n, f"new events fired {counts}"
+    for ev in events:
+        ev.close()
+
+
+def reentrancy(kind: str, persist: str, action: str) -> None:
+    gc.collect()
+    start = bs.live_counts()
+    base = obtain_event_base()
+    flags = EV_PERSIST if persist == "persist" else 0
+    calls: list[int] = []
+    raised: list[BaseException] = []
+    other_fired: list[int] = []
+    others = [obtain_event(base, -1, 0, lambda ev, arg: other_fired.append(1)) for _ in range(3)]
+    others[0].add(1)
+    others[1].add(10)  # others[2] is never added
+    holder: dict[str, LibEvent] = {}
+
+    def body(ev: LibEvent) -> None:
+        calls.append(ev.fired)
+        n = len(calls)
+        if action == "delete_self":
+            ev.delete()
+        elif action == "close_self":
+            holder.pop("ev").close()
+        elif action == "close_others":
+            for o in others:
+                o.close()
+            if flags:
+                ev.delete()
+        elif action == "close_base":
+            try:
+                base.close()
+            except RuntimeError as exc:
+                raised.append(exc)
+            if flags:
+                ev.delete()
+        elif action == "readd_self":
+            if n < 3:
+                ev.add(0)
+            elif flags:
+                ev.delete()
+        elif action == "delete_readd":
+            ev.delete()
+            if n < 3:
+                ev.add(0)
+        elif action == "active_self":
+            if n < 3:
+                ev.active()
+            elif flags:
+                ev.delete()
+        elif action == "active_close":
+            ev.active()
+            holder.pop("ev").close()
+        else:
+            raise AssertionError(action)
+
+    ev = obtain_event(base, -1, flags, make_cb(kind, body, holder))
+    holder["ev"] = ev
+    ev_id = ev.id
+    ev.add(0)
+    del ev  # the base alone keeps it alive while it is added
+    if action != "close_others":  # there, the pending ones are closed by the callback
+        others[0].delete()
+        others[1].delete()
+    run_until_idle(base)
+    expected = 3 if action in ("readd_self", "delete_readd", "active_self") else 1
+    assert len(calls) == expected, f"{action}: {len(calls)} calls, expected {expected}"
+    if action == "close_base":
+        assert len(raised) == expected and "callback" in str(raised[0]), raised
+        assert not base.closed
+    if action == "close_others":
+        assert all(o.closed for o in others)
+    else:
+        for o in others:
+            o.close()
+    assert other_fired == []
+    ev_left = holder.pop("ev", None)
+    if action in ("close_self", "active_close"):
+        assert ev_left is None
+    else:
+        assert ev_left is not None and not ev_left.closed and not ev_left.pending()
+        ev_left.close()
+    del ev_left
+    fresh_events(base, kind, {ev_id})
+    base.close()
+    gc.collect()
+    assert bs.live_counts() == start, (bs.live_counts(), start)
+
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    globals()[name](*args)
+    print("OK")
