@@ -383,7 +383,7 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
         bs_record_free(e, sizeof *e);
     } else if (e->ev != NULL) {
         if (again != 0) {
-            event_active(e->ev, again & EV_ALL_RESULTS, 0);
+            event_active(e->ev, again & EV_ALL_RESULTS, 1);
         } else if (e->c_cb != NULL && e->py != NULL &&
                    (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) == 0) {
             bs_py_event_unheld(e->py); /* fired, not re-added: the base stops holding it */
@@ -477,7 +477,9 @@ int bs_event_active(LibEvent *e, int what)
         return -1;
     if (what & ~EV_ALL_RESULTS)
         return -2;
-    event_active(e->ev, what, 0);
+    /* ncalls 1: libevent runs a signal event's callback ncalls times (0 would be never) and
+       ignores ncalls for the other kinds. */
+    event_active(e->ev, what, 1);
     return 0;
 }
 

@@ -454,6 +454,22 @@ def test_signal_event_fires_on_a_signal_sent_to_the_process(base: EventBase) -> 
     assert fired == [(signal.SIGUSR1, EV_SIGNAL)]
 
 
+@pytest.mark.parametrize("what", [EV_SIGNAL, EV_TIMEOUT])
+@pytest.mark.parametrize("persist", [0, EV_PERSIST])
+def test_active_on_a_signal_event_runs_its_callback(
+    base: EventBase, what: int, persist: int
+) -> None:
+    # Regression: libevent runs a signal event's callback "ncalls" times, and active() passed 0.
+    fired: list[int] = []
+    sig = obtain_event(
+        base, signal.SIGUSR1, EV_SIGNAL | persist, lambda ev, arg: fired.append(ev.fired)
+    )
+    sig.active(what)
+    base.loop(EVLOOP_NONBLOCK)
+    assert fired == [what]
+    sig.close()
+
+
 def test_python_signal_handler_runs_promptly_during_dispatch(base: EventBase) -> None:
     ran: list[float] = []
 
