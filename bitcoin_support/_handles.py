@@ -137,9 +137,23 @@ class Handle:
         return n + extra() if extra is not None else n
 
     def close(self) -> None:
-        """Release the handle (children first); idempotent."""
-        self._check_close()
-        self._close(finalizing=False)
+        """Release the handle (children first); idempotent.
+
+        Under the thread rule of the root base (``_loop_guard``): from a thread other than the
+        one dispatching the base, RuntimeError.
+        """
+        guard = self._loop_guard()
+        if guard is None:
+            self._check_close()
+            self._close(finalizing=False)
+            return
+        if not guard.lock.acquire(False):
+            guard.wait(f"{type(self).__name__}.close")
+        try:
+            self._check_close()
+            self._close(finalizing=False)
+        finally:
+            guard.lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -162,6 +176,11 @@ class Handle:
             return f"<{type(self).__name__} (not initialised)>"
 
     # -- hooks and helpers for the subclasses
+
+    def _loop_guard(self) -> Any:
+        """The thread guard of the base this handle belongs to (``_event._Guard``), or None."""
+        parent = self._parent
+        return parent._loop_guard() if parent is not None else None
 
     def _check_close(self) -> None:
         """Raise if closing now is not allowed (a base inside its own callback)."""

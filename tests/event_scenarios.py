@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -156,6 +157,140 @@ def reentrancy(kind: str, persist: str, action: str) -> None:
         ev_left.close()
     del ev_left
     fresh_events(base, kind, {ev_id})
+    base.close()
+    gc.collect()
+    assert bs.live_counts() == start, (bs.live_counts(), start)
+
+
+def threads(seconds: str = "1.5", hammers: str = "3") -> None:
+    """Threads calling every EventBase and LibEvent operation while a third thread dispatches
+    the base in short runs (so both "dispatching" and "idle" are hit): every call works or
+    raises RuntimeError (ClosedError only on a handle another thread closed)."""
+    gc.collect()
+    start = bs.live_counts()
+    base = obtain_event_base()
+    shared = [obtain_event(base, -1, EV_PERSIST, lambda ev, arg: None) for _ in range(4)]
+    ticks: list[int] = []
+    ticker = obtain_event(base, -1, EV_PERSIST, lambda ev, arg: ticks.append(1))
+    ticker.add(0.001)
+    stop = threading.Event()
+    results: dict[str, int] = {"ok": 0, "runtime": 0, "closed": 0}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def note(key: str) -> None:
+        with lock:
+            results[key] += 1
+
+    def attempt(fn: Callable[[], object], handle: Any) -> None:
+        try:
+            fn()
+        except RuntimeError as exc:
+            if "call_soon_threadsafe" not in str(exc) and "running" not in str(exc):
+                errors.append(exc)
+            note("runtime")
+        except bs.ClosedError as exc:
+            if not handle.closed:
+                errors.append(exc)
+            note("closed")
+        except BaseException as exc:
+            errors.append(exc)
+        else:
+            note("ok")
+
+    def dispatcher() -> None:
+        while not stop.is_set():
+            try:
+                base.loopexit(0.02)
+                base.loop()
+            except RuntimeError as exc:  # a hammer's loop() holds the base right now
+                if "dispatched" not in str(exc) and "running" not in str(exc):
+                    errors.append(exc)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            time.sleep(0.003)
+
+    def hammer(seed: int) -> None:
+        mine: list[LibEvent] = []
+        i = seed
+        base_ops: list[Callable[[], object]] = [
+            base.now,
+            base.got_break,
+            base.got_exit,
+            lambda: base.backend,
+            lambda: base.address,
+            lambda: base.loopexit(0.5),
+            lambda: base.loop(bs.EVLOOP_NONBLOCK),
+            lambda: base.call_soon_threadsafe(ticks.append, 0),
+        ]
+        while not stop.is_set():
+            i += 1
+            if len(mine) < 8:
+                attempt(lambda: mine.append(obtain_event(base, -1, 0, lambda ev, arg: None)), base)
+            ev = mine[i % len(mine)] if mine else shared[i % len(shared)]
+            target = shared[i % len(shared)] if i % 3 == 0 else ev
+            op = i % 9
+            if op == 0:
+                attempt(lambda t=target: t.add(0), target)
+            elif op == 1:
+                attempt(lambda t=target: t.add(0.001), target)
+            elif op == 2:
+                attempt(target.delete, target)
+            elif op == 3:
+                attempt(target.active, target)
+            elif op == 4:
+                attempt(target.pending, target)
+            elif op == 5:
+                attempt(lambda t=target: t.fired, target)
+            elif op in (7, 8):  # churn: an event added, firing on the loop thread, closed
+
+                def churn() -> None:
+                    ev = obtain_event(base, -1, 0, lambda ev, arg: ev.fired)
+                    try:
+                        ev.add(0)
+                    finally:
+                        ev.close()
+
+                for _ in range(5):
+                    attempt(churn, base)
+            elif op == 6 and target in mine:
+                attempt(target.close, target)
+                if target.closed:
+                    mine.remove(target)
+            else:
+                attempt(base_ops[i % len(base_ops)], base)
+        for ev in mine:
+            attempt(ev.close, ev)
+
+    workers = [threading.Thread(target=hammer, args=(n * 1000,)) for n in range(int(hammers))]
+    loop_thread = threading.Thread(target=dispatcher)
+    loop_thread.start()
+    for w in workers:
+        w.start()
+    time.sleep(float(seconds))
+    stop.set()
+    for t in [*workers, loop_thread]:
+        t.join(30)
+        assert not t.is_alive(), "a thread hung"
+    assert not errors, errors[:5]
+    assert results["ok"] > 0 and results["runtime"] > 0, results
+    # A base close from another thread while it dispatches is refused too.
+    closer_errors: list[BaseException] = []
+    done = threading.Event()
+
+    def close_from_other_thread() -> None:
+        try:
+            base.close()
+        except RuntimeError as exc:
+            closer_errors.append(exc)
+        finally:
+            done.set()
+
+    base.call_soon_threadsafe(lambda: threading.Thread(target=close_from_other_thread).start())
+    base.call_soon_threadsafe(lambda: done.wait(10) and base.loopbreak())
+    base.dispatch()
+    assert len(closer_errors) == 1 and not base.closed, closer_errors
     base.close()
     gc.collect()
     assert bs.live_counts() == start, (bs.live_counts(), start)
