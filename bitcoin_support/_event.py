@@ -12,6 +12,7 @@ import collections
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
@@ -73,6 +74,13 @@ if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
 # The loop state of the base whose loop() runs on this thread, for errors raised where no
 # callback's own handler can catch them (a signal handler raising at a callback's first line).
 _tls = threading.local()
+# EventBase.from_address wrappers, by address: strong while open, so a C host's wrapper and the
+# handles made on it live without Python references, until the wrapper is closed (or
+# bs_python_detach). Python-owned bases by address (weak), so that a wrapper of one shares its
+# thread guard and is closed before the owner frees the event_base.
+_registry_lock = threading.RLock()
+_wrappers: dict[int, EventBase] = {}
+_owned: weakref.WeakValueDictionary[int, EventBase] = weakref.WeakValueDictionary()
 _release_probe: Callable[[bytes], object] | None = None
 
 
@@ -200,11 +208,15 @@ def _callback_error(exc_type: type[BaseException], exc: BaseException, tb: objec
 class EventBase(Handle):
     """A libevent ``event_base`` (or a dummy): the loop, and owner of every handle made on it."""
 
-    __slots__ = ("_keep", "_st", "_st_handle")
+    __slots__ = ("_address", "_held", "_keep", "_st", "_st_handle")
 
     _kind = "EventBase"
 
     _keep: set[LibEvent]
+    # For a from_address wrapper: its address in _wrappers and its children, held strongly
+    # (the host's loop may call any of them); None for a base Python owns.
+    _address: int | None
+    _held: dict[int, Handle] | None
     _st: _LoopState
     _st_handle: Any
 
@@ -221,7 +233,10 @@ class EventBase(Handle):
         rec = lib.bs_base_new(1 if dummy else 0, flags)
         if rec == ffi.NULL:
             raise _oserror("obtain_event_base: could not create an event_base")
-        self._setup(rec, dummy)
+        self._setup(rec, dummy, _Guard(), None)
+        if not dummy:
+            with _registry_lock:
+                _owned[int(ffi.cast("uintptr_t", rec.base))] = self
 
     @classmethod
     def from_address(cls, ptr: int | Any) -> EventBase:
@@ -247,16 +262,24 @@ class EventBase(Handle):
             )
         if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
             raise ValueError(f"EventBase.from_address: ptr must be a non-NULL address, got {ptr!r}")
-        rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
-        if rec == ffi.NULL:
-            raise _oserror("EventBase.from_address: could not wrap the base")
-        self = cls.__new__(cls)
-        self._setup(rec, False)
+        with _registry_lock:
+            wrapper = _wrappers.get(address)
+            if wrapper is not None and wrapper._rec is not None:
+                return wrapper
+            rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
+            if rec == ffi.NULL:
+                raise _oserror("EventBase.from_address: could not wrap the base")
+            owner = _owned.get(address)
+            self = cls.__new__(cls)
+            self._setup(rec, False, owner._st.guard if owner is not None else _Guard(), address)
+            _wrappers[address] = self
         return self
 
-    def _setup(self, rec: Any, dummy: bool) -> None:
+    def _setup(self, rec: Any, dummy: bool, guard: _Guard, address: int | None) -> None:
         self._keep = set()
-        self._st = st = _LoopState(rec, _Guard())
+        self._address = address
+        self._held = None if address is None else {}
+        self._st = st = _LoopState(rec, guard)
         self._st_handle = ffi.new_handle(st)
         rec.py = self._st_handle
         self._init_handle(rec, dummy=dummy, parent=None)
@@ -274,7 +297,28 @@ class EventBase(Handle):
                 "closed from inside its own callbacks)"
             )
 
+    def _adopt(self, child: Handle) -> None:
+        super()._adopt(child)
+        held = self._held
+        if held is not None:
+            held[child._id] = child
+
+    def _forget(self, child_id: int) -> None:
+        super()._forget(child_id)
+        held = self._held
+        if held is not None:
+            held.pop(child_id, None)
+
     def _release_native(self, rec: Any) -> None:
+        if self._address is None and not self._dummy:
+            # Wrappers of this event_base go first: their events live in it.
+            address = int(ffi.cast("uintptr_t", rec.base))
+            with _registry_lock:
+                wrapper = _wrappers.get(address)
+                if _owned.get(address) is self:
+                    del _owned[address]
+            if wrapper is not None:
+                wrapper._close(finalizing=False)
         st = self._st
         with st.lock:
             st.rec = None
@@ -283,6 +327,13 @@ class EventBase(Handle):
     def _after_release(self) -> None:
         self._keep.clear()
         self._st.queue.clear()
+        if self._held is not None:
+            self._held.clear()
+        address = self._address
+        if address is not None:
+            with _registry_lock:
+                if _wrappers.get(address) is self:
+                    del _wrappers[address]
 
     # -- the loop
 

@@ -177,6 +177,12 @@ class Handle:
 
     # -- hooks and helpers for the subclasses
 
+    def _forget(self, child_id: int) -> None:
+        """A child was released: stop tracking it."""
+        children = self._children
+        if children is not None:
+            children.pop(child_id, None)
+
     def _loop_guard(self) -> Any:
         """The thread guard of the base this handle belongs to (``_event._Guard``), or None."""
         parent = self._parent
@@ -209,8 +215,8 @@ class Handle:
         finally:
             self._children = None
             parent = self._parent
-            if parent is not None and parent._children is not None:
-                parent._children.pop(self._id, None)
+            if parent is not None:
+                parent._forget(self._id)
             self._after_release()
             _count(self._kind, -1)
             if events_log.isEnabledFor(TRACE):

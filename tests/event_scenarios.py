@@ -296,6 +296,67 @@ def threads(seconds: str = "1.5", hammers: str = "3") -> None:
     assert bs.live_counts() == start, (bs.live_counts(), start)
 
 
+class Touch:
+    """Calls methods of the handles it holds from its finalizer: each works or raises
+    ClosedError (or RuntimeError for the rules), never crashes."""
+
+    def __init__(self, *handles: Any) -> None:
+        self.handles = handles
+        self.self = self
+
+    def __del__(self) -> None:
+        for h in self.handles:
+            for call in (
+                lambda h=h: h.pending() if isinstance(h, LibEvent) else h.now(),
+                lambda h=h: h.add(1) if isinstance(h, LibEvent) else h.backend,
+                lambda h=h: h.fired if isinstance(h, LibEvent) else h.address,
+                h.close,
+            ):
+                try:
+                    call()
+                except (bs.ClosedError, RuntimeError):
+                    pass
+
+
+def cycles(order: str, wrapped: str) -> None:
+    """base <-> event through arg, an event holding itself through arg, and finalizers touching
+    them, dropped and collected with the objects created in ``order``."""
+    gc.collect()
+    start = bs.live_counts()
+    owner = obtain_event_base()
+    for _ in range(3):
+        gc.disable()
+        made: dict[str, Any] = {}
+        base = obtain_event_base() if wrapped == "owned" else EventBase.from_address(owner.address)
+        for what in order.split(","):
+            if what == "base":  # base <-> event through the event's arg
+                ev = obtain_event(base, -1, EV_PERSIST, lambda e, a: None, base)
+                ev.add(5)
+                made[what] = Touch(base, ev)
+            elif what == "event":  # pending event <-> finalizer object
+                t = Touch()
+                ev = obtain_event(base, -1, 0, lambda e, a: None, t)
+                t.handles = (ev, base)
+                ev.active()
+                made[what] = t
+            else:  # an idle event whose arg is the event itself
+                holder: list[Any] = []
+                ev = obtain_event(base, -1, 0, lambda e, a: None, holder)
+                holder.append(ev)
+                holder.append(Touch(ev))
+                made[what] = holder
+        del ev, made, base
+        if wrapped == "wrapper":
+            EventBase.from_address(owner.address).close()
+        gc.enable()
+        gc.collect()
+    owner.loop(bs.EVLOOP_NONBLOCK)
+    owner.close()
+    del owner
+    gc.collect()
+    assert bs.live_counts() == start, (bs.live_counts(), start)
+
+
 if __name__ == "__main__":
     name, *args = sys.argv[1:]
     globals()[name](*args)
