@@ -40,7 +40,7 @@ from typing import Any, ClassVar, NoReturn, Self
 from ._errors import ClosedError, DummyHandleError
 from ._log import TRACE, events_log
 
-__all__ = ["KINDS", "Handle", "live_counts"]
+__all__ = ["KINDS", "Handle", "LiveCounter", "live_counts"]
 
 KINDS: tuple[str, ...] = ("EventBase", "LibEvent", "EvHttp", "EvHttpRequest", "EvHttpConnection")
 
@@ -53,15 +53,67 @@ _close_lock = threading.RLock()
 
 
 # Kinds that count themselves without the lock (one per HTTP request: the hot path), as a
-# function returning their live count; added to the locked counts when read.
+# function returning their live count; added to the locked counts when read. LiveCounter
+# registers itself here; a raw function still works, for older callers.
 _live_extra: dict[str, Callable[[], int]] = {}
+
+
+class LiveCounter:
+    """A lock-free live counter for a hot-path kind: ``created()`` / ``released()``, ``value()``.
+
+    Each thread counts in its own two-integer cell, which only that thread writes; ``value()``
+    sums the cells, reading every ``released`` count before any ``created`` one, so a release
+    is never seen without its creation and the value is never negative. Registered for ``kind``
+    in ``live_counts()`` and ``Handle.live()``. One cell per thread that ever counted is kept.
+    """
+
+    __slots__ = ("_cells", "_lock", "_tls", "kind")
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"LiveCounter: kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self._cells: list[list[int]] = []
+        self._lock = threading.Lock()  # only to add a thread's cell, and to copy the list
+        self._tls = threading.local()
+        _live_extra[kind] = self.value
+
+    def _cell(self) -> list[int]:
+        cell = [0, 0]
+        with self._lock:
+            self._cells.append(cell)
+        self._tls.cell = cell
+        return cell
+
+    def created(self) -> None:
+        """One more live handle (counted on the calling thread's cell)."""
+        try:
+            cell: list[int] = self._tls.cell
+        except AttributeError:
+            cell = self._cell()
+        cell[0] += 1
+
+    def released(self) -> None:
+        """One live handle fewer."""
+        try:
+            cell: list[int] = self._tls.cell
+        except AttributeError:
+            cell = self._cell()
+        cell[1] += 1
+
+    def value(self) -> int:
+        """Handles created and not yet released (a snapshot)."""
+        with self._lock:
+            cells = list(self._cells)
+        released = sum([c[1] for c in cells])
+        return sum([c[0] for c in cells]) - released
 
 
 def live_counts() -> dict[str, int]:
     """Live handles of each of the five types (a snapshot, thread-safe)."""
     with _live_lock:
         counts = dict(_live)
-    for kind, extra in _live_extra.items():
+    for kind, extra in list(_live_extra.items()):
         counts[kind] += extra()
     return counts
 
