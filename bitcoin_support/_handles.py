@@ -26,7 +26,19 @@ Ownership rules (the one place they are written down)
 - A base is never freed while one of its callbacks runs: ``close()`` refuses (``RuntimeError``)
   and a finalizer that runs there leaves the freeing to the trampoline, once the callback returns.
 - ``EventBase.from_address`` wraps a base owned by a C host: releasing the wrapper releases the
-  handles made on it and the internal events, never the host's ``event_base``.
+  handles made on it and the internal events, never the host's ``event_base``. Open wrappers sit
+  in a module registry (address -> wrapper, strong), so the same address gives the same wrapper,
+  and a wrapper holds every handle made on it strongly until that handle or the wrapper is
+  closed: the host's loop may call them with no Python reference left. Releasing a base Python
+  owns first closes the registered wrapper of its ``event_base``.
+- The C trampoline owns the record while its callback runs: a release from inside the callback
+  frees the libevent event and leaves the record to the trampoline, which frees it afterwards.
+  After a callback the trampoline re-reads everything from the record; the ``ffi.new_handle``
+  in it is set only while the Python handle holds it.
+- Threads: every operation on a base or its handles takes the base's guard (an RLock that
+  ``loop()`` holds while dispatching); from another thread while the base is dispatched it
+  raises RuntimeError (use ``call_soon_threadsafe``). Finalizers take no lock: they run only for
+  unreachable handles, which libevent is not running.
 """
 
 from __future__ import annotations
