@@ -12,6 +12,7 @@ import collections
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
@@ -73,6 +74,13 @@ if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
 # The loop state of the base whose loop() runs on this thread, for errors raised where no
 # callback's own handler can catch them (a signal handler raising at a callback's first line).
 _tls = threading.local()
+# EventBase.from_address wrappers, by address: strong while open, so a C host's wrapper and the
+# handles made on it live without Python references, until the wrapper is closed (or
+# bs_python_detach). Python-owned bases by address (weak), so that a wrapper of one shares its
+# thread guard and is closed before the owner frees the event_base.
+_registry_lock = threading.RLock()
+_wrappers: dict[int, EventBase] = {}
+_owned: weakref.WeakValueDictionary[int, EventBase] = weakref.WeakValueDictionary()
 _release_probe: Callable[[bytes], object] | None = None
 
 
@@ -93,16 +101,71 @@ def _oserror(where: str) -> OSError:
     return OSError(err, f"{where}: {os.strerror(err) if err else 'libevent refused'}")
 
 
+_get_ident = threading.get_ident
+
+
+class _Guard:
+    """The thread rule of a base and its handles (shared by wrappers of the same event_base).
+
+    ``lock`` is held by every operation on the base or its handles, and by ``loop()`` for the
+    whole of a dispatch; ``thread`` is the ident of the thread dispatching, or None. An operation
+    from another thread while the base is dispatched raises RuntimeError instead of waiting (the
+    loop may run for ever); otherwise operations from several threads take turns. Finalizers
+    take no lock: they run only for unreachable handles, which libevent is not running.
+    """
+
+    __slots__ = ("lock", "thread")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.thread: int | None = None
+
+    def wait(self, what: str) -> None:
+        """Take ``lock`` held by another thread, or raise if that thread dispatches the base."""
+        lock = self.lock
+        while True:
+            thread = self.thread
+            if thread is not None and thread != _get_ident():
+                raise RuntimeError(
+                    f"{what}: the base is being dispatched by another thread (ident {thread}); "
+                    "from other threads, only call_soon_threadsafe() may be called while it runs"
+                )
+            if lock.acquire(timeout=0.02):
+                return
+
+
+def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the method under the base's thread rule (see ``_Guard``)."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            guard: _Guard = self._st.guard
+            if not guard.lock.acquire(False):
+                guard.wait(what)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                guard.lock.release()
+
+        guarded.__name__ = method.__name__
+        guarded.__qualname__ = method.__qualname__
+        guarded.__doc__ = method.__doc__
+        return guarded
+
+    return wrap
+
+
 class _LoopState:
     """What the base's C record points at: the call_soon queue and the stored callback error.
 
     Kept apart from EventBase so that the C record's handle does not keep the base alive.
     """
 
-    __slots__ = ("deferred", "error", "lock", "queue", "rec", "running")
+    __slots__ = ("deferred", "error", "guard", "lock", "queue", "rec", "running")
 
-    def __init__(self, rec: Any) -> None:
+    def __init__(self, rec: Any, guard: _Guard) -> None:
         self.rec: Any = rec
+        self.guard = guard
         self.queue: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
             collections.deque()
         )
@@ -145,11 +208,15 @@ def _callback_error(exc_type: type[BaseException], exc: BaseException, tb: objec
 class EventBase(Handle):
     """A libevent ``event_base`` (or a dummy): the loop, and owner of every handle made on it."""
 
-    __slots__ = ("_keep", "_st", "_st_handle")
+    __slots__ = ("_address", "_held", "_keep", "_st", "_st_handle")
 
     _kind = "EventBase"
 
     _keep: set[LibEvent]
+    # For a from_address wrapper: its address in _wrappers and its children, held strongly
+    # (the host's loop may call any of them); None for a base Python owns.
+    _address: int | None
+    _held: dict[int, Handle] | None
     _st: _LoopState
     _st_handle: Any
 
@@ -166,7 +233,10 @@ class EventBase(Handle):
         rec = lib.bs_base_new(1 if dummy else 0, flags)
         if rec == ffi.NULL:
             raise _oserror("obtain_event_base: could not create an event_base")
-        self._setup(rec, dummy)
+        self._setup(rec, dummy, _Guard(), None)
+        if not dummy:
+            with _registry_lock:
+                _owned[int(ffi.cast("uintptr_t", rec.base))] = self
 
     @classmethod
     def from_address(cls, ptr: int | Any) -> EventBase:
@@ -192,21 +262,32 @@ class EventBase(Handle):
             )
         if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
             raise ValueError(f"EventBase.from_address: ptr must be a non-NULL address, got {ptr!r}")
-        rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
-        if rec == ffi.NULL:
-            raise _oserror("EventBase.from_address: could not wrap the base")
-        self = cls.__new__(cls)
-        self._setup(rec, False)
+        with _registry_lock:
+            wrapper = _wrappers.get(address)
+            if wrapper is not None and wrapper._rec is not None:
+                return wrapper
+            rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
+            if rec == ffi.NULL:
+                raise _oserror("EventBase.from_address: could not wrap the base")
+            owner = _owned.get(address)
+            self = cls.__new__(cls)
+            self._setup(rec, False, owner._st.guard if owner is not None else _Guard(), address)
+            _wrappers[address] = self
         return self
 
-    def _setup(self, rec: Any, dummy: bool) -> None:
+    def _setup(self, rec: Any, dummy: bool, guard: _Guard, address: int | None) -> None:
         self._keep = set()
-        self._st = st = _LoopState(rec)
+        self._address = address
+        self._held = None if address is None else {}
+        self._st = st = _LoopState(rec, guard)
         self._st_handle = ffi.new_handle(st)
         rec.py = self._st_handle
         self._init_handle(rec, dummy=dummy, parent=None)
 
     # -- release
+
+    def _loop_guard(self) -> _Guard:
+        return self._st.guard
 
     def _check_close(self) -> None:
         rec = self._rec
@@ -216,7 +297,28 @@ class EventBase(Handle):
                 "closed from inside its own callbacks)"
             )
 
+    def _adopt(self, child: Handle) -> None:
+        super()._adopt(child)
+        held = self._held
+        if held is not None:
+            held[child._id] = child
+
+    def _forget(self, child_id: int) -> None:
+        super()._forget(child_id)
+        held = self._held
+        if held is not None:
+            held.pop(child_id, None)
+
     def _release_native(self, rec: Any) -> None:
+        if self._address is None and not self._dummy:
+            # Wrappers of this event_base go first: their events live in it.
+            address = int(ffi.cast("uintptr_t", rec.base))
+            with _registry_lock:
+                wrapper = _wrappers.get(address)
+                if _owned.get(address) is self:
+                    del _owned[address]
+            if wrapper is not None:
+                wrapper._close(finalizing=False)
         st = self._st
         with st.lock:
             st.rec = None
@@ -225,6 +327,13 @@ class EventBase(Handle):
     def _after_release(self) -> None:
         self._keep.clear()
         self._st.queue.clear()
+        if self._held is not None:
+            self._held.clear()
+        address = self._address
+        if address is not None:
+            with _registry_lock:
+                if _wrappers.get(address) is self:
+                    del _wrappers[address]
 
     # -- the loop
 
@@ -233,6 +342,7 @@ class EventBase(Handle):
         return self._require(what).base
 
     @property
+    @_guarded("EventBase.address")
     def address(self) -> int:
         """Address of the ``struct event_base``, for C code that runs or extends the loop."""
         return int(ffi.cast("uintptr_t", self._native_base("address")))
@@ -254,10 +364,19 @@ class EventBase(Handle):
         if flags & ~_LOOP_FLAGS:
             raise ValueError(f"EventBase.loop: flags has unknown bits: {flags:#x}")
         st = self._st
+        guard = st.guard
+        if not guard.lock.acquire(False):
+            guard.wait("EventBase.loop")
         if st.running:
+            guard.lock.release()
             raise RuntimeError("EventBase.loop: the loop is already running")
+        if self._rec is None:  # closed by another thread while we waited for the lock
+            guard.lock.release()
+            self._closed_error("loop")
         wakeup = False
         prev = getattr(_tls, "state", None)
+        prev_thread = guard.thread
+        guard.thread = _get_ident()
         _tls.state = st
         st.running = True
         try:
@@ -270,6 +389,8 @@ class EventBase(Handle):
         finally:
             st.running = False
             _tls.state = prev
+            guard.thread = prev_thread
+            guard.lock.release()
             if wakeup:
                 signal.set_wakeup_fd(-1)
         err = st.error
@@ -294,11 +415,13 @@ class EventBase(Handle):
             return False
         return True
 
+    @_guarded("EventBase.loopbreak")
     def loopbreak(self) -> None:
         """Stop the loop after the callback running now."""
         if lib.bs_base_loopbreak(self._require("loopbreak")) != 0:
             raise RuntimeError("EventBase.loopbreak: libevent refused")
 
+    @_guarded("EventBase.loopexit")
     def loopexit(self, timeout: float | None = None) -> None:
         """Stop the loop after ``timeout`` seconds, or after the current round of callbacks."""
         rec = self._require("loopexit")
@@ -306,19 +429,23 @@ class EventBase(Handle):
         if lib.bs_base_loopexit(rec, seconds) != 0:
             raise RuntimeError("EventBase.loopexit: libevent refused")
 
+    @_guarded("EventBase.got_break")
     def got_break(self) -> bool:
         """Whether the last loop ended through ``loopbreak()``."""
         return bool(lib.bs_base_got(self._require("got_break"), 0))
 
+    @_guarded("EventBase.got_exit")
     def got_exit(self) -> bool:
         """Whether the last loop ended through ``loopexit()``."""
         return bool(lib.bs_base_got(self._require("got_exit"), 1))
 
     @property
+    @_guarded("EventBase.backend")
     def backend(self) -> str:
         """libevent's backend method, e.g. ``"epoll"``."""
         return ffi.string(lib.bs_base_backend(self._require("backend"))).decode()  # type: ignore[no-any-return]
 
+    @_guarded("EventBase.now")
     def now(self) -> float:
         """The loop's cached time (seconds since the epoch); the current time outside a loop."""
         value: float = lib.bs_base_now(self._require("now"))
@@ -482,8 +609,14 @@ class LibEvent(Handle):
             raise TypeError(
                 f"obtain_event: cb must be callable or an EventCallback, not {_type_name(cb)}"
             )
-        brec = base._require_open("obtain_event")
-        rec = lib.bs_event_new(brec, fdnum, events, c_cb, c_arg)
+        guard = base._st.guard
+        if not guard.lock.acquire(False):
+            guard.wait("obtain_event")
+        try:
+            brec = base._require_open("obtain_event")
+            rec = lib.bs_event_new(brec, fdnum, events, c_cb, c_arg)
+        finally:
+            guard.lock.release()
         if rec == ffi.NULL:
             if ffi.errno == 32:  # EPIPE: the base is being released
                 raise ClosedError("obtain_event: the base is closed")
@@ -560,6 +693,7 @@ class LibEvent(Handle):
         return self._events
 
     @property
+    @_guarded("LibEvent.fired")
     def fired(self) -> int:
         """Flags of the current (or last) activation; read it inside the callback."""
         fired: int = self._require_open("fired").fired
@@ -567,6 +701,7 @@ class LibEvent(Handle):
 
     # -- operations
 
+    @_guarded("LibEvent.add")
     def add(self, timeout: float | None = None) -> None:
         """Make the event pending, with an optional timeout in seconds."""
         seconds = -1.0 if timeout is None else _timeout_arg("LibEvent.add", timeout)
@@ -579,6 +714,7 @@ class LibEvent(Handle):
                 self._disarm()
             raise error
 
+    @_guarded("LibEvent.delete")
     def delete(self) -> None:
         """Make the event neither pending nor active; the base stops holding it."""
         rec = self._require("delete")
@@ -601,6 +737,10 @@ class LibEvent(Handle):
                 raise TypeError(f"LibEvent.active: what must be an int, not {what!r}") from None
             self._st.deferred = self
             return
+        self._active(what)
+
+    @_guarded("LibEvent.active")
+    def _active(self, what: int) -> None:
         deferred = self._st.deferred
         if deferred is not None:
             deferred._flush()
@@ -615,6 +755,7 @@ class LibEvent(Handle):
         if rc:
             raise ValueError(f"LibEvent.active: what has bits that are not event results: {what!r}")
 
+    @_guarded("LibEvent.pending")
     def pending(self, what: int = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL) -> bool:
         """Whether the event is pending (or active) for any of the flags in ``what``."""
         rec = self._require("pending")

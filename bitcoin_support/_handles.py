@@ -26,7 +26,19 @@ Ownership rules (the one place they are written down)
 - A base is never freed while one of its callbacks runs: ``close()`` refuses (``RuntimeError``)
   and a finalizer that runs there leaves the freeing to the trampoline, once the callback returns.
 - ``EventBase.from_address`` wraps a base owned by a C host: releasing the wrapper releases the
-  handles made on it and the internal events, never the host's ``event_base``.
+  handles made on it and the internal events, never the host's ``event_base``. Open wrappers sit
+  in a module registry (address -> wrapper, strong), so the same address gives the same wrapper,
+  and a wrapper holds every handle made on it strongly until that handle or the wrapper is
+  closed: the host's loop may call them with no Python reference left. Releasing a base Python
+  owns first closes the registered wrapper of its ``event_base``.
+- The C trampoline owns the record while its callback runs: a release from inside the callback
+  frees the libevent event and leaves the record to the trampoline, which frees it afterwards.
+  After a callback the trampoline re-reads everything from the record; the ``ffi.new_handle``
+  in it is set only while the Python handle holds it.
+- Threads: every operation on a base or its handles takes the base's guard (an RLock that
+  ``loop()`` holds while dispatching); from another thread while the base is dispatched it
+  raises RuntimeError (use ``call_soon_threadsafe``). Finalizers take no lock: they run only for
+  unreachable handles, which libevent is not running.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from typing import Any, ClassVar, NoReturn, Self
 from ._errors import ClosedError, DummyHandleError
 from ._log import TRACE, events_log
 
-__all__ = ["KINDS", "Handle", "live_counts"]
+__all__ = ["KINDS", "Handle", "LiveCounter", "live_counts"]
 
 KINDS: tuple[str, ...] = ("EventBase", "LibEvent", "EvHttp", "EvHttpRequest", "EvHttpConnection")
 
@@ -53,15 +65,67 @@ _close_lock = threading.RLock()
 
 
 # Kinds that count themselves without the lock (one per HTTP request: the hot path), as a
-# function returning their live count; added to the locked counts when read.
+# function returning their live count; added to the locked counts when read. LiveCounter
+# registers itself here; a raw function still works, for older callers.
 _live_extra: dict[str, Callable[[], int]] = {}
+
+
+class LiveCounter:
+    """A lock-free live counter for a hot-path kind: ``created()`` / ``released()``, ``value()``.
+
+    Each thread counts in its own two-integer cell, which only that thread writes; ``value()``
+    sums the cells, reading every ``released`` count before any ``created`` one, so a release
+    is never seen without its creation and the value is never negative. Registered for ``kind``
+    in ``live_counts()`` and ``Handle.live()``. One cell per thread that ever counted is kept.
+    """
+
+    __slots__ = ("_cells", "_lock", "_tls", "kind")
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"LiveCounter: kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self._cells: list[list[int]] = []
+        self._lock = threading.Lock()  # only to add a thread's cell, and to copy the list
+        self._tls = threading.local()
+        _live_extra[kind] = self.value
+
+    def _cell(self) -> list[int]:
+        cell = [0, 0]
+        with self._lock:
+            self._cells.append(cell)
+        self._tls.cell = cell
+        return cell
+
+    def created(self) -> None:
+        """One more live handle (counted on the calling thread's cell)."""
+        try:
+            cell: list[int] = self._tls.cell
+        except AttributeError:
+            cell = self._cell()
+        cell[0] += 1
+
+    def released(self) -> None:
+        """One live handle fewer."""
+        try:
+            cell: list[int] = self._tls.cell
+        except AttributeError:
+            cell = self._cell()
+        cell[1] += 1
+
+    def value(self) -> int:
+        """Handles created and not yet released (a snapshot)."""
+        with self._lock:
+            cells = list(self._cells)
+        released = sum([c[1] for c in cells])
+        return sum([c[0] for c in cells]) - released
 
 
 def live_counts() -> dict[str, int]:
     """Live handles of each of the five types (a snapshot, thread-safe)."""
     with _live_lock:
         counts = dict(_live)
-    for kind, extra in _live_extra.items():
+    for kind, extra in list(_live_extra.items()):
         counts[kind] += extra()
     return counts
 
@@ -137,9 +201,23 @@ class Handle:
         return n + extra() if extra is not None else n
 
     def close(self) -> None:
-        """Release the handle (children first); idempotent."""
-        self._check_close()
-        self._close(finalizing=False)
+        """Release the handle (children first); idempotent.
+
+        Under the thread rule of the root base (``_loop_guard``): from a thread other than the
+        one dispatching the base, RuntimeError.
+        """
+        guard = self._loop_guard()
+        if guard is None:
+            self._check_close()
+            self._close(finalizing=False)
+            return
+        if not guard.lock.acquire(False):
+            guard.wait(f"{type(self).__name__}.close")
+        try:
+            self._check_close()
+            self._close(finalizing=False)
+        finally:
+            guard.lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -162,6 +240,17 @@ class Handle:
             return f"<{type(self).__name__} (not initialised)>"
 
     # -- hooks and helpers for the subclasses
+
+    def _forget(self, child_id: int) -> None:
+        """A child was released: stop tracking it."""
+        children = self._children
+        if children is not None:
+            children.pop(child_id, None)
+
+    def _loop_guard(self) -> Any:
+        """The thread guard of the base this handle belongs to (``_event._Guard``), or None."""
+        parent = self._parent
+        return parent._loop_guard() if parent is not None else None
 
     def _check_close(self) -> None:
         """Raise if closing now is not allowed (a base inside its own callback)."""
@@ -190,8 +279,8 @@ class Handle:
         finally:
             self._children = None
             parent = self._parent
-            if parent is not None and parent._children is not None:
-                parent._children.pop(self._id, None)
+            if parent is not None:
+                parent._forget(self._id)
             self._after_release()
             _count(self._kind, -1)
             if events_log.isEnabledFor(TRACE):

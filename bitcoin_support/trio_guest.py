@@ -65,7 +65,8 @@ def start(
         raise TypeError(f"trio_guest.start: async_fn must be callable, not {_type_name(async_fn)}")
     if not callable(done):
         raise TypeError(f"trio_guest.start: done must be callable, not {_type_name(done)}")
-    base.call_soon_threadsafe  # noqa: B018 - fails early (ClosedError) on a closed base
+    if base.closed:
+        raise ClosedError("trio_guest.start: the base is closed")
     trio.lowlevel.start_guest_run(
         async_fn,
         *args,

@@ -9,8 +9,8 @@
  * Lifetimes (the full rules are in bitcoin_support/_handles.py): a record is created and released
  * by its Python handle, wiped with bs_memory_cleanse before free(). A base frees, on release, the
  * libevent objects of all children still linked to it (orphaning them), so a child released later
- * only frees its record. The trampolines read nothing from a record after its callback returns,
- * because the callback may have released it.
+ * only frees its record. A record whose callback is running is freed by its trampoline, after the
+ * callback (see bs_event_trampoline for the rule).
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
@@ -352,28 +352,43 @@ int bs_base_got(bs_base *b, int which)
 
 /* ---------------------------------------------------------------- events */
 
+/* Ownership rule of the trampoline: nothing read before the callback is used after it unless
+   it is still owned. The record itself is: while e->running > 0 (under the tree lock),
+   bs_event_release frees the libevent event but leaves the record to the trampoline (e->dead).
+   Everything else is re-read from the record after the callback: e->ev (NULL once released or
+   orphaned) and e->py, the ffi.new_handle of the Python LibEvent, which is non-NULL only while
+   the Python handle holds it (its keep-alive). The owner base is not freed under us either: its
+   release from inside a callback is deferred through depth and dead (bs_base_release). */
 static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
 {
     LibEvent *e = arg;
-    bs_base *owner = e->node.owner;
-    void *py = e->py;
-    int pending = (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) != 0;
+    bs_base *owner = e->node.owner; /* non-NULL: an orphan's event is freed, so never fires */
+    int again = 0, free_it, pending;
 
     (void)fd;
     e->fired = what;
+    bs_tree_lock();
+    e->running++;
+    bs_tree_unlock();
     owner->depth++;
-    if (e->c_cb != NULL) {
+    pending = (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) != 0;
+    if (e->c_cb != NULL)
         e->c_cb(e, e->c_arg);
-        if (!pending && py != NULL)
-            bs_py_event_unheld(py);
-    } else if (py != NULL) {
-        /* Nonzero: active() was called from the callback on its own event, which Python still
-           holds (the keep-alive set), so e is alive; e->ev is NULL if it was orphaned. */
-        int again = bs_py_event_cb(py, pending);
-        if (again != 0 && e->ev != NULL)
-            event_active(e->ev, again & EV_ALL_RESULTS, 0);
+    else if (e->py != NULL)
+        again = bs_py_event_cb(e->py, pending); /* the handle is resolved before the callback */
+    bs_tree_lock();
+    free_it = --e->running == 0 && e->dead;
+    bs_tree_unlock();
+    if (free_it) {
+        bs_record_free(e, sizeof *e);
+    } else if (e->ev != NULL) {
+        if (again != 0) {
+            event_active(e->ev, again & EV_ALL_RESULTS, 1);
+        } else if (e->c_cb != NULL && e->py != NULL &&
+                   (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) == 0) {
+            bs_py_event_unheld(e->py); /* fired, not re-added: the base stops holding it */
+        }
     }
-    /* e may be gone now; the owner cannot be (see bs_base_release). */
     if (--owner->depth == 0 && owner->dead)
         base_destroy(owner, 1);
 }
@@ -417,16 +432,21 @@ LibEvent *bs_event_new(bs_base *b, int fd, int events, EventCallback c_cb, void 
 void bs_event_release(LibEvent *e)
 {
     struct event *ev;
+    int free_it;
 
     bs_tree_lock();
     bs_node_detach_locked(&e->node);
     ev = e->ev;
     e->ev = NULL;
     e->py = NULL;
+    if (e->running > 0)
+        e->dead = 1; /* its trampoline is running: it frees the record when the callback returns */
+    free_it = !e->dead;
     bs_tree_unlock();
     if (ev != NULL)
         event_free(ev); /* safe inside the event's own callback, on the loop thread */
-    bs_record_free(e, sizeof *e);
+    if (free_it)
+        bs_record_free(e, sizeof *e);
 }
 
 /* timeout < 0: no timeout. */
@@ -457,7 +477,9 @@ int bs_event_active(LibEvent *e, int what)
         return -1;
     if (what & ~EV_ALL_RESULTS)
         return -2;
-    event_active(e->ev, what, 0);
+    /* ncalls 1: libevent runs a signal event's callback ncalls times (0 would be never) and
+       ignores ncalls for the other kinds. */
+    event_active(e->ev, what, 1);
     return 0;
 }
 

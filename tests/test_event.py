@@ -454,6 +454,22 @@ def test_signal_event_fires_on_a_signal_sent_to_the_process(base: EventBase) -> 
     assert fired == [(signal.SIGUSR1, EV_SIGNAL)]
 
 
+@pytest.mark.parametrize("what", [EV_SIGNAL, EV_TIMEOUT])
+@pytest.mark.parametrize("persist", [0, EV_PERSIST])
+def test_active_on_a_signal_event_runs_its_callback(
+    base: EventBase, what: int, persist: int
+) -> None:
+    # Regression: libevent runs a signal event's callback "ncalls" times, and active() passed 0.
+    fired: list[int] = []
+    sig = obtain_event(
+        base, signal.SIGUSR1, EV_SIGNAL | persist, lambda ev, arg: fired.append(ev.fired)
+    )
+    sig.active(what)
+    base.loop(EVLOOP_NONBLOCK)
+    assert fired == [what]
+    sig.close()
+
+
 def test_python_signal_handler_runs_promptly_during_dispatch(base: EventBase) -> None:
     ran: list[float] = []
 
@@ -764,15 +780,21 @@ def test_dropping_an_unadded_event_releases_it(base: EventBase) -> None:
     assert LibEvent.live() == before
 
 
-def test_wrapper_dropped_inside_its_own_callback_is_released_after_it(base: EventBase) -> None:
+def test_wrapper_lives_until_closed_and_goes_with_the_owner(base: EventBase) -> None:
     before = bs.live_counts()
     fired: list[int] = []
     wrapper = EventBase.from_address(base.address)
     obtain_event(wrapper, -1, 0, lambda ev, arg: fired.append(1)).active()
-    del wrapper  # now only the pending event holds the wrapper; it goes when the event does
+    del wrapper  # the registry keeps it (and its events) until it is closed
     base.dispatch()
     gc.collect()
-    assert fired == [1] and bs.live_counts() == before
+    assert fired == [1]
+    assert EventBase.from_address(base.address).live() == before["EventBase"] + 1
+    base.close()  # closes the wrapper of its event_base first
+    gc.collect()
+    after = bs.live_counts()
+    assert after["EventBase"] == before["EventBase"] - 1
+    assert after["LibEvent"] == before["LibEvent"]
 
 
 def test_dropping_the_base_with_pending_events_releases_everything() -> None:

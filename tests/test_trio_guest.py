@@ -13,6 +13,7 @@ import outcome
 import pytest
 import trio
 
+import bitcoin_support
 from bitcoin_support import (
     EV_PERSIST,
     EV_READ,
@@ -346,3 +347,17 @@ def test_example_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     counts = dict(line.split(": ") for line in proc.stdout.splitlines()[1:])
     assert all(int(v) > 0 for v in counts.values()), proc.stdout
+
+
+def test_start_on_a_closed_base_raises_closed_error() -> None:
+    # Regression: start() only read base.call_soon_threadsafe, which checks nothing.
+    b = bitcoin_support.obtain_event_base()
+    b.close()
+    outcomes: list[object] = []
+
+    async def main() -> None:
+        pass
+
+    with pytest.raises(bitcoin_support.ClosedError, match=r"trio_guest\.start"):
+        trio_guest.start(b, main, done=outcomes.append)
+    assert outcomes == []

@@ -49,6 +49,8 @@ struct LibEvent {
     void *c_arg;
     void *py;                   /* ffi.new_handle of the Python LibEvent while it is held */
     int fired;                  /* flags of the current activation */
+    int running;                /* trampolines running its callback now (tree lock) */
+    int dead;                   /* released while running: the trampoline frees it (tree lock) */
 };
 
 /* Process-wide lock of every base's children list. */

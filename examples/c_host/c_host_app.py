@@ -6,13 +6,15 @@ base: every request is echoed back (200, same body and ``Content-Type``), and ``
 how many times a 50 ms timer fired and how much of the locked pool is in use (the host keeps a
 32-byte secret there, allocated from C). The host runs the loop; ``teardown(base)`` runs after
 the loop has stopped and releases everything registered here, before the host frees its base.
+
+Nothing here keeps references: the wrapper of the host's base, and every handle made on it, stay
+alive until the wrapper is closed, and ``teardown`` gets that same wrapper.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from bitcoin_support import (
     EV_PERSIST,
@@ -23,10 +25,6 @@ from bitcoin_support import (
     obtain_event,
     obtain_evhttp,
 )
-
-# What setup() registered, for teardown(). The base wrapper owns the events and the evhttp:
-# closing it releases them all (the host's base itself is left alone).
-_state: dict[str, Any] = {}
 
 
 def setup(base: EventBase) -> None:
@@ -48,14 +46,9 @@ def setup(base: EventBase) -> None:
     http.accept_socket(int(os.environ["BS_HOST_LISTEN_FD"]))
     http.set_gencb(echo)
     http.set_cb("/stats", stats)
-    timer = obtain_event(base, -1, EV_PERSIST, tick)
-    timer.add(0.05)
-    _state.update(base=base, http=http, timer=timer)
+    obtain_event(base, -1, EV_PERSIST, tick).add(0.05)
 
 
 def teardown(base: EventBase) -> None:
     """Release the evhttp, the timer and the base wrapper; called by the host after its loop."""
-    wrapper = _state.pop("base", None)
-    _state.clear()
-    if wrapper is not None:
-        wrapper.close()
+    base.close()  # the wrapper setup() got: releases the evhttp and the timer, not the host's base
