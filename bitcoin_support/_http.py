@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Final, final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase
+from ._event import EventBase, _get_ident, _guarded, _LoopState
 from ._handles import Handle, _live_extra, _next_id
 from ._log import TRACE, events_log, http_log
 from ._native import ffi, lib
@@ -105,6 +105,19 @@ _live_extra[_KIND] = _live_requests
 
 def _trace() -> bool:
     return _trace_enabled(TRACE)
+
+
+def _other_thread(st: _LoopState | None, what: str) -> None:
+    """The thread rule of ``_event._Guard`` for requests, kept to one comparison on the loop's
+    own thread (the per-request path): from another thread while the base is dispatched,
+    RuntimeError."""
+    if st is not None:
+        thread = st.guard.thread
+        if thread is not None and thread != _get_ident():
+            raise RuntimeError(
+                f"EvHttpRequest.{what}: the base is being dispatched by another thread; "
+                "from other threads, only call_soon_threadsafe() may be called while it runs"
+            )
 
 
 def _check_int(where: str, name: str, value: object, low: int, high: int) -> int:
@@ -319,6 +332,7 @@ class EvHttpRequest:
         "_in",
         "_out",
         "_rec",
+        "_st",
         "_started",
         "_traced",
     )
@@ -328,6 +342,7 @@ class EvHttpRequest:
     _rec: Any
     _id: int
     _traced: bool  # TRACE was on at creation: its release is logged too
+    _st: _LoopState | None  # the loop state of its base (a client request: once made)
     _http: EvHttp | None
     _handle: Any
     _conn: EvHttpConnection | None
@@ -382,6 +397,7 @@ class EvHttpRequest:
         rec = self._rec
         if rec is None:
             return
+        _other_thread(self._st, "close")
         if self._http is not None and rec.req != _NULL:
             if rec.state in _REPLYABLE:
                 lib.bs_http_send_error(rec, 500, _NULL)  # ends Python's hold on the record
@@ -437,10 +453,11 @@ class EvHttpRequest:
             events_log.log(TRACE, "release EvHttpRequest id=%d", self._id)
 
     def _live_req(self, what: str) -> Any:
-        """libevent's request, or ClosedError."""
+        """libevent's request, or ClosedError (RuntimeError from a thread the rule forbids)."""
         rec = self._rec
         if rec is None or rec.req == _NULL:
             raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
+        _other_thread(self._st, what)
         return rec.req
 
     # -- what was received (server: the request; client: the response)
@@ -577,6 +594,7 @@ class EvHttpRequest:
             raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
         if self._http is None:
             raise RuntimeError(f"EvHttpRequest.{what}: only a server request can be answered")
+        _other_thread(self._st, what)
         return rec
 
     def send_reply(
@@ -595,6 +613,10 @@ class EvHttpRequest:
         rec = self._rec
         if rec is None or self._http is None:
             rec = self._server_rec("send_reply")
+        else:  # _server_rec's thread rule, inlined on the per-request path
+            thread = self._st.guard.thread  # type: ignore[union-attr]
+            if thread is not None and thread != _get_ident():
+                _other_thread(self._st, "send_reply")
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_reply", "code", code, 100, 599)
         creason = _NULL if reason is None else _text_arg("send_reply", "reason", reason)
@@ -620,6 +642,10 @@ class EvHttpRequest:
         rec = self._rec
         if rec is None or self._http is None:
             rec = self._server_rec("send_echo")
+        else:  # _server_rec's thread rule, inlined on the per-request path
+            thread = self._st.guard.thread  # type: ignore[union-attr]
+            if thread is not None and thread != _get_ident():
+                _other_thread(self._st, "send_echo")
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
         if type(default_content_type) is bytes:
@@ -678,6 +704,7 @@ class EvHttpRequest:
             raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
         if self._http is not None:
             raise RuntimeError(f"EvHttpRequest.{what}: only a client request has a body to send")
+        _other_thread(self._st, what)
         if rec.state != _NEW:
             raise RuntimeError(f"EvHttpRequest.{what}: the request was already made")
         return rec
@@ -763,6 +790,7 @@ def obtain_evhttp_request(cb: PyRequestCallback, arg: Any = None) -> EvHttpReque
     req: EvHttpRequest = _new_request(_ClientRequest)
     req._rec = rec
     req._http = None
+    req._st = None
     req._conn = None
     req._handle = None
     req._cb = cb
@@ -850,11 +878,12 @@ class EvHttp(Handle):
     the client gets 500 if nothing was sent; the server keeps serving.
     """
 
-    __slots__ = ("_base", "_bound", "_pending", "_routes", "_running")
+    __slots__ = ("_base", "_bound", "_pending", "_routes", "_running", "_st")
 
     _kind = "EvHttp"
 
     _base: EventBase
+    _st: _LoopState
     _bound: list[Any]
     _pending: set[EvHttpRequest]
     _routes: dict[str | None, _Route]
@@ -868,6 +897,7 @@ class EvHttp(Handle):
         if rec == _NULL:
             raise OSError(ffi.errno, "obtain_evhttp: could not create the evhttp server")
         self._base = base
+        self._st = base._st
         self._pending = set()
         self._routes = {}
         self._bound = []
@@ -907,6 +937,7 @@ class EvHttp(Handle):
 
     # -- sockets
 
+    @_guarded("EvHttp.bind")
     def bind(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0: any free port); returns the bound port. May be repeated."""
         http = self._http("bind")
@@ -920,6 +951,7 @@ class EvHttp(Handle):
         self._track(bound)
         return _sock_port(int(lib.evhttp_bound_socket_get_fd(bound)))
 
+    @_guarded("EvHttp.accept_socket")
     def accept_socket(self, sock: socket.socket | int) -> int:
         """Serve on an already listening socket (a duplicate of its fd); returns its port.
 
@@ -953,6 +985,7 @@ class EvHttp(Handle):
         if lib.bs_evhttp_guard_accept(self._rec, bound) != 0:
             raise MemoryError("EvHttp: cannot guard the listening socket")
 
+    @_guarded("EvHttp.stop_accepting")
     def stop_accepting(self) -> None:
         """Close every listening socket; connections already open keep being served."""
         self._http("stop_accepting")
@@ -962,6 +995,7 @@ class EvHttp(Handle):
 
     # -- callbacks
 
+    @_guarded("EvHttp.set_gencb")
     def set_gencb(self, cb: PyRequestCallback | Any, arg: Any = None) -> None:
         """The callback for requests that no ``set_cb`` path matches (default: 404)."""
         http = self._http("set_gencb")
@@ -970,6 +1004,7 @@ class EvHttp(Handle):
         lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
         self._routes[None] = route
 
+    @_guarded("EvHttp.set_cb")
     def set_cb(self, path: str, cb: PyRequestCallback | Any, arg: Any = None) -> None:
         """The callback for requests whose path is exactly ``path`` (replaces an earlier one).
 
@@ -986,6 +1021,7 @@ class EvHttp(Handle):
             raise MemoryError("EvHttp.set_cb: libevent refused the callback")
         self._routes[key] = route
 
+    @_guarded("EvHttp.del_cb")
     def del_cb(self, path: str) -> None:
         """Remove the callback of ``path``; ValueError when there is none."""
         http = self._http("del_cb")
@@ -996,23 +1032,27 @@ class EvHttp(Handle):
 
     # -- limits
 
+    @_guarded("EvHttp.set_max_body_size")
     def set_max_body_size(self, n: int) -> None:
         """Bodies larger than ``n`` bytes get 413 before any callback runs."""
         http = self._http("set_max_body_size")
         _check_int("EvHttp.set_max_body_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_body_size(http, n)
 
+    @_guarded("EvHttp.set_max_headers_size")
     def set_max_headers_size(self, n: int) -> None:
         """Request line and headers larger than ``n`` bytes are refused."""
         http = self._http("set_max_headers_size")
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_headers_size(http, n)
 
+    @_guarded("EvHttp.set_timeout")
     def set_timeout(self, seconds: float) -> None:
         """Close connections idle (or stuck mid-request) for ``seconds``."""
         http = self._http("set_timeout")
         lib.evhttp_set_timeout_tv(http, _seconds("EvHttp.set_timeout", seconds))
 
+    @_guarded("EvHttp.set_allowed_methods")
     def set_allowed_methods(self, *names: str) -> None:
         """The methods served (others get 501); libevent's default: GET POST HEAD PUT DELETE."""
         mask = 0
@@ -1098,6 +1138,7 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
     req: EvHttpRequest = _new_request(EvHttpRequest)
     req._rec = rec
     req._http = http
+    req._st = http._st
     req._handle = None
     req._in = None
     req._out = None
@@ -1165,11 +1206,21 @@ def _bs_http_on_gone(handle: Any) -> None:
 class EvHttpConnection(Handle):
     """A client connection to ``host:port`` on an EventBase, for ``make_request``."""
 
-    __slots__ = ("_base", "_finalizing", "_host", "_pending", "_port", "_running", "_timeout")
+    __slots__ = (
+        "_base",
+        "_finalizing",
+        "_host",
+        "_pending",
+        "_port",
+        "_running",
+        "_st",
+        "_timeout",
+    )
 
     _kind = "EvHttpConnection"
 
     _base: EventBase
+    _st: _LoopState
     _finalizing: bool
     _host: str
     _port: int
@@ -1189,6 +1240,7 @@ class EvHttpConnection(Handle):
         if rec == _NULL:
             raise OSError(ffi.errno, f"{where}: could not create the connection")
         self._base = base
+        self._st = base._st
         self._host = host
         self._port = port
         self._pending = {}
@@ -1223,6 +1275,7 @@ class EvHttpConnection(Handle):
         self._require_open("peer")
         return self._host, self._port
 
+    @_guarded("EvHttpConnection.set_timeout")
     def set_timeout(self, seconds: float) -> None:
         """Time allowed for connecting and for each read or write of a request."""
         evcon = self._require("set_timeout").evcon
@@ -1231,12 +1284,14 @@ class EvHttpConnection(Handle):
         )
         self._timeout = float(seconds)
 
+    @_guarded("EvHttpConnection.set_retries")
     def set_retries(self, n: int) -> None:
         """Connection attempts retried after the first one fails (-1: forever)."""
         evcon = self._require("set_retries").evcon
         _check_int("EvHttpConnection.set_retries", "n", n, -1, 2**31 - 1)
         lib.evhttp_connection_set_retries(evcon, n)
 
+    @_guarded("EvHttpConnection.make_request")
     def make_request(self, req: EvHttpRequest, method: str, uri: str) -> None:
         """Send ``req`` (from ``obtain_evhttp_request``); its callback runs on completion."""
         where = "EvHttpConnection.make_request"
@@ -1253,6 +1308,7 @@ class EvHttpConnection(Handle):
         if not curi:
             raise ValueError(f"{where}: uri must not be empty")
         req._conn = self
+        req._st = self._st
         req._started = time.monotonic()
         req._handle = h = ffi.new_handle(req)
         rrec.py = h

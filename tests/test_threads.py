@@ -6,8 +6,10 @@ RuntimeError naming call_soon_threadsafe; it never crashes. Runs in a child inte
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
+from http_helpers import request
 from test_reentrancy_events import run_scenario
 
 import bitcoin_support as bs
@@ -65,3 +67,65 @@ def test_loop_from_a_second_thread_is_refused(base: EventBase) -> None:
     base.call_soon_threadsafe(in_loop)
     base.dispatch()
     assert len(errors) == 1
+
+
+def test_a_foreign_thread_is_told_the_rule_for_http_handles(base: EventBase) -> None:
+    http = bs.obtain_evhttp(base)
+    port = http.bind()
+    conn = bs.obtain_evhttp_connection_base(base, "127.0.0.1", port)
+    held: list[bs.EvHttpRequest] = []
+    http.set_gencb(lambda req, arg: held.append(req))  # deferred
+    seen: list[BaseException] = []
+    calls = 0
+
+    def other() -> None:
+        nonlocal calls
+        req = held[0]
+        client = bs.obtain_evhttp_request(lambda r, a: None)
+        ops = [
+            lambda: http.bind(),
+            lambda: http.set_cb("/p", lambda r, a: None),
+            lambda: http.del_cb("/p"),
+            lambda: http.set_timeout(1),
+            lambda: http.stop_accepting(),
+            http.close,
+            lambda: conn.set_timeout(1),
+            lambda: conn.make_request(client, "GET", "/"),
+            conn.close,
+            lambda: req.path,
+            lambda: req.input_headers.get("Host"),
+            lambda: req.output_headers.add("X", "y"),
+            lambda: req.send_reply(200),
+            lambda: req.send_echo(),
+            lambda: req.send_error(500),
+            lambda: req.send_reply_start(200),
+            req.close,
+        ]
+        for fn in ops:
+            calls += 1
+            try:
+                fn()
+            except RuntimeError as exc:
+                seen.append(exc)
+        client.close()
+
+    def in_loop(ev: Any, arg: Any) -> None:
+        if not held:
+            ev.add(0.01)
+            return
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        held[0].send_reply(200, body=b"from the loop")
+        base.loopexit(0.2)
+
+    obtain_event(base, -1, bs.EV_TIMEOUT, in_loop).add(0.01)
+    box: list[Any] = []
+    client_thread = threading.Thread(target=lambda: box.append(request(port)))
+    client_thread.start()
+    base.dispatch()
+    client_thread.join(10)
+    assert calls == 17 and len(seen) == 17
+    assert all("call_soon_threadsafe" in str(e) for e in seen)
+    assert box[0][0] == 200 and box[0][2] == b"from the loop"
+    assert not http.closed and not conn.closed
