@@ -102,6 +102,21 @@ void bs_record_free(void *record, size_t size)
 
 /* ---------------------------------------------------------------- bases */
 
+static void base_destroy(bs_base *b, int in_loop);
+
+/* Around a callback of one of the base's children (events, evhttp): the base is not freed
+   under it; a release made inside it is finished when the last such callback returns. */
+void bs_base_enter(bs_base *b)
+{
+    b->depth++;
+}
+
+void bs_base_leave(bs_base *b)
+{
+    if (--b->depth == 0 && b->dead)
+        base_destroy(b, 1);
+}
+
 /* in_loop: called from a trampoline, inside the base's own loop, where event_base_free would
    pull the loop out from under libevent. That only happens when the last reference to a base
    dies inside one of its callbacks, which Python's loop() prevents for bases it runs, so the

@@ -413,15 +413,17 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_route_t *route = arg;
     bs_evhttp *h = route->h;
-    if (route->c_cb != NULL) {
-        h->running++;
-        route->c_cb((EvHttpRequest *)r, route->c_arg);
-        h->running--;
-        return;
-    }
+    bs_base *b = h->node.owner; /* linked while libevent can call the server's routes */
+    if (b != NULL)
+        bs_base_enter(b);
     h->running++;
-    py_request(r, route);
+    if (route->c_cb != NULL)
+        route->c_cb((EvHttpRequest *)r, route->c_arg);
+    else
+        py_request(r, route);
     h->running--;
+    if (b != NULL)
+        bs_base_leave(b);
 }
 
 static void py_request(struct evhttp_request *r, bs_http_route_t *route)
@@ -679,12 +681,17 @@ static void client_cb(struct evhttp_request *r, void *arg)
     if (rec->sys_errno == 0)
         rec->sys_errno = saved;
     /* r is NULL when libevent already freed the request (error path); else it frees r after. */
+    bs_base *b = rec->conn != NULL ? rec->conn->node.owner : NULL;
     rec_enter(rec, BS_REQ_RESPONDING);
     conn_unlink(rec);
     rec->req = r;
     rec_enter_call(rec);
+    if (b != NULL)
+        bs_base_enter(b);
     if ((rec->holds & BS_HOLD_PY) && rec->py != NULL)
         _bs_http_on_response(rec->py);
+    if (b != NULL)
+        bs_base_leave(b);
     rec->req = NULL;
     rec_enter(rec, BS_REQ_DONE);
     rec_drop(rec, BS_HOLD_EV);

@@ -194,3 +194,33 @@ def test_client_response_callback_closes(owner: str) -> None:
     base.close()
     gc.collect()
     assert set(bs.live_counts().values()) == {0}
+
+
+def test_base_closed_inside_an_http_callback_of_a_host_run_loop_is_refused() -> None:
+    # A loop run by C (here: the shim's loop call, as a host's event_base_dispatch) has no
+    # Python loop() on the stack; the callback depth alone must keep the base alive.
+    base = obtain_event_base()
+    http = obtain_evhttp(base)
+    port = http.bind()
+    refused: list[BaseException] = []
+
+    def cb(req: EvHttpRequest, arg: Any) -> None:
+        try:
+            base.close()
+        except RuntimeError as exc:
+            refused.append(exc)
+        req.send_reply(200, body=b"still here")
+
+    http.set_gencb(cb)
+    import threading
+
+    from http_helpers import request
+
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(request(port)))
+    t.start()
+    while t.is_alive():
+        bs.lib.bs_base_loop(base._rec, bs.EVLOOP_ONCE | bs.EVLOOP_NONBLOCK)
+    t.join(10)
+    assert len(refused) == 1 and box[0][2] == b"still here" and not base.closed
+    base.close()

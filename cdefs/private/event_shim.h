@@ -72,6 +72,8 @@ int bs_event_init(void);
 bs_base *bs_base_new(int dummy, int flags);
 bs_base *bs_base_wrap(struct event_base *base);
 void bs_base_release(bs_base *base);
+void bs_base_enter(bs_base *base);
+void bs_base_leave(bs_base *base);
 int bs_base_notify(bs_base *base);
 int bs_base_wake_fd(bs_base *base);
 int bs_base_loop(bs_base *base, int flags);
