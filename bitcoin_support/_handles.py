@@ -1,44 +1,7 @@
 """Machinery shared by the five libevent handle types: ids, live counters, TRACE logs, close.
 
-Ownership rules (the one place they are written down)
-------------------------------------------------------
-- Every handle owns one C record (``cdefs/private/event_shim.h``) and, unless it is a dummy, the
-  libevent object in it. Releasing the handle (``close()``, ``with``, or its finalizer) frees the
-  libevent object, wipes the record with ``bs_memory_cleanse`` and frees it. Nothing else frees a
-  record; the Python handle holds the only pointer to it that outlives a call.
-- A child (``LibEvent``, and in the evhttp layer ``EvHttp``, ``EvHttpRequest``,
-  ``EvHttpConnection``) holds a strong reference to its parent base, so a base outlives every child
-  Python still reaches. The parent knows its children only weakly (``_children``: id -> weakref),
-  so dropping an idle child releases it at once.
-- Releasing a parent first releases every child it can still reach (newest first). In C, each
-  child record is also linked to its base; releasing the base frees the libevent objects of any
-  child still linked (the "orphans": children the garbage collector is finalizing in the same
-  cycle, whose weakrefs are already cleared) before ``event_base_free``. An orphan's own release
-  later only wipes and frees its record. So no finalizer order can free a libevent object after
-  its base, and nothing is freed twice.
-- While an event is pending or active, its base keeps it alive: the event sits in the base's
-  ``_keep`` set and holds the ``ffi.new_handle`` that its C record hands to the trampoline (a
-  deliberate cycle, broken when the event stops being pending). A non-persistent event that has
-  fired, a deleted event and a closed one leave ``_keep`` and drop the handle, so the C record never
-  points at a Python object that may be gone.
-- The base's C record holds the handle of a small loop-state object, never of the base itself, so a
-  base without pending events is released as soon as it is dropped.
-- A base is never freed while one of its callbacks runs: ``close()`` refuses (``RuntimeError``)
-  and a finalizer that runs there leaves the freeing to the trampoline, once the callback returns.
-- ``EventBase.from_address`` wraps a base owned by a C host: releasing the wrapper releases the
-  handles made on it and the internal events, never the host's ``event_base``. Open wrappers sit
-  in a module registry (address -> wrapper, strong), so the same address gives the same wrapper,
-  and a wrapper holds every handle made on it strongly until that handle or the wrapper is
-  closed: the host's loop may call them with no Python reference left. Releasing a base Python
-  owns first closes the registered wrapper of its ``event_base``.
-- The C trampoline owns the record while its callback runs: a release from inside the callback
-  frees the libevent event and leaves the record to the trampoline, which frees it afterwards.
-  After a callback the trampoline re-reads everything from the record; the ``ffi.new_handle``
-  in it is set only while the Python handle holds it.
-- Threads: every operation on a base or its handles takes the base's guard (an RLock that
-  ``loop()`` holds while dispatching); from another thread while the base is dispatched it
-  raises RuntimeError (use ``call_soon_threadsafe``). Finalizers take no lock: they run only for
-  unreachable handles, which libevent is not running.
+Who owns what (records, the keep-alive set, trampolines, ``from_address`` wrappers, finalizer
+order, threads) is written down once, in the README's "Lifetimes" chapter.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """evhttp as tracked handles: the server (EvHttp), its requests, and client connections.
 
-Lifetimes (the C side is described at the top of ``cdefs/http.c``):
-
-- ``EvHttp`` and ``EvHttpConnection`` are ordinary handles (``_handles.py``): each owns its
-  libevent object, is a child of its base and holds the base alive.
-- A server ``EvHttpRequest`` wraps a request that libevent owns. It is valid until its reply is
-  complete or its connection closes, whichever comes first; then it is closed and any use raises
-  ``ClosedError``. While a callback runs, the request lives on the callback's frame; a callback that
-  returns without replying leaves it in its server's ``_pending`` set, with an ``ffi.new_handle``
-  that the C record uses to tell us when the connection goes away. Nothing here ever frees a
-  request libevent owns.
-- A client ``EvHttpRequest`` is ours until ``make_request``; from then on libevent owns it and the
-  request sits in ``_client_pending`` (module level, so that neither it nor its connection can be
-  collected) until its callback has run. libevent frees the request right after the callback, so
-  the callback only closes the Python wrapper and never frees anything.
+Who owns a request or a connection, and when (libevent and Python share them), is told in the
+README's "Lifetimes" chapter; the state machine of the C records is drawn in ``cdefs/http.c``.
 
 The per-request server path is kept short on purpose: one ``extern "Python"`` call per request,
 no allocation besides the request object, and one C call for a whole reply (status, headers,

@@ -6,11 +6,8 @@
  * or the "Python+C" function bs_py_event_cb with the ffi.new_handle of the Python LibEvent. No
  * ffi.callback anywhere, so no writable-and-executable memory.
  *
- * Lifetimes (the full rules are in bitcoin_support/_handles.py): a record is created and released
- * by its Python handle, wiped with bs_memory_cleanse before free(). A base frees, on release, the
- * libevent objects of all children still linked to it (orphaning them), so a child released later
- * only frees its record. A record whose callback is running is freed by its trampoline, after the
- * callback (see bs_event_trampoline for the rule).
+ * Who owns what is told once, in the README's "Lifetimes" chapter; this file holds the C half
+ * (the children tree and its orphans, the trampoline that outlives its record's release).
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
