@@ -1,15 +1,25 @@
 """Secure memory: the optimizer-proof wipe, the two allocators and the blocks they hand out.
 
-Ownership: a ``Block`` owns its memory (``_raw``) until ``free()`` or its finalizer gives it back
-to its allocator, which wipes it in C. A view never points at freed memory: every buffer the block
-exports holds a *pin*, a cffi object whose destructor (``ffi.gc``) refers to the block, so the
-block, and with it the memory, lives as long as any view of it; ``free()`` refuses
-(``BufferError``) while a pin is alive. ``Block.cdata`` is a plain alias that owns nothing: like a
-C pointer, it must not be used after ``free()``.
+Ownership: a ``Block`` owns its memory (``_raw``, a plain non-owning ``char *``) until ``free()``
+or its finalizer gives it back to its allocator, which wipes it in C. Views are counted by the
+buffer protocol itself, not by destructors: the first view makes the block's *exporter*, a
+memoryview of the whole block, and every buffer handed out holds an export of it
+(``ffi.from_buffer``). ``exporter.release()`` succeeds only once no such buffer is left, and
+memoryview slices keep their buffer, so it answers "can a view still reach this memory?" exactly.
+None of these objects has a finalizer, so a garbage collection cannot release them early.
+
+``free()`` raises ``BufferError`` while a view is exported. The finalizer of a block whose
+views are gone gives the memory back at once; otherwise (the block and a view in one garbage
+cycle, or a block dropped while a view escaped) it wipes the memory at once and puts it in
+*quarantine*, and the memory goes back to its allocator (wiped again) only when its last view is
+gone: quarantine is checked after every garbage collection and on every allocation and free.
+``Block.cdata`` is a plain alias that owns nothing: like a C pointer, it must not be used after
+``free()``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -23,17 +33,46 @@ from ._native import ffi, lib
 
 MAX_SIZE = sys.maxsize
 MAX_ALIGN = 1 << 30
-_getrefcount = sys.getrefcount
 # Bound once: the hot paths below pay no attribute lookups on ffi and lib.
 _from_buffer = ffi.from_buffer
 _cleanse = lib.bs_memory_cleanse
-_gc = ffi.gc
 _buffer = ffi.buffer
 _new_object = object.__new__
-# Guards the pin counts of all blocks: Python does not promise that `+=` on an attribute is
-# atomic across threads, and a lost update could let free() run while a view still points at
-# the memory.
-_pin_lock = threading.Lock()
+
+# Memory of finalized blocks that a view could still reach: (exporter, raw, release), wiped,
+# waiting for its last view to go. Appended to from finalizers (list.append is atomic), drained
+# by _sweep() under a lock that is never waited for, so a collection that starts inside a sweep
+# cannot deadlock on it.
+_quarantine: list[tuple[memoryview, Any, Any]] = []
+_sweep_lock = threading.Lock()
+
+
+def _sweep() -> None:
+    """Give back every quarantined block whose last view is gone."""
+    if not _quarantine or not _sweep_lock.acquire(blocking=False):
+        return
+    try:
+        waiting = []
+        while _quarantine:
+            entry = _quarantine.pop()
+            try:
+                entry[0].release()
+            except BufferError:
+                waiting.append(entry)
+            else:
+                entry[2](entry[1])
+        _quarantine.extend(waiting)
+    finally:
+        _sweep_lock.release()
+
+
+def _after_collection(phase: str, info: dict[str, int]) -> None:
+    # A collection frees the views that sat in garbage cycles; their memory can go back now.
+    if phase == "stop" and _quarantine:
+        _sweep()
+
+
+gc.callbacks.append(_after_collection)
 
 
 class Cleansable(Protocol):
@@ -93,18 +132,12 @@ def _check_alloc_args(size: int, align: int) -> None:
 class Block:
     """Memory from an allocator: reads as zeros when new, wiped when freed or dropped."""
 
-    __slots__ = ("__weakref__", "_allocator", "_pins", "_raw", "size")
+    __slots__ = ("__weakref__", "_allocator", "_export", "_raw", "size")
 
     _allocator: Allocator
-    _pins: int
+    _export: memoryview | None  # made by the first view; each buffer handed out exports it
     _raw: Any
     size: int
-
-    def __init__(self, allocator: Allocator, raw: Any, size: int) -> None:
-        self._allocator = allocator
-        self._raw = raw
-        self._pins = 0
-        self.size = size
 
     @property
     def closed(self) -> bool:
@@ -128,15 +161,23 @@ class Block:
         return int(ffi.cast("uintptr_t", self._live()))
 
     def _pinned_buffer(self, n: int) -> Any:
-        """A cffi buffer of the first ``n`` bytes that keeps this block alive while it exists."""
-        pin = _gc(self._live(), self._unpin)
-        with _pin_lock:  # views may be made and dropped on several threads at once
-            self._pins += 1
-        return _buffer(pin, n)
+        """A cffi buffer of the first ``n`` bytes; the block stays unfreeable while it exists."""
+        export = self._export
+        if export is None:
+            export = self._export = memoryview(_buffer(self._live(), self.size))
+        return _buffer(_from_buffer(export), n)
 
-    def _unpin(self, pin: Any) -> None:
-        with _pin_lock:
-            self._pins -= 1
+    def _exported(self) -> bool:
+        """True while a buffer handed out (or a memoryview or slice of one) still exists."""
+        export = self._export
+        if export is None:
+            return False
+        try:
+            export.release()  # refused while any buffer holds an export of it
+        except BufferError:
+            return True
+        self._export = None
+        return False
 
     @contextmanager
     def view(self) -> Iterator[memoryview]:
@@ -149,7 +190,7 @@ class Block:
 
     def _check_unshared(self) -> None:
         """BufferError while a view of the memory is exported (it would point at freed memory)."""
-        if self._pins:
+        if self._exported():
             raise BufferError("a view of this memory is still exported")
 
     def free(self) -> None:
@@ -157,16 +198,26 @@ class Block:
         raw = self._raw
         if raw is None:
             return
-        if self._pins:
+        if self._exported():
             raise BufferError("a view of this memory is still exported")
         self._raw = None
         self._allocator._release(raw)
+        if _quarantine:
+            _sweep()
 
     def __del__(self) -> None:
-        # No pin can be alive here (each one keeps the block alive), so the memory is unshared.
         raw = self._raw
-        if raw is not None:
-            self._raw = None
+        if raw is None:
+            return
+        self._raw = None
+        if self._exported():
+            # A view still reaches the memory (both in one garbage cycle, or the view escaped):
+            # wipe it now, and give it back only when the last view is gone.
+            _cleanse(raw, self.size)
+            assert self._export is not None
+            _quarantine.append((self._export, raw, self._allocator._release))
+            self._export = None
+        else:
             self._allocator._release(raw)
 
     def _cleanse_target(self) -> tuple[Any, int]:
@@ -203,10 +254,12 @@ class Allocator:
             if err == 22:  # EINVAL
                 raise ValueError(f"align {align} is not supported")
             raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
+        if _quarantine:
+            _sweep()
         block: Block = _new_object(Block)  # Block(...) without the __init__ call: hot path
         block._allocator = self
         block._raw = raw
-        block._pins = 0
+        block._export = None
         block.size = size
         return block
 
