@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, NamedTuple, NoReturn, Protocol, final
 
 from ._errors import ClosedError, nonnegative_int
 from ._log import secure_alloc_log
@@ -130,7 +130,10 @@ def _check_alloc_args(size: int, align: int) -> None:
 
 @final
 class Block:
-    """Memory from an allocator: reads as zeros when new, wiped when freed or dropped."""
+    """Memory from an allocator: reads as zeros when new, wiped when freed or dropped.
+
+    Only the allocators make blocks: calling ``Block`` raises TypeError.
+    """
 
     __slots__ = ("__weakref__", "_allocator", "_export", "_raw", "size")
 
@@ -138,6 +141,12 @@ class Block:
     _export: memoryview | None  # made by the first view; each buffer handed out exports it
     _raw: Any
     size: int
+
+    def __new__(cls, *args: object, **kwargs: object) -> Block:
+        raise TypeError("Block cannot be created directly: use an allocator's allocate()")
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a Block cannot be copied or pickled: it alone owns its memory")
 
     @property
     def closed(self) -> bool:
@@ -256,7 +265,8 @@ class Allocator:
             raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
         if _quarantine:
             _sweep()
-        block: Block = _new_object(Block)  # Block(...) without the __init__ call: hot path
+        # The one way blocks are made: Block() itself raises TypeError.
+        block: Block = _new_object(Block)
         block._allocator = self
         block._raw = raw
         block._export = None
