@@ -14,7 +14,7 @@ from typing import Any, Self
 
 from ._errors import ClosedError, nonnegative_int
 from ._native import ffi, lib
-from ._secure import Allocator, Block
+from ._secure import Allocator, Block, _register_cleansable
 
 _MIN_CAPACITY = 16
 _EMPTY = ffi.NULL
@@ -143,3 +143,6 @@ class WipingBuffer:
         return f"{type(self).__name__}(len={self._len})"
 
     __str__ = __repr__
+
+
+_register_cleansable(WipingBuffer)

@@ -81,21 +81,56 @@ class Cleansable(Protocol):
     def _cleanse_target(self) -> tuple[Any, int]: ...
 
 
+# The package's own types that memory_cleanse reads through _cleanse_target (an explicit list,
+# so that no outside object can hand the C wipe a pointer and a length of its choosing).
+_cleansable_types: tuple[type[Cleansable], ...] = ()
+
+
+def _register_cleansable(cls: type[Cleansable]) -> None:
+    global _cleansable_types
+    _cleansable_types = (*_cleansable_types, cls)
+
+
+_CData = ffi.CData
+_typeof = ffi.typeof
+_sizeof = ffi.sizeof
+# ffi.new() returns owning cdata of a type of their own; a pointer of that type points at the
+# one item it owns. Only trusted when casts give a different type, so that a cffi without the
+# distinction bounds nothing rather than too much.
+_OWNING = type(ffi.new("char *"))
+_OWNING_IS_DISTINCT = _OWNING is not type(ffi.cast("char *", 0))
+
+
+def _cdata_target(buf: Any) -> tuple[Any, int | None]:
+    """Pointer and length (None: unknown, the caller's size is trusted) of a cffi object."""
+    ctype = _typeof(buf)
+    kind = ctype.kind
+    if kind == "array":  # ffi.new("char[16]"), ffi.from_buffer(...), slices: length known
+        return buf, _sizeof(buf)
+    if kind == "pointer":
+        if _OWNING_IS_DISTINCT and type(buf) is _OWNING:  # ffi.new("T *"): owns one T
+            return buf, _sizeof(ctype.item)
+        return buf, None  # ffi.cast("char *", address): only the caller knows
+    if kind in ("struct", "union"):
+        return ffi.addressof(buf), _sizeof(buf)
+    raise TypeError(f"buf must be a cffi pointer or array, not cdata {ctype.cname!r}")
+
+
 def memory_cleanse(buf: Any, size: int | None = None) -> None:
     """Zero the first ``size`` bytes of ``buf`` (default: all of it) in C, past the optimizer.
 
-    ``buf`` is a writable buffer, a cffi pointer (``size`` required), or a Block, SecureString or
-    SerializeData of this package.
+    ``buf`` is a writable buffer, a cffi pointer or array (``size`` required; it may not exceed
+    a length cffi knows), or a Block, SecureString or SerializeData of this package.
     """
     if type(buf) is bytearray and size is None:  # the common case, kept short
         _cleanse(_from_buffer(buf), len(buf))
         return
-    if isinstance(buf, ffi.CData):
+    limit: int | None
+    if isinstance(buf, _CData):
         if size is None:
             raise TypeError("size is required when buf is a cffi pointer")
-        limit = _check_size(size)
-        ptr = buf
-    elif hasattr(buf, "_cleanse_target"):
+        ptr, limit = _cdata_target(buf)
+    elif isinstance(buf, _cleansable_types):
         ptr, limit = buf._cleanse_target()
     else:
         if isinstance(buf, (bytes, str)):
@@ -103,11 +138,14 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
         try:
             ptr = ffi.from_buffer(buf, require_writable=True)
         except (TypeError, BufferError) as exc:
-            raise TypeError(f"buf must be a writable buffer: {exc}") from None
+            raise TypeError(f"buf must be a contiguous writable buffer: {exc}") from None
         limit = len(ptr)
-    if size is not None and ptr is not buf:
+    if size is not None:
         size = _check_size(size)
-        if size > limit:
+        if limit is None:
+            if size > MAX_SIZE:
+                raise ValueError(f"size {size} is larger than any buffer can be")
+        elif size > limit:
             raise ValueError(f"size {size} is larger than the buffer ({limit} bytes)")
         limit = size
     if limit:
@@ -241,6 +279,9 @@ class Block:
     def __repr__(self) -> str:
         state = "freed" if self._raw is None else f"size={self.size}"
         return f"<Block {state} from {type(self._allocator).__name__}>"
+
+
+_register_cleansable(Block)
 
 
 class Allocator:

@@ -919,3 +919,101 @@ def test_only_the_allocators_make_blocks() -> None:
     out = run_python(BLOCK_FORGERY_CHILD).stdout.split(None, 1)
     assert out[0] == "True", out[1]
     assert isinstance(SecureAllocator().allocate(1), Block)  # still the annotation and the type
+
+
+# ---------------------------------------------------------------- memory_cleanse of cffi objects
+
+
+KNOWN_LENGTH_CDATA = r"""
+from bitcoin_support import ffi
+backing = bytearray(b"\xa5" * 24)
+known = [
+    (ffi.new("char[16]", b"\xa5" * 16), 16),
+    (ffi.new("int[3]", [-1, -1, -1]), 12),
+    (ffi.new("int *", -1), 4),
+    (ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6]), ffi.sizeof("bs_pool_stats_t")),
+    (ffi.from_buffer(backing), 24),
+    (ffi.new("char[16]", b"\xa5" * 16)[4:12], 8),
+    (ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6])[0], ffi.sizeof("bs_pool_stats_t")),
+]
+"""
+
+
+def test_memory_cleanse_is_bounded_by_a_length_cffi_knows() -> None:
+    # Before, memory_cleanse(ffi.new("char[16]"), 1 << 24) wiped 16 MiB from a 16-byte array:
+    # SIGSEGV. Every oversized call runs in a child process so that it cannot take the suite.
+    code = KNOWN_LENGTH_CDATA + (
+        "from bitcoin_support import memory_cleanse\n"
+        "out = []\n"
+        "for cdata, length in known:\n"
+        "    for size in (length + 1, 1 << 24):\n"
+        "        try:\n"
+        "            memory_cleanse(cdata, size)\n"
+        "        except ValueError as exc:\n"
+        "            out.append('size' in str(exc))\n"
+        "        else:\n"
+        "            out.append(False)\n"
+        "print(all(out), out)\n"
+    )
+    assert run_python(code).stdout.split(None, 1)[0] == "True"
+
+
+def test_memory_cleanse_cffi_objects_with_a_known_length_wipes_them_whole() -> None:
+    scope: dict[str, object] = {}
+    exec(KNOWN_LENGTH_CDATA, scope)
+    for cdata, length in scope["known"]:  # type: ignore[attr-defined]
+        address = ffi.addressof(cdata) if ffi.typeof(cdata).kind == "struct" else cdata
+        assert ffi.buffer(address, length)[:] != bytes(length)
+        memory_cleanse(cdata, length)
+        assert ffi.buffer(address, length)[:] == bytes(length)
+
+
+def test_memory_cleanse_cffi_struct_and_plain_pointers() -> None:
+    stats = ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError, match="size"):
+        memory_cleanse(stats[0], ffi.sizeof("bs_pool_stats_t") + 1)
+    memory_cleanse(stats[0], ffi.sizeof("bs_pool_stats_t"))  # a struct by value: its own bytes
+    assert (stats.used, stats.chunks_free) == (0, 0)
+    raw = ffi.new("char[32]", b"\xa5" * 31)
+    memory_cleanse(ffi.cast("char *", raw), 32)  # a cast pointer: cffi knows no length
+    assert ffi.buffer(raw)[:] == bytes(32)
+
+
+@pytest.mark.parametrize(
+    ("buf", "size", "exc"),
+    [
+        (lambda: ffi.cast("int", 3), 4, TypeError),  # not a pointer or array
+        (lambda: ffi.cast("void(*)(void)", 0), 1, TypeError),
+        (lambda: ffi.new("char[4]"), None, TypeError),  # size required for cffi objects
+        (lambda: ffi.new("char[4]"), True, TypeError),
+        (lambda: ffi.new("char[4]"), float("nan"), TypeError),
+        (lambda: ffi.new("char[4]"), 4.0, TypeError),
+        (lambda: ffi.new("char[4]"), -1, ValueError),
+        (lambda: ffi.cast("char *", 0), 2**64, ValueError),  # would overflow size_t
+        (lambda: ffi.cast("char *", 0), -5, ValueError),
+        (lambda: bytearray(4), 2**100, ValueError),
+        (lambda: memoryview(bytearray(8))[::2], None, TypeError),  # not contiguous
+        (lambda: None, None, TypeError),
+        (lambda: 1.5, None, TypeError),
+        (lambda: [0, 0], None, TypeError),
+    ],
+)  # fmt: skip
+def test_memory_cleanse_bad_input_raises(buf, size, exc) -> None:
+    with pytest.raises(exc, match=r"\b(buf|size)\b"):
+        memory_cleanse(buf(), size)
+
+
+def test_memory_cleanse_trusts_only_package_objects() -> None:
+    # Any object with a _cleanse_target method was trusted before: this one crashed the
+    # interpreter with SIGSEGV (hence the child process).
+    code = (
+        "from bitcoin_support import ffi, memory_cleanse\n"
+        "class Impostor:\n"
+        "    def _cleanse_target(self):\n"
+        "        return ffi.cast('char *', 8), 1 << 20\n"
+        "try:\n"
+        "    memory_cleanse(Impostor())\n"
+        "except TypeError as exc:\n"
+        "    print('TypeError', 'buf' in str(exc))\n"
+    )
+    assert run_python(code).stdout.split() == ["TypeError", "True"]
