@@ -927,14 +927,16 @@ def test_only_the_allocators_make_blocks() -> None:
 KNOWN_LENGTH_CDATA = r"""
 from bitcoin_support import ffi
 backing = bytearray(b"\xa5" * 24)
+array16 = ffi.new("char[16]", b"\xa5" * 16)  # slices and items do not keep their owner alive
+stats = ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6])
 known = [
     (ffi.new("char[16]", b"\xa5" * 16), 16),
     (ffi.new("int[3]", [-1, -1, -1]), 12),
     (ffi.new("int *", -1), 4),
     (ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6]), ffi.sizeof("bs_pool_stats_t")),
     (ffi.from_buffer(backing), 24),
-    (ffi.new("char[16]", b"\xa5" * 16)[4:12], 8),
-    (ffi.new("bs_pool_stats_t *", [1, 2, 3, 4, 5, 6])[0], ffi.sizeof("bs_pool_stats_t")),
+    (array16[4:12], 8),
+    (stats[0], ffi.sizeof("bs_pool_stats_t")),
 ]
 """
 
