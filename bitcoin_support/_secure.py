@@ -162,8 +162,10 @@ def _check_alloc_args(size: int, align: int) -> None:
         raise TypeError(f"align must be an int, not {type(align).__name__}")
     if align <= 0 or align & (align - 1):
         raise ValueError(f"align must be a power of two, got {align}")
-    if size > MAX_SIZE or align > MAX_ALIGN:
-        raise MemoryError(f"cannot allocate {size} bytes aligned to {align}")
+    if size > MAX_SIZE:
+        raise MemoryError(f"cannot allocate size {size}: larger than any allocation can be")
+    if align > MAX_ALIGN:
+        raise MemoryError(f"cannot satisfy align {align}: the largest supported is {MAX_ALIGN}")
 
 
 @final
@@ -296,16 +298,16 @@ class Allocator:
         if type(size) is not int or type(align) is not int or align != 16 or size < 0:
             _check_alloc_args(size, align)  # the default alignment needs no further check
         elif size > MAX_SIZE:
-            raise MemoryError(f"cannot allocate {size} bytes")
+            raise MemoryError(f"cannot allocate size {size}: larger than any allocation can be")
+        if _quarantine:
+            _sweep()  # memory whose last view is gone goes back first
         cls = type(self)
         raw = cls._alloc(size, align)
         if not raw:  # NULL
             err = ffi.errno
             if err == 22:  # EINVAL
                 raise ValueError(f"align {align} is not supported")
-            raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
-        if _quarantine:
-            _sweep()
+            raise MemoryError(f"cannot allocate size {size} (align {align}): {os.strerror(err)}")
         # The one way blocks are made: Block() itself raises TypeError.
         block: Block = _new_object(Block)
         block._allocator = self

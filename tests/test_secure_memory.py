@@ -337,8 +337,7 @@ def _expected_used(size: int, align: int) -> tuple[int, bool]:
     units = max(1, -(-size // 16))
     align_units = max(align, 16) // 16
     if size > ARENA_SIZE or units + align_units - 1 > ARENA_SIZE // 16:
-        slack = align if align > PAGE else 0
-        return -(-(size + slack) // PAGE) * PAGE, True
+        return max(1, -(-size // PAGE)) * PAGE, True  # the alignment slack is not kept
     return units * 16, False
 
 
@@ -1019,3 +1018,67 @@ def test_memory_cleanse_trusts_only_package_objects() -> None:
         "    print('TypeError', 'buf' in str(exc))\n"
     )
     assert run_python(code).stdout.split() == ["TypeError", "True"]
+
+
+# ---------------------------------------------------------------- alignment: address space only
+
+
+ALIGN_CHILD = (
+    CHILD_PRELUDE
+    + r"""
+import sys
+sys.path.insert(0, TESTS)
+from secure_helpers import PAGE, mapping_of
+out = []
+for size, align in ((1, 1 << 30), (5000, 1 << 24), (3 * 262144 + 5, 1 << 21), (0, 1 << 20)):
+    before = vmlck()
+    block = SecureAllocator().allocate(size, align)
+    smaps = mapping_of(block.address)
+    kib = lambda field: int(smaps[field].split()[0]) * 1024
+    out.append(dict(size=size, align=align, aligned=block.address % align == 0,
+                    vmlck=vmlck() - before, mapped=kib("Size"), locked=kib("Locked"),
+                    pool=locked_pool_stats().locked, lo="lo" in smaps["VmFlags"].split()))
+    block.free()
+print(json.dumps(out))
+"""
+)
+
+
+@real_mlock
+def test_alignment_is_paid_in_address_space_not_locked_memory() -> None:
+    # Before, allocate(1, 2**30) kept 1 GiB (+ a page) mapped and locked for one byte.
+    proc = run_python(f"TESTS = {str(ROOT / 'tests')!r}\n" + ALIGN_CHILD)
+    for r in json.loads(proc.stdout):
+        limit = max(1, -(-r["size"] // PAGE)) * PAGE + PAGE  # whole pages plus one page
+        assert r["aligned"] and r["lo"], r
+        assert r["vmlck"] <= limit and r["pool"] <= limit, r
+        # The mapping holding the block: at most that, unless the kernel merged it with a
+        # neighbour of the same kind (then it is still far below the alignment).
+        assert r["locked"] <= limit and r["mapped"] < r["align"], r
+
+
+MAX_ALIGN = 1 << 30  # the largest alignment the allocators take (README)
+
+
+@pytest.mark.parametrize("allocator", ALLOCATORS, ids=ALLOCATOR_IDS)
+def test_alignment_bounds(allocator) -> None:
+    for align in (MAX_ALIGN * 2, 2**64, 2**200):
+        with pytest.raises(MemoryError, match="align"):
+            allocator.allocate(16, align)
+    with allocator.allocate(16, MAX_ALIGN) as block:
+        assert block.address % MAX_ALIGN == 0
+    for align in (0, -(2**40), 3, 2**40 + 1, 6):
+        with pytest.raises(ValueError, match="align"):
+            allocator.allocate(16, align)
+    for align in (True, 16.0, float("nan"), "16", None):
+        with pytest.raises(TypeError, match="align"):
+            allocator.allocate(16, align)
+    for size in (True, False, 1.0, float("nan"), "1", None, b"1"):
+        with pytest.raises(TypeError, match="size"):
+            allocator.allocate(size)
+    for size in (-1, -(2**70)):
+        with pytest.raises(ValueError, match="size"):
+            allocator.allocate(size)
+    for size in (2**63, 2**64, 2**200):
+        with pytest.raises(MemoryError, match="size"):
+            allocator.allocate(size, 4096)
