@@ -1082,3 +1082,62 @@ def test_alignment_bounds(allocator) -> None:
     for size in (2**63, 2**64, 2**200):
         with pytest.raises(MemoryError, match="size"):
             allocator.allocate(size, 4096)
+
+
+# ---------------------------------------------------------------- bad input everywhere
+
+BAD_INPUT_CHILD = r"""
+import copy, pickle
+from bitcoin_support import *
+
+values = [True, False, -1, 0, 1, 2**47, 2**63, 2**64, 2**200, -2**70, 1.5, float("nan"),
+          float("inf"), "x", b"x", None, [], [300], object(), bytearray(b"ab"),
+          memoryview(b"ro"), memoryview(bytearray(8))[::2], ffi.NULL, ffi.cast("char *", 0),
+          ffi.new("char[4]"), ffi.cast("int", 7)]
+allowed = (TypeError, ValueError, MemoryError, IndexError, BufferError)
+wrong = []
+
+def attempt(what, fn):
+    try:
+        fn()
+    except allowed:
+        pass
+    except BaseException as exc:
+        wrong.append(f"{what}: {exc!r}")
+
+for allocator in (SecureAllocator(), ZeroAfterFreeAllocator()):
+    for v in values:
+        attempt(f"allocate({v!r})", lambda: allocator.allocate(v).free())
+        attempt(f"allocate(16, {v!r})", lambda: allocator.allocate(16, v).free())
+        attempt(f"deallocate({v!r})", lambda: allocator.deallocate(v))
+for v in values:
+    attempt(f"memory_cleanse({v!r})", lambda: memory_cleanse(v))
+    for w in values:
+        attempt(f"memory_cleanse({v!r}, {w!r})", lambda: memory_cleanse(v, w))
+    attempt(f"Block({v!r})", lambda: Block(SecureAllocator(), v, 16))
+    attempt(f"SecureString({v!r})", lambda: SecureString(v))
+    attempt(f"SecureString.take({v!r})", lambda: SecureString.take(v))
+    s = SecureString("h\u00e9llo")
+    for name in ("push_str", "push", "reserve", "__eq__"):
+        attempt(f"SecureString.{name}({v!r})", lambda: getattr(s, name)(v))
+    attempt(f"SerializeData({v!r})", lambda: SerializeData(v))
+    attempt(f"SerializeData.new_in({v!r})", lambda: SerializeData.new_in(v))
+    sd = SerializeData(b"abcdef")
+    for name in ("append", "extend", "resize", "reserve", "__getitem__", "__delitem__",
+                 "__eq__", "__iadd__", "hex"):
+        attempt(f"SerializeData.{name}({v!r})", lambda: getattr(sd, name)(v))
+    attempt(f"sd[{v!r}] = 1", lambda: sd.__setitem__(v, 1))
+    attempt(f"sd[0] = {v!r}", lambda: sd.__setitem__(0, v))
+    attempt(f"sd[0:2] = {v!r}", lambda: sd.__setitem__(slice(0, 2), v))
+block = SecureAllocator().allocate(8)
+for dup in (copy.copy, copy.deepcopy, pickle.dumps):
+    attempt(f"{dup.__name__}(block)", lambda: dup(block))
+print(len(wrong))
+print("\n".join(wrong[:20]))
+"""
+
+
+def test_bad_input_to_the_secure_memory_entry_points_never_crashes() -> None:
+    # A child process, so that a crash fails this test rather than the suite.
+    out = run_python(BAD_INPUT_CHILD, timeout=120).stdout
+    assert out.split("\n", 1)[0] == "0", out
