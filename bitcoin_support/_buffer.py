@@ -100,7 +100,7 @@ class WipingBuffer:
             self._len = n
 
     def _buffer(self) -> Any:
-        """A cffi buffer of the live bytes, keeping the block alive while it exists."""
+        """A cffi buffer of the live bytes; the block cannot be freed while it exists."""
         if self._block is None:
             return bytearray()
         return self._block._pinned_buffer(self._len)

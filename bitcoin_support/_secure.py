@@ -45,6 +45,10 @@ _new_object = object.__new__
 # cannot deadlock on it.
 _quarantine: list[tuple[memoryview, Any, Any]] = []
 _sweep_lock = threading.Lock()
+# Makes "is the exporter still exported? then drop it" one step, so that a view taken on another
+# thread meanwhile never gets a released exporter. Reentrant: a collection may run a finalizer
+# (which takes it) while this thread holds it for another block.
+_export_lock = threading.RLock()
 
 
 def _sweep() -> None:
@@ -211,22 +215,25 @@ class Block:
 
     def _pinned_buffer(self, n: int) -> Any:
         """A cffi buffer of the first ``n`` bytes; the block stays unfreeable while it exists."""
-        export = self._export
-        if export is None:
-            export = self._export = memoryview(_buffer(self._live(), self.size))
-        return _buffer(_from_buffer(export), n)
+        with _export_lock:
+            export = self._export
+            if export is None:
+                export = self._export = memoryview(_buffer(self._live(), self.size))
+            held = _from_buffer(export)
+        return _buffer(held, n)
 
     def _exported(self) -> bool:
         """True while a buffer handed out (or a memoryview or slice of one) still exists."""
-        export = self._export
-        if export is None:
+        with _export_lock:
+            export = self._export
+            if export is None:
+                return False
+            try:
+                export.release()  # refused while any buffer holds an export of it
+            except BufferError:
+                return True
+            self._export = None
             return False
-        try:
-            export.release()  # refused while any buffer holds an export of it
-        except BufferError:
-            return True
-        self._export = None
-        return False
 
     @contextmanager
     def view(self) -> Iterator[memoryview]:

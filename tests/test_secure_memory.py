@@ -1141,3 +1141,45 @@ def test_bad_input_to_the_secure_memory_entry_points_never_crashes() -> None:
     # A child process, so that a crash fails this test rather than the suite.
     out = run_python(BAD_INPUT_CHILD, timeout=120).stdout
     assert out.split("\n", 1)[0] == "0", out
+
+
+def test_views_and_resizes_on_two_threads() -> None:
+    # A resize asks whether a view is exported (and drops the exporter when none is) while
+    # another thread takes views: the view must never get a released exporter.
+    sd = SerializeData(b"\xa5" * 64)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def viewer() -> None:
+        try:
+            for _ in range(3000):
+                with sd.view() as mv:
+                    mv[0] = 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def resizer() -> None:
+        while not done.is_set():
+            try:
+                sd.append(1)
+                sd.resize(64)
+            except BufferError:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=viewer), threading.Thread(target=resizer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    sd.close()
