@@ -223,17 +223,19 @@ class Block:
         return _buffer(held, n)
 
     def _exported(self) -> bool:
-        """True while a buffer handed out (or a memoryview or slice of one) still exists."""
-        with _export_lock:
-            export = self._export
-            if export is None:
-                return False
-            try:
-                export.release()  # refused while any buffer holds an export of it
-            except BufferError:
-                return True
-            self._export = None
+        """True while a buffer handed out (or a memoryview or slice of one) still exists.
+
+        When none is left the exporter is dropped. The caller holds ``_export_lock``.
+        """
+        export = self._export
+        if export is None:
             return False
+        try:
+            export.release()  # refused while any buffer holds an export of it
+        except BufferError:
+            return True
+        self._export = None
+        return False
 
     @contextmanager
     def view(self) -> Iterator[memoryview]:
@@ -246,17 +248,20 @@ class Block:
 
     def _check_unshared(self) -> None:
         """BufferError while a view of the memory is exported (it would point at freed memory)."""
-        if self._exported():
-            raise BufferError("a view of this memory is still exported")
+        if self._export is not None:  # else no view was taken since the last check found none
+            with _export_lock:
+                if self._exported():
+                    raise BufferError("a view of this memory is still exported")
 
     def free(self) -> None:
         """Wipe the memory and give it back; idempotent. BufferError while a view is exported."""
-        raw = self._raw
-        if raw is None:
-            return
-        if self._exported():
-            raise BufferError("a view of this memory is still exported")
-        self._raw = None
+        with _export_lock:  # no view can be taken between the check and the release
+            raw = self._raw
+            if raw is None:
+                return
+            if self._export is not None and self._exported():
+                raise BufferError("a view of this memory is still exported")
+            self._raw = None
         self._allocator._release(raw)
         if _quarantine:
             _sweep()
@@ -266,7 +271,9 @@ class Block:
         if raw is None:
             return
         self._raw = None
-        if self._exported():
+        with _export_lock:
+            exported = self._exported()
+        if exported:
             # A view still reaches the memory (both in one garbage cycle, or the view escaped):
             # wipe it now, and give it back only when the last view is gone.
             _cleanse(raw, self.size)
