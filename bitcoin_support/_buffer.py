@@ -14,7 +14,7 @@ from typing import Any, Self
 
 from ._errors import ClosedError, nonnegative_int
 from ._native import ffi, lib
-from ._secure import Allocator, Block
+from ._secure import Allocator, Block, _register_cleansable
 
 _MIN_CAPACITY = 16
 _EMPTY = ffi.NULL
@@ -100,7 +100,7 @@ class WipingBuffer:
             self._len = n
 
     def _buffer(self) -> Any:
-        """A cffi buffer of the live bytes, keeping the block alive while it exists."""
+        """A cffi buffer of the live bytes; the block cannot be freed while it exists."""
         if self._block is None:
             return bytearray()
         return self._block._pinned_buffer(self._len)
@@ -143,3 +143,6 @@ class WipingBuffer:
         return f"{type(self).__name__}(len={self._len})"
 
     __str__ = __repr__
+
+
+_register_cleansable(WipingBuffer)

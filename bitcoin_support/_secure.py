@@ -1,21 +1,31 @@
 """Secure memory: the optimizer-proof wipe, the two allocators and the blocks they hand out.
 
-Ownership: a ``Block`` owns its memory (``_raw``) until ``free()`` or its finalizer gives it back
-to its allocator, which wipes it in C. A view never points at freed memory: every buffer the block
-exports holds a *pin*, a cffi object whose destructor (``ffi.gc``) refers to the block, so the
-block, and with it the memory, lives as long as any view of it; ``free()`` refuses
-(``BufferError``) while a pin is alive. ``Block.cdata`` is a plain alias that owns nothing: like a
-C pointer, it must not be used after ``free()``.
+Ownership: a ``Block`` owns its memory (``_raw``, a plain non-owning ``char *``) until ``free()``
+or its finalizer gives it back to its allocator, which wipes it in C. Views are counted by the
+buffer protocol itself, not by destructors: the first view makes the block's *exporter*, a
+memoryview of the whole block, and every buffer handed out holds an export of it
+(``ffi.from_buffer``). ``exporter.release()`` succeeds only once no such buffer is left, and
+memoryview slices keep their buffer, so it answers "can a view still reach this memory?" exactly.
+None of these objects has a finalizer, so a garbage collection cannot release them early.
+
+``free()`` raises ``BufferError`` while a view is exported. The finalizer of a block whose
+views are gone gives the memory back at once; otherwise (the block and a view in one garbage
+cycle, or a block dropped while a view escaped) it wipes the memory at once and puts it in
+*quarantine*, and the memory goes back to its allocator (wiped again) only when its last view is
+gone: quarantine is checked after every garbage collection and on every allocation and free.
+``Block.cdata`` is a plain alias that owns nothing: like a C pointer, it must not be used after
+``free()``.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, NamedTuple, NoReturn, Protocol, final
 
 from ._errors import ClosedError, nonnegative_int
 from ._log import secure_alloc_log
@@ -23,17 +33,50 @@ from ._native import ffi, lib
 
 MAX_SIZE = sys.maxsize
 MAX_ALIGN = 1 << 30
-_getrefcount = sys.getrefcount
 # Bound once: the hot paths below pay no attribute lookups on ffi and lib.
 _from_buffer = ffi.from_buffer
 _cleanse = lib.bs_memory_cleanse
-_gc = ffi.gc
 _buffer = ffi.buffer
 _new_object = object.__new__
-# Guards the pin counts of all blocks: Python does not promise that `+=` on an attribute is
-# atomic across threads, and a lost update could let free() run while a view still points at
-# the memory.
-_pin_lock = threading.Lock()
+
+# Memory of finalized blocks that a view could still reach: (exporter, raw, release), wiped,
+# waiting for its last view to go. Appended to from finalizers (list.append is atomic), drained
+# by _sweep() under a lock that is never waited for, so a collection that starts inside a sweep
+# cannot deadlock on it.
+_quarantine: list[tuple[memoryview, Any, Any]] = []
+_sweep_lock = threading.Lock()
+# Makes "is the exporter still exported? then drop it" one step, so that a view taken on another
+# thread meanwhile never gets a released exporter. Reentrant: a collection may run a finalizer
+# (which takes it) while this thread holds it for another block.
+_export_lock = threading.RLock()
+
+
+def _sweep() -> None:
+    """Give back every quarantined block whose last view is gone."""
+    if not _quarantine or not _sweep_lock.acquire(blocking=False):
+        return
+    try:
+        waiting = []
+        while _quarantine:
+            entry = _quarantine.pop()
+            try:
+                entry[0].release()
+            except BufferError:
+                waiting.append(entry)
+            else:
+                entry[2](entry[1])
+        _quarantine.extend(waiting)
+    finally:
+        _sweep_lock.release()
+
+
+def _after_collection(phase: str, info: dict[str, int]) -> None:
+    # A collection frees the views that sat in garbage cycles; their memory can go back now.
+    if phase == "stop" and _quarantine:
+        _sweep()
+
+
+gc.callbacks.append(_after_collection)
 
 
 class Cleansable(Protocol):
@@ -42,21 +85,56 @@ class Cleansable(Protocol):
     def _cleanse_target(self) -> tuple[Any, int]: ...
 
 
+# The package's own types that memory_cleanse reads through _cleanse_target (an explicit list,
+# so that no outside object can hand the C wipe a pointer and a length of its choosing).
+_cleansable_types: tuple[type[Cleansable], ...] = ()
+
+
+def _register_cleansable(cls: type[Cleansable]) -> None:
+    global _cleansable_types
+    _cleansable_types = (*_cleansable_types, cls)
+
+
+_CData = ffi.CData
+_typeof = ffi.typeof
+_sizeof = ffi.sizeof
+# ffi.new() returns owning cdata of a type of their own; a pointer of that type points at the
+# one item it owns. Only trusted when casts give a different type, so that a cffi without the
+# distinction bounds nothing rather than too much.
+_OWNING = type(ffi.new("char *"))
+_OWNING_IS_DISTINCT = _OWNING is not type(ffi.cast("char *", 0))
+
+
+def _cdata_target(buf: Any) -> tuple[Any, int | None]:
+    """Pointer and length (None: unknown, the caller's size is trusted) of a cffi object."""
+    ctype = _typeof(buf)
+    kind = ctype.kind
+    if kind == "array":  # ffi.new("char[16]"), ffi.from_buffer(...), slices: length known
+        return buf, _sizeof(buf)
+    if kind == "pointer":
+        if _OWNING_IS_DISTINCT and type(buf) is _OWNING:  # ffi.new("T *"): owns one T
+            return buf, _sizeof(ctype.item)
+        return buf, None  # ffi.cast("char *", address): only the caller knows
+    if kind in ("struct", "union"):
+        return ffi.addressof(buf), _sizeof(buf)
+    raise TypeError(f"buf must be a cffi pointer or array, not cdata {ctype.cname!r}")
+
+
 def memory_cleanse(buf: Any, size: int | None = None) -> None:
     """Zero the first ``size`` bytes of ``buf`` (default: all of it) in C, past the optimizer.
 
-    ``buf`` is a writable buffer, a cffi pointer (``size`` required), or a Block, SecureString or
-    SerializeData of this package.
+    ``buf`` is a writable buffer, a cffi pointer or array (``size`` required; it may not exceed
+    a length cffi knows), or a Block, SecureString or SerializeData of this package.
     """
     if type(buf) is bytearray and size is None:  # the common case, kept short
         _cleanse(_from_buffer(buf), len(buf))
         return
-    if isinstance(buf, ffi.CData):
+    limit: int | None
+    if isinstance(buf, _CData):
         if size is None:
             raise TypeError("size is required when buf is a cffi pointer")
-        limit = _check_size(size)
-        ptr = buf
-    elif hasattr(buf, "_cleanse_target"):
+        ptr, limit = _cdata_target(buf)
+    elif isinstance(buf, _cleansable_types):
         ptr, limit = buf._cleanse_target()
     else:
         if isinstance(buf, (bytes, str)):
@@ -64,11 +142,14 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
         try:
             ptr = ffi.from_buffer(buf, require_writable=True)
         except (TypeError, BufferError) as exc:
-            raise TypeError(f"buf must be a writable buffer: {exc}") from None
+            raise TypeError(f"buf must be a contiguous writable buffer: {exc}") from None
         limit = len(ptr)
-    if size is not None and ptr is not buf:
+    if size is not None:
         size = _check_size(size)
-        if size > limit:
+        if limit is None:
+            if size > MAX_SIZE:
+                raise ValueError(f"size {size} is larger than any buffer can be")
+        elif size > limit:
             raise ValueError(f"size {size} is larger than the buffer ({limit} bytes)")
         limit = size
     if limit:
@@ -85,26 +166,31 @@ def _check_alloc_args(size: int, align: int) -> None:
         raise TypeError(f"align must be an int, not {type(align).__name__}")
     if align <= 0 or align & (align - 1):
         raise ValueError(f"align must be a power of two, got {align}")
-    if size > MAX_SIZE or align > MAX_ALIGN:
-        raise MemoryError(f"cannot allocate {size} bytes aligned to {align}")
+    if size > MAX_SIZE:
+        raise MemoryError(f"cannot allocate size {size}: larger than any allocation can be")
+    if align > MAX_ALIGN:
+        raise MemoryError(f"cannot satisfy align {align}: the largest supported is {MAX_ALIGN}")
 
 
 @final
 class Block:
-    """Memory from an allocator: reads as zeros when new, wiped when freed or dropped."""
+    """Memory from an allocator: reads as zeros when new, wiped when freed or dropped.
 
-    __slots__ = ("__weakref__", "_allocator", "_pins", "_raw", "size")
+    Only the allocators make blocks: calling ``Block`` raises TypeError.
+    """
+
+    __slots__ = ("__weakref__", "_allocator", "_export", "_raw", "size")
 
     _allocator: Allocator
-    _pins: int
+    _export: memoryview | None  # made by the first view; each buffer handed out exports it
     _raw: Any
     size: int
 
-    def __init__(self, allocator: Allocator, raw: Any, size: int) -> None:
-        self._allocator = allocator
-        self._raw = raw
-        self._pins = 0
-        self.size = size
+    def __new__(cls, *args: object, **kwargs: object) -> Block:
+        raise TypeError("Block cannot be created directly: use an allocator's allocate()")
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a Block cannot be copied or pickled: it alone owns its memory")
 
     @property
     def closed(self) -> bool:
@@ -128,15 +214,28 @@ class Block:
         return int(ffi.cast("uintptr_t", self._live()))
 
     def _pinned_buffer(self, n: int) -> Any:
-        """A cffi buffer of the first ``n`` bytes that keeps this block alive while it exists."""
-        pin = _gc(self._live(), self._unpin)
-        with _pin_lock:  # views may be made and dropped on several threads at once
-            self._pins += 1
-        return _buffer(pin, n)
+        """A cffi buffer of the first ``n`` bytes; the block stays unfreeable while it exists."""
+        with _export_lock:
+            export = self._export
+            if export is None:
+                export = self._export = memoryview(_buffer(self._live(), self.size))
+            held = _from_buffer(export)
+        return _buffer(held, n)
 
-    def _unpin(self, pin: Any) -> None:
-        with _pin_lock:
-            self._pins -= 1
+    def _exported(self) -> bool:
+        """True while a buffer handed out (or a memoryview or slice of one) still exists.
+
+        When none is left the exporter is dropped. The caller holds ``_export_lock``.
+        """
+        export = self._export
+        if export is None:
+            return False
+        try:
+            export.release()  # refused while any buffer holds an export of it
+        except BufferError:
+            return True
+        self._export = None
+        return False
 
     @contextmanager
     def view(self) -> Iterator[memoryview]:
@@ -149,24 +248,39 @@ class Block:
 
     def _check_unshared(self) -> None:
         """BufferError while a view of the memory is exported (it would point at freed memory)."""
-        if self._pins:
-            raise BufferError("a view of this memory is still exported")
+        if self._export is not None:  # else no view was taken since the last check found none
+            with _export_lock:
+                if self._exported():
+                    raise BufferError("a view of this memory is still exported")
 
     def free(self) -> None:
         """Wipe the memory and give it back; idempotent. BufferError while a view is exported."""
+        with _export_lock:  # no view can be taken between the check and the release
+            raw = self._raw
+            if raw is None:
+                return
+            if self._export is not None and self._exported():
+                raise BufferError("a view of this memory is still exported")
+            self._raw = None
+        self._allocator._release(raw)
+        if _quarantine:
+            _sweep()
+
+    def __del__(self) -> None:
         raw = self._raw
         if raw is None:
             return
-        if self._pins:
-            raise BufferError("a view of this memory is still exported")
         self._raw = None
-        self._allocator._release(raw)
-
-    def __del__(self) -> None:
-        # No pin can be alive here (each one keeps the block alive), so the memory is unshared.
-        raw = self._raw
-        if raw is not None:
-            self._raw = None
+        with _export_lock:
+            exported = self._exported()
+        if exported:
+            # A view still reaches the memory (both in one garbage cycle, or the view escaped):
+            # wipe it now, and give it back only when the last view is gone.
+            _cleanse(raw, self.size)
+            assert self._export is not None
+            _quarantine.append((self._export, raw, self._allocator._release))
+            self._export = None
+        else:
             self._allocator._release(raw)
 
     def _cleanse_target(self) -> tuple[Any, int]:
@@ -183,6 +297,9 @@ class Block:
         return f"<Block {state} from {type(self._allocator).__name__}>"
 
 
+_register_cleansable(Block)
+
+
 class Allocator:
     """The protocol both allocators share: ``allocate(size, align)`` and ``deallocate(block)``."""
 
@@ -195,18 +312,21 @@ class Allocator:
         if type(size) is not int or type(align) is not int or align != 16 or size < 0:
             _check_alloc_args(size, align)  # the default alignment needs no further check
         elif size > MAX_SIZE:
-            raise MemoryError(f"cannot allocate {size} bytes")
+            raise MemoryError(f"cannot allocate size {size}: larger than any allocation can be")
+        if _quarantine:
+            _sweep()  # memory whose last view is gone goes back first
         cls = type(self)
         raw = cls._alloc(size, align)
         if not raw:  # NULL
             err = ffi.errno
             if err == 22:  # EINVAL
                 raise ValueError(f"align {align} is not supported")
-            raise MemoryError(f"cannot allocate {size} bytes: {os.strerror(err)}")
-        block: Block = _new_object(Block)  # Block(...) without the __init__ call: hot path
+            raise MemoryError(f"cannot allocate size {size} (align {align}): {os.strerror(err)}")
+        # The one way blocks are made: Block() itself raises TypeError.
+        block: Block = _new_object(Block)
         block._allocator = self
         block._raw = raw
-        block._pins = 0
+        block._export = None
         block.size = size
         return block
 

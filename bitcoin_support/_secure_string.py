@@ -38,8 +38,11 @@ class SecureString(WipingBuffer):
 
     def __init__(self, initial: str | bytes | bytearray | memoryview | None = None) -> None:
         super().__init__(SecureAllocator())
-        if initial is not None:
+        if isinstance(initial, str):
             self.push_str(initial)
+        elif initial is not None:
+            with _bytes_view(initial, "initial") as src:
+                self._push_utf8(src)
 
     @classmethod
     def take(cls, buf: Any) -> SecureString:

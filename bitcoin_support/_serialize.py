@@ -36,7 +36,7 @@ class SerializeData(WipingBuffer):
         super().__init__(allocator if allocator is not None else ZeroAfterFreeAllocator())
         if not isinstance(self._allocator, Allocator):
             raise TypeError(f"allocator must be an allocator, not {type(allocator).__name__}")
-        self.extend(initial)
+        self._extend(initial, "initial")
 
     @classmethod
     def new_in(cls, allocator: Allocator) -> SerializeData:
@@ -156,6 +156,9 @@ class SerializeData(WipingBuffer):
 
     def extend(self, data: Any) -> None:
         """Add bytes at the end: any bytes-like object, or an iterable of ints."""
+        self._extend(data, "data")
+
+    def _extend(self, data: Any, what: str) -> None:
         self._check()
         if isinstance(data, SerializeData):
             # Straight from its memory: going through bytes() would leave an unwiped copy.
@@ -168,7 +171,7 @@ class SerializeData(WipingBuffer):
             return
         if isinstance(data, Iterable) and not _is_buffer(data) and not isinstance(data, str):
             data = bytes(data)
-        with _as_bytes_like(data, "data") as src:
+        with _as_bytes_like(data, what) as src:
             n = src.nbytes
             if n:
                 with ffi.from_buffer(src) as p:

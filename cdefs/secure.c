@@ -67,9 +67,8 @@ typedef struct arena {
 
 typedef struct dedicated {
     struct dedicated *next;
-    unsigned char *map;  /* what mmap returned */
-    size_t map_size;
-    unsigned char *user; /* what the caller got (aligned inside map) */
+    unsigned char *map; /* the kept mapping, page-aligned; also what the caller got */
+    size_t map_size;    /* size rounded up to whole pages: all that is mapped and locked */
     int locked;
 } dedicated;
 
@@ -307,28 +306,54 @@ static size_t page_size(void)
     return p > 0 ? (size_t)p : 4096u;
 }
 
+/*
+ * A mapping of its own, aligned to align. Alignment costs address space only: the request is
+ * reserved with room for the alignment (PROT_NONE, so nothing is committed), the slack before
+ * and after the aligned block is unmapped again, and only the kept pages are mapped writable
+ * (in place of the reservation), marked and locked. What stays mapped and locked is size rounded up to whole pages.
+ */
 static char *dedicated_alloc(size_t size, size_t align, int *err, size_t *mapped)
 {
     size_t page = page_size();
-    size_t slack = align > page ? align : 0;
-    if (size > SIZE_MAX - slack - page)
+    if (size > SIZE_MAX - page)
         return NULL;
-    size_t map_size = (size + slack + page - 1) & ~(page - 1);
+    size_t keep = size == 0 ? page : (size + page - 1) & ~(page - 1);
+    size_t slack = align > page ? align - page : 0; /* mmap gives page alignment already */
+    if (keep > SIZE_MAX - slack)
+        return NULL;
     dedicated *d = malloc(sizeof *d);
     if (d == NULL)
         return NULL;
-    d->map = map_locked(map_size, &d->locked, err);
-    if (d->map == NULL) {
+    void *res = mmap(NULL, keep + slack, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (res == MAP_FAILED) {
         free(d);
         return NULL;
     }
-    uintptr_t m = (uintptr_t)d->map;
-    d->user = d->map + (slack ? (((m + align - 1) & ~(uintptr_t)(align - 1)) - m) : 0);
-    d->map_size = map_size;
+    unsigned char *base = res;
+    uintptr_t b = (uintptr_t)base;
+    unsigned char *p = base + (slack ? (((b + align - 1) & ~(uintptr_t)(align - 1)) - b) : 0);
+    size_t head = (size_t)(p - base), tail = slack - head;
+    if (head != 0)
+        munmap(base, head);
+    if (tail != 0)
+        munmap(p + keep, tail);
+    /* The kept pages become an ordinary writable mapping, committed (and accounted) as any. */
+    if (mmap(p, keep, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+        MAP_FAILED) {
+        munmap(p, keep);
+        free(d);
+        return NULL;
+    }
+    (void)madvise(p, keep, MADV_DONTDUMP);
+    d->locked = mlock(p, keep) == 0;
+    *err = d->locked ? 0 : errno;
+    d->map = p;
+    d->map_size = keep;
     d->next = pool.big;
     pool.big = d;
-    *mapped = map_size;
-    return (char *)d->user;
+    *mapped = keep;
+    return (char *)p;
 }
 
 BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
@@ -397,7 +422,7 @@ BS_EXPORT int bs_pool_free(void *ptr)
     if (rc != 0) {
         for (dedicated **pp = &pool.big; *pp != NULL; pp = &(*pp)->next) {
             dedicated *d = *pp;
-            if (d->user == p) {
+            if (d->map == p) {
                 *pp = d->next;
                 unmap_wiped(d->map, d->map_size, d->locked);
                 free(d);
@@ -474,9 +499,11 @@ BS_EXPORT char *bs_zaf_alloc(size_t size, size_t align)
         errno = rc;
         return NULL;
     }
-    memset(raw, 0, align + size);
+    /* Only the header and the block are touched: the alignment slack before the header costs
+     * address space, not memory (it is never written, so it needs no wipe either). */
     char *user = (char *)raw + align;
     zaf_header *h = (zaf_header *)(void *)(user - sizeof *h);
+    memset(h, 0, sizeof *h + size);
     h->size = size;
     h->offset = (uint32_t)align;
     h->magic = ZAF_MAGIC;
@@ -493,7 +520,7 @@ BS_EXPORT void bs_zaf_free(void *ptr)
         abort();
     }
     char *raw = (char *)ptr - h->offset;
-    bs_memory_cleanse(raw, h->offset + h->size);
+    bs_memory_cleanse(h, sizeof *h + h->size);
     free(raw);
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -69,3 +70,24 @@ def test_unique_paths_of_two_processes_diverge() -> None:
     ]  # fmt: skip
     assert len(runs[0]) == len(runs[1]) == 1000
     assert len(runs[0] & runs[1]) < 5  # unrelated 32-bit sequences: a clash is ~1 in 4000
+
+
+def test_unique_paths_of_a_forked_child_do_not_replay_the_parents() -> None:
+    # Before, a child made by os.fork() inherited the counter and the per-process mix and
+    # produced exactly the names its parent produced next.
+    get_unique_path("/b")  # the sequence is under way before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            names = " ".join(get_unique_path("/b").name for _ in range(1000))
+            os.write(write_end, names.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        child = set(f.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {get_unique_path("/b").name for _ in range(1000)}
+    assert len(child) == len(parent) == 1000
+    assert len(child & parent) < 5  # unrelated 32-bit sequences: a clash is ~1 in 4000
