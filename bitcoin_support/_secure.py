@@ -51,6 +51,16 @@ _sweep_lock = threading.Lock()
 _export_lock = threading.RLock()
 
 
+def _fresh_locks_after_fork() -> None:
+    # Another thread may have held either lock at fork(); in the child it never lets go.
+    global _sweep_lock, _export_lock
+    _sweep_lock = threading.Lock()
+    _export_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
 def _sweep() -> None:
     """Give back every quarantined block whose last view is gone."""
     if not _quarantine or not _sweep_lock.acquire(blocking=False):

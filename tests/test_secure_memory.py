@@ -1183,3 +1183,47 @@ def test_views_and_resizes_on_two_threads() -> None:
         sys.setswitchinterval(old)
     assert errors == []
     sd.close()
+
+
+FORK_WHILE_LOCKED_CHILD = r"""
+import os, signal, threading, time
+import bitcoin_support._secure as secure
+from bitcoin_support import SecureAllocator
+
+block = SecureAllocator().allocate(32)
+held, release = threading.Event(), threading.Event()
+
+def holder():
+    with secure._export_lock:  # as a thread taking a view at the moment of fork() would
+        held.set()
+        release.wait()
+
+t = threading.Thread(target=holder)
+t.start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    try:
+        with block.view() as mv:  # hung before: the lock's owner does not exist here
+            mv[0] = 1
+        block.free()
+    finally:
+        os._exit(0)
+release.set()
+t.join()
+for _ in range(200):  # up to 10 s, then the child is taken as hung and killed
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    print("hung")
+"""
+
+
+def test_a_child_forked_while_another_thread_takes_a_view_can_take_views() -> None:
+    # Before, the child hung on the lock held by a thread that does not exist after fork().
+    assert run_python(FORK_WHILE_LOCKED_CHILD, timeout=30).stdout.strip() == "0"
