@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ._client import EvHttpConnection as EvHttpConnection
+from ._client import obtain_evhttp_connection_base as obtain_evhttp_connection_base
+from ._client import obtain_evhttp_request as obtain_evhttp_request
 from ._errors import ClosedError as ClosedError
 from ._errors import DummyHandleError as DummyHandleError
 from ._event import EV_CLOSED as EV_CLOSED
@@ -20,17 +23,12 @@ from ._event import LibEvent as LibEvent
 from ._event import obtain_event as obtain_event
 from ._event import obtain_event_base as obtain_event_base
 from ._handles import live_counts as live_counts
-from ._http import EvHttp as EvHttp
-from ._http import EvHttpConnection as EvHttpConnection
-from ._http import EvHttpRequest as EvHttpRequest
-from ._http import obtain_evhttp as obtain_evhttp
-from ._http import obtain_evhttp_connection_base as obtain_evhttp_connection_base
-from ._http import obtain_evhttp_request as obtain_evhttp_request
 from ._interop import embed_library_path as embed_library_path
 from ._interop import get_include as get_include
 from ._log import TRACE as TRACE
 from ._native import ffi as ffi
 from ._native import lib as lib
+from ._request import EvHttpRequest as EvHttpRequest
 from ._secure import Block as Block
 from ._secure import PoolStats as PoolStats
 from ._secure import SecureAllocator as SecureAllocator
@@ -39,6 +37,8 @@ from ._secure import locked_pool_stats as locked_pool_stats
 from ._secure import memory_cleanse as memory_cleanse
 from ._secure_string import SecureString as SecureString
 from ._serialize import SerializeData as SerializeData
+from ._server import EvHttp as EvHttp
+from ._server import obtain_evhttp as obtain_evhttp
 from ._util import align_up as align_up
 from ._util import get_unique_path as get_unique_path
 

@@ -18,7 +18,7 @@ from typing import Any, Final, final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._handles import Handle, live_counts
+from ._handles import Finalized, Handle, live_counts
 from ._log import events_log
 from ._native import ffi, lib
 
@@ -205,7 +205,7 @@ def _callback_error(exc_type: type[BaseException], exc: BaseException, tb: objec
 
 
 @final
-class EventBase(Handle):
+class EventBase(Finalized):
     """A libevent ``event_base`` (or a dummy): the loop, and owner of every handle made on it."""
 
     __slots__ = ("_address", "_held", "_keep", "_st", "_st_handle")
@@ -558,7 +558,7 @@ def _c_callback(cb: Any, arg: object) -> tuple[Any, Any]:
 
 
 @final
-class LibEvent(Handle):
+class LibEvent(Finalized):
     """A libevent ``struct event`` (or a dummy) on an EventBase, with a Python or C callback."""
 
     __slots__ = (

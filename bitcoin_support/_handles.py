@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn, Self
 
 from ._errors import ClosedError, DummyHandleError
 from ._log import TRACE, events_log
 
-__all__ = ["KINDS", "Handle", "LiveCounter", "live_counts"]
+__all__ = ["KINDS", "Finalized", "Handle", "live_counts"]
 
 KINDS: tuple[str, ...] = ("EventBase", "LibEvent", "EvHttp", "EvHttpRequest", "EvHttpConnection")
 
@@ -27,70 +26,12 @@ _live: dict[str, int] = dict.fromkeys(KINDS, 0)
 _close_lock = threading.RLock()
 
 
-# Kinds that count themselves without the lock (one per HTTP request: the hot path), as a
-# function returning their live count; added to the locked counts when read. LiveCounter
-# registers itself here; a raw function still works, for older callers.
-_live_extra: dict[str, Callable[[], int]] = {}
-
-
-class LiveCounter:
-    """A lock-free live counter for a hot-path kind: ``created()`` / ``released()``, ``value()``.
-
-    Each thread counts in its own two-integer cell, which only that thread writes; ``value()``
-    sums the cells, reading every ``released`` count before any ``created`` one, so a release
-    is never seen without its creation and the value is never negative. Registered for ``kind``
-    in ``live_counts()`` and ``Handle.live()``. One cell per thread that ever counted is kept.
-    """
-
-    __slots__ = ("_cells", "_lock", "_tls", "kind")
-
-    def __init__(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"LiveCounter: kind must be one of {KINDS}, got {kind!r}")
-        self.kind = kind
-        self._cells: list[list[int]] = []
-        self._lock = threading.Lock()  # only to add a thread's cell, and to copy the list
-        self._tls = threading.local()
-        _live_extra[kind] = self.value
-
-    def _cell(self) -> list[int]:
-        cell = [0, 0]
-        with self._lock:
-            self._cells.append(cell)
-        self._tls.cell = cell
-        return cell
-
-    def created(self) -> None:
-        """One more live handle (counted on the calling thread's cell)."""
-        try:
-            cell: list[int] = self._tls.cell
-        except AttributeError:
-            cell = self._cell()
-        cell[0] += 1
-
-    def released(self) -> None:
-        """One live handle fewer."""
-        try:
-            cell: list[int] = self._tls.cell
-        except AttributeError:
-            cell = self._cell()
-        cell[1] += 1
-
-    def value(self) -> int:
-        """Handles created and not yet released (a snapshot)."""
-        with self._lock:
-            cells = list(self._cells)
-        released = sum([c[1] for c in cells])
-        return sum([c[0] for c in cells]) - released
+_classes: dict[str, type[Handle]] = {}
 
 
 def live_counts() -> dict[str, int]:
     """Live handles of each of the five types (a snapshot, thread-safe)."""
-    with _live_lock:
-        counts = dict(_live)
-    for kind, extra in list(_live_extra.items()):
-        counts[kind] += extra()
-    return counts
+    return {kind: _classes[kind].live() if kind in _classes else 0 for kind in KINDS}
 
 
 def _count(kind: str, delta: int) -> None:
@@ -103,6 +44,8 @@ class Handle:
 
     A subclass sets ``_kind`` (one of ``KINDS``), calls ``_init_handle`` once its C record exists,
     and implements ``_release_native(rec)`` (free the libevent object, wipe and free the record).
+    The finalizer is ``Finalized``'s: a server request, made once per HTTP request and always
+    held while open, does without one.
     """
 
     __slots__ = ("__weakref__", "_children", "_dummy", "_id", "_parent", "_rec")
@@ -115,18 +58,32 @@ class Handle:
     _parent: Handle | None
     _children: dict[int, weakref.ref[Handle]] | None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._kind and cls._kind not in _classes:
+            _classes[cls._kind] = cls  # the class that answers live() for its kind
+
+    def _trace_create(self, extra: str = "") -> tuple[int, bool]:
+        """A new id, and whether TRACE logging is on (then the creation is logged)."""
+        ident = _next_id()
+        traced = events_log.isEnabledFor(TRACE)
+        if traced:
+            events_log.log(TRACE, "create %s id=%d%s", self._kind, ident, extra)
+        return ident, traced
+
+    def _trace_release(self) -> None:
+        events_log.log(TRACE, "release %s id=%d", self._kind, self._id)
+
     def _init_handle(self, rec: Any, *, dummy: bool, parent: Handle | None) -> None:
         """Take ownership of ``rec``: assign the id, count, register with the parent, log."""
         self._rec = rec
         self._dummy = dummy
         self._children = None
         self._parent = parent
-        self._id = ident = _next_id()
         _count(self._kind, 1)
+        self._id = self._trace_create(" dummy" if dummy else "")[0]
         if parent is not None:
             parent._adopt(self)
-        if events_log.isEnabledFor(TRACE):
-            events_log.log(TRACE, "create %s id=%d%s", self._kind, ident, " dummy" if dummy else "")
 
     def _adopt(self, child: Handle) -> None:
         """Register ``child`` so that closing this handle releases it first."""
@@ -159,9 +116,7 @@ class Handle:
     def live(cls) -> int:
         """Number of handles of this type that are not yet released."""
         with _live_lock:
-            n = _live[cls._kind]
-        extra = _live_extra.get(cls._kind)
-        return n + extra() if extra is not None else n
+            return _live[cls._kind]
 
     def close(self) -> None:
         """Release the handle (children first); idempotent.
@@ -187,13 +142,6 @@ class Handle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._rec is not None:
-                self._close(finalizing=True)
-        except Exception:  # a finalizer has nowhere to report to (interpreter exit)
-            pass
 
     def __repr__(self) -> str:
         try:
@@ -247,7 +195,7 @@ class Handle:
             self._after_release()
             _count(self._kind, -1)
             if events_log.isEnabledFor(TRACE):
-                events_log.log(TRACE, "release %s id=%d", self._kind, self._id)
+                self._trace_release()
 
     def _closed_error(self, what: str) -> NoReturn:
         raise ClosedError(f"{type(self).__name__}.{what}: the handle is closed")
@@ -267,3 +215,16 @@ class Handle:
         if rec is None:
             self._closed_error(what)
         return rec
+
+
+class Finalized(Handle):
+    """A handle released by its finalizer when it is dropped open."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        try:
+            if self._rec is not None:
+                self._close(finalizing=True)
+        except Exception:  # a finalizer has nowhere to report to (interpreter exit)
+            pass

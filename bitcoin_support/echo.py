@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from ._event import obtain_event_base
 from ._handles import live_counts
-from ._http import EvHttp, EvHttpRequest, obtain_evhttp
+from ._request import EvHttpRequest
+from ._server import EvHttp, obtain_evhttp
 
 __all__ = ["main", "serve"]
 

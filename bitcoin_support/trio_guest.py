@@ -32,7 +32,8 @@ import trio
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, obtain_event
-from ._http import EvHttp, EvHttpRequest
+from ._request import EvHttpRequest
+from ._server import EvHttp
 
 __all__ = ["run", "serve_http", "start", "wait_event"]
 

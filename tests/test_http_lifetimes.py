@@ -266,7 +266,7 @@ GC_ORDER = """
             conn.make_request(r, "GET", "/")
         h.me = h
         # Drop the package's own hold on the in-flight requests, as module teardown does.
-        import bitcoin_support._http as m
+        import bitcoin_support._client as m
         for r in h.reqs:
             m._client_pending.pop(r.id, None)
         order(h)
@@ -422,11 +422,10 @@ def test_read_body_refuses_read_only_buffers_and_headers_refuse_controls() -> No
 # -- 15. no private attributes of the standard library
 
 
-def test_http_module_reads_no_private_stdlib_attributes() -> None:
-    import bitcoin_support._http as m
-
-    src = pathlib.Path(m.__file__).read_text()
-    assert "__reduce__" not in src and "._cache" not in src
+def test_package_reads_no_private_stdlib_attributes() -> None:
+    for path in pathlib.Path(bs.__file__).parent.glob("*.py"):
+        src = path.read_text()
+        assert ".__reduce__()" not in src and "._cache" not in src, path.name
     before = EvHttpRequest.live()
     req = obtain_evhttp_request(lambda r, a: None)
     assert EvHttpRequest.live() == before + 1 == bs.live_counts()["EvHttpRequest"]

@@ -1,0 +1,588 @@
+"""The evhttp server room: EvHttp, its routes, and the requests it is given to answer.
+
+The per-request path is kept short on purpose: one ``extern "Python"`` call per request, no
+allocation besides the request object, and one C call for a whole reply (status, headers, body);
+the one-second ``Date`` header is cached in C (``cdefs/http_server.c``). Who owns a request and
+when is told in the README's "Lifetimes" chapter.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from ._args import _body_arg, _check_int, _seconds, _text_arg
+from ._errors import ClosedError
+from ._errors import type_name as _type_name
+from ._event import EventBase, _get_ident, _guarded, _LoopState
+from ._handles import Finalized
+from ._headers import _header_bytes
+from ._log import http_log
+from ._native import ffi, lib
+from ._request import (
+    _REPLYABLE,
+    _STARTED,
+    METHODS,
+    EvHttpRequest,
+    PyRequestCallback,
+    _other_thread,
+)
+
+__all__ = ["EvHttp", "obtain_evhttp"]
+
+_REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
+
+_VOID_P: Final = ffi.typeof("void *")
+
+_NULL = ffi.NULL
+_from_handle = ffi.from_handle
+_new_request = object.__new__
+
+
+class _ServerRequest(EvHttpRequest):
+    """A request a server was given: valid until its reply is complete or its connection closes.
+
+    While its callback runs it lives on the callback's frame; a callback that returns without
+    replying leaves it in its server's ``_pending`` set, with an ``ffi.new_handle`` that the C
+    record uses to tell us when the connection goes away.
+    """
+
+    __slots__ = ("_gone", "_handle", "_http")
+
+    _http: EvHttp
+    _handle: Any
+
+    def close(self) -> None:
+        """Release the request; idempotent.
+
+        A request not yet answered is answered with 500 first (nobody could answer it
+        afterwards); a started chunked reply is ended.
+        """
+        rec = self._rec
+        if rec is None:
+            return
+        _other_thread(self._st, "close")
+        if rec.req != _NULL:
+            if rec.state in _REPLYABLE:
+                lib.bs_http_send_error(rec, 500, _NULL)  # ends Python's hold on the record
+                self._released()
+                return
+            if rec.state == _STARTED:
+                lib.bs_http_reply_end(rec)
+                self._released()
+                return
+        self._rec = None
+        try:
+            lib.bs_http_req_release(rec)
+        finally:
+            self._after_close()
+
+    def _on_gone(self, cb: Callable[[], object] | None) -> None:
+        """Private hook (``trio_guest.serve_http``): ``cb()`` runs once if the connection of this
+        deferred server request closes before the reply is complete (after the request closed)."""
+        self._gone = cb
+
+    def _released(self) -> None:
+        """Python's ownership of the record ended in C (reply complete): close the wrapper."""
+        self._rec = None
+        self._after_close()
+
+    def _after_close(self) -> None:
+        if self._handle is not None:
+            self._handle = None
+            self._http._pending.discard(self)
+        if self._traced:
+            self._trace_release()
+
+    def _reply_rc(self, what: str, rc: int) -> None:
+        if rc == 0:
+            return
+        if rc == -1:
+            raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
+        if rc == -2:
+            raise RuntimeError(f"EvHttpRequest.{what}: a reply was already sent or started")
+        if rc == -3:
+            raise ValueError(f"EvHttpRequest.{what}: content_type must not contain CR or LF")
+        raise MemoryError(f"EvHttpRequest.{what}: out of memory")
+
+    def _server_rec(self, what: str) -> Any:
+        rec = self._rec
+        if rec is None:
+            raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
+        _other_thread(self._st, what)
+        return rec
+
+    def send_reply(
+        self,
+        code: int,
+        reason: str | None = None,
+        body: Any = b"",
+        *,
+        content_type: str | None = None,
+    ) -> None:
+        """Answer with ``code``, ``reason`` (default: the standard phrase) and ``body``.
+
+        ``body`` is any bytes-like object or a SerializeData; ``content_type`` sets that header.
+        The request is closed afterwards.
+        """
+        rec = self._rec
+        if rec is None:
+            rec = self._server_rec("send_reply")
+        else:  # _server_rec's thread rule, inlined on the per-request path
+            thread = self._st.guard.thread  # type: ignore[union-attr]
+            if thread is not None and thread != _get_ident():
+                _other_thread(self._st, "send_reply")
+        if type(code) is not int or not 100 <= code <= 599:
+            _check_int("EvHttpRequest.send_reply", "code", code, 100, 599)
+        creason = _NULL if reason is None else _text_arg("send_reply", "reason", reason)
+        if type(body) is bytes:
+            data, n = body, len(body)
+        else:
+            data, n = _body_arg("EvHttpRequest.send_reply", body)
+        if content_type is None:
+            rc = lib.bs_http_send_reply(rec, code, creason, data, n, _NULL, 0)
+        else:
+            ct = _header_bytes("value", content_type)
+            rc = lib.bs_http_send_reply(rec, code, creason, data, n, ct, len(ct))
+        if rc:
+            self._reply_rc("send_reply", rc)
+        self._released()
+
+    def send_echo(self, code: int = 200, *, default_content_type: str | bytes = b"") -> None:
+        """Answer with the request's own body and ``Content-Type`` (or ``default_content_type``).
+
+        The body moves from the input buffer to the output buffer inside libevent: no copy
+        passes through Python. The request is closed afterwards.
+        """
+        rec = self._rec
+        if rec is None:
+            rec = self._server_rec("send_echo")
+        else:  # _server_rec's thread rule, inlined on the per-request path
+            thread = self._st.guard.thread  # type: ignore[union-attr]
+            if thread is not None and thread != _get_ident():
+                _other_thread(self._st, "send_echo")
+        if type(code) is not int or not 100 <= code <= 599:
+            _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
+        if type(default_content_type) is bytes:
+            ct = default_content_type
+        else:
+            ct = _header_bytes("value", default_content_type) if default_content_type else _NULL
+        rc = lib.bs_http_send_echo(rec, code, ct)
+        if rc:
+            self._reply_rc("send_echo", rc)
+        # self._released(), inlined: this is the echo server's per-request path
+        self._rec = None
+        if self._handle is not None or self._traced:
+            self._after_close()
+
+    def send_error(self, code: int, reason: str | None = None) -> None:
+        """Answer with libevent's error page for ``code``; the request is closed afterwards."""
+        rec = self._server_rec("send_error")
+        _check_int("EvHttpRequest.send_error", "code", code, 100, 599)
+        creason = _NULL if reason is None else _text_arg("send_error", "reason", reason)
+        self._reply_rc("send_error", lib.bs_http_send_error(rec, code, creason))
+        self._released()
+
+    def send_reply_start(self, code: int, reason: str | None = None) -> None:
+        """Start a chunked reply (``Transfer-Encoding: chunked`` for HTTP/1.1 clients)."""
+        rec = self._server_rec("send_reply_start")
+        _check_int("EvHttpRequest.send_reply_start", "code", code, 100, 599)
+        creason = _NULL if reason is None else _text_arg("send_reply_start", "reason", reason)
+        self._reply_rc("send_reply_start", lib.bs_http_reply_start(rec, code, creason))
+
+    def send_reply_chunk(self, data: Any) -> None:
+        """Send one chunk of a started reply (an empty chunk is skipped)."""
+        rec = self._server_rec("send_reply_chunk")
+        ptr, n = _body_arg("EvHttpRequest.send_reply_chunk", data)
+        self._reply_rc("send_reply_chunk", lib.bs_http_reply_chunk(rec, ptr, n))
+
+    def send_reply_end(self) -> None:
+        """Finish a chunked reply; the request is closed afterwards."""
+        rec = self._server_rec("send_reply_end")
+        self._reply_rc("send_reply_end", lib.bs_http_reply_end(rec))
+        self._released()
+
+
+@final
+class _Route:
+    """A callback registered for a path (or the generic one): the C trampoline's arg.
+
+    Python and C callbacks alike go through ``bs_http_server_cb``, so the server's record knows
+    when one of its callbacks runs. The EvHttp holds its routes while libevent may call them.
+    """
+
+    __slots__ = ("arg", "cb", "crec", "handle", "http")
+
+    def __init__(
+        self, http: EvHttp, cb: Any, arg: Any, c_cb: Any = None, c_arg: Any = None
+    ) -> None:
+        self.http = http
+        self.cb = cb
+        self.arg = arg
+        self.crec = crec = ffi.new("bs_http_route_t *")
+        crec.h = http._rec
+        if c_cb is not None:
+            self.handle = None
+            crec.c_cb = c_cb
+            crec.c_arg = c_arg
+        else:
+            self.handle = crec.py = ffi.new_handle(self)
+
+
+def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
+    """(libevent callback, its arg, is_c) for a Python callable or an EvHttpRequestCallback."""
+    if isinstance(cb, ffi.CData):
+        ctype = ffi.typeof(cb)
+        if ctype != _REQUEST_CB and (
+            ctype.kind != "pointer"
+            or ctype.item.kind != "function"
+            or len(ctype.item.args) != 2
+            or ctype.item.result.cname != "void"
+            or any(a.kind != "pointer" for a in ctype.item.args)
+        ):
+            raise TypeError(
+                f"{where}: cb must be a Python callable or a C function pointer "
+                f"void (*)(EvHttpRequest *, void *), not {ctype.cname}"
+            )
+        if cb == _NULL:
+            raise ValueError(f"{where}: cb is a NULL function pointer")
+        if arg is None:
+            carg = _NULL
+        elif isinstance(arg, ffi.CData) and ffi.typeof(arg).kind in ("pointer", "array"):
+            carg = ffi.cast(_VOID_P, arg)
+        elif isinstance(arg, int) and not isinstance(arg, bool) and 0 <= arg < 2**64:
+            carg = ffi.cast(_VOID_P, arg)
+        else:
+            raise TypeError(
+                f"{where}: arg of a C callback must be None, a cffi pointer or an int address, "
+                f"not {_type_name(arg)}"
+            )
+        return ffi.cast(_REQUEST_CB, cb), carg, True
+    if not callable(cb):
+        raise TypeError(f"{where}: cb must be callable, not {_type_name(cb)}")
+    return None, arg, False
+
+
+@final
+class EvHttp(Finalized):
+    """An evhttp server on an EventBase: bound sockets, request callbacks, limits.
+
+    Request callbacks are ``cb(req, arg)`` in Python, or a C ``EvHttpRequestCallback`` that gets
+    libevent's ``struct evhttp_request *`` (as ``EvHttpRequest *``) and answers it with libevent's
+    own calls. A Python callback that raises is logged at ERROR on ``bitcoin_support.http`` and
+    the client gets 500 if nothing was sent; the server keeps serving.
+    """
+
+    __slots__ = ("_base", "_bound", "_pending", "_routes", "_running", "_st")
+
+    _kind = "EvHttp"
+
+    _base: EventBase
+    _st: _LoopState
+    _bound: list[Any]
+    _pending: set[_ServerRequest]
+    _routes: dict[str | None, _Route]
+    _running: int
+
+    def __init__(self, base: EventBase) -> None:
+        if not isinstance(base, EventBase):
+            raise TypeError(f"obtain_evhttp: base must be an EventBase, not {_type_name(base)}")
+        brec = base._require_open("obtain_evhttp")
+        rec = lib.bs_evhttp_new(brec)
+        if rec == _NULL:
+            raise OSError(ffi.errno, "obtain_evhttp: could not create the evhttp server")
+        self._base = base
+        self._st = base._st
+        self._pending = set()
+        self._routes = {}
+        self._bound = []
+        self._running = 0
+        self._init_handle(rec, dummy=base.dummy, parent=base)
+
+    def _http(self, what: str) -> Any:
+        return self._require(f"{what}").http
+
+    def _release_native(self, rec: Any) -> None:
+        """Answer 503 to the requests still waiting for a reply, then free the server.
+
+        Inside one of its own request callbacks libevent is still working on one of its
+        connections, so C stops it accepting now and frees it on the next loop round.
+        """
+        later = self._running > 0
+        if rec.http != _NULL:
+            for req in list(self._pending):
+                r = req._rec
+                if r is not None and r.req != _NULL and r.state in _REPLYABLE:
+                    lib.bs_http_send_error(r, 503, _NULL)
+                    req._released()
+            if later:  # libevent must not call routes that are about to go
+                for path in self._routes:
+                    if path is not None:
+                        lib.evhttp_del_cb(rec.http, path.encode("utf-8", "surrogateescape"))
+        lib.bs_evhttp_release(rec, 1 if later else 0)  # on_close() closes what is left
+
+    def _after_release(self) -> None:
+        for req in list(self._pending):  # only left when the base freed the server as an orphan
+            if req._rec is not None:
+                req._rec.py = _NULL
+                req.close()
+        self._pending.clear()
+        self._routes.clear()
+        self._bound.clear()
+
+    # -- sockets
+
+    @_guarded("EvHttp.bind")
+    def bind(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0: any free port); returns the bound port. May be repeated."""
+        http = self._http("bind")
+        if not isinstance(host, str):
+            raise TypeError(f"EvHttp.bind: host must be a str, not {_type_name(host)}")
+        _check_int("EvHttp.bind", "port", port, 0, 65535)
+        bound = lib.evhttp_bind_socket_with_handle(http, host.encode("idna"), port)
+        if bound == _NULL:
+            err = ffi.errno or errno.EADDRNOTAVAIL
+            raise OSError(err, f"EvHttp.bind: cannot listen on {host}:{port}: {os.strerror(err)}")
+        self._track(bound)
+        return _sock_port(int(lib.evhttp_bound_socket_get_fd(bound)))
+
+    @_guarded("EvHttp.accept_socket")
+    def accept_socket(self, sock: socket.socket | int) -> int:
+        """Serve on an already listening socket (a duplicate of its fd); returns its port.
+
+        The caller keeps its own socket object; the duplicate is made non-blocking (which is
+        shared with the original descriptor) and closed with the server.
+        """
+        where = "EvHttp.accept_socket"
+        http = self._http("accept_socket")
+        if isinstance(sock, bool):
+            raise TypeError(f"{where}: sock must be a socket or an fd, not bool")
+        fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"{where}: sock must be a socket or an fd, not {_type_name(sock)}")
+        port = _listening_tcp_port(where, fd)
+        dup = os.dup(fd)
+        try:
+            os.set_blocking(dup, False)
+            bound = lib.evhttp_accept_socket_with_handle(http, dup)
+            if bound == _NULL:
+                raise OSError(ffi.errno, f"{where}: libevent refused the socket")
+        except BaseException:
+            os.close(dup)
+            raise
+        self._track(bound)
+        return port
+
+    def _track(self, bound: Any) -> None:
+        """Keep a listening socket, guarded so that running out of descriptors pauses accepting
+        for a moment instead of spinning the loop."""
+        self._bound.append(bound)
+        if lib.bs_evhttp_guard_accept(self._rec, bound) != 0:
+            raise MemoryError("EvHttp: cannot guard the listening socket")
+
+    @_guarded("EvHttp.stop_accepting")
+    def stop_accepting(self) -> None:
+        """Close every listening socket; connections already open keep being served."""
+        self._http("stop_accepting")
+        bound, self._bound = self._bound, []
+        for b in bound:
+            lib.bs_evhttp_del_accept(self._rec, b)
+
+    # -- callbacks
+
+    @_guarded("EvHttp.set_gencb")
+    def set_gencb(self, cb: PyRequestCallback | Any, arg: Any = None) -> None:
+        """The callback for requests that no ``set_cb`` path matches (default: 404)."""
+        http = self._http("set_gencb")
+        ccb, carg, is_c = _callback_args("EvHttp.set_gencb", cb, arg)
+        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
+        lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
+        self._routes[None] = route
+
+    @_guarded("EvHttp.set_cb")
+    def set_cb(self, path: str, cb: PyRequestCallback | Any, arg: Any = None) -> None:
+        """The callback for requests whose path is exactly ``path`` (replaces an earlier one).
+
+        ``path`` is a str; an ASCII ``bytes`` path names the same route as its str.
+        """
+        http = self._http("set_cb")
+        key, cpath = _path_arg("EvHttp.set_cb", path)
+        ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
+        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
+        lib.evhttp_del_cb(http, cpath)
+        rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, route.crec)
+        if rc != 0:
+            self._routes.pop(key, None)  # its old callback is gone from libevent too
+            raise MemoryError("EvHttp.set_cb: libevent refused the callback")
+        self._routes[key] = route
+
+    @_guarded("EvHttp.del_cb")
+    def del_cb(self, path: str) -> None:
+        """Remove the callback of ``path``; ValueError when there is none."""
+        http = self._http("del_cb")
+        key, cpath = _path_arg("EvHttp.del_cb", path)
+        if lib.evhttp_del_cb(http, cpath) != 0:
+            raise ValueError(f"EvHttp.del_cb: no callback for path {path!r}")
+        self._routes.pop(key, None)
+
+    # -- limits
+
+    @_guarded("EvHttp.set_max_body_size")
+    def set_max_body_size(self, n: int) -> None:
+        """Bodies larger than ``n`` bytes get 413 before any callback runs."""
+        http = self._http("set_max_body_size")
+        _check_int("EvHttp.set_max_body_size", "n", n, 0, 2**62)
+        lib.evhttp_set_max_body_size(http, n)
+
+    @_guarded("EvHttp.set_max_headers_size")
+    def set_max_headers_size(self, n: int) -> None:
+        """Request line and headers larger than ``n`` bytes are refused."""
+        http = self._http("set_max_headers_size")
+        _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
+        lib.evhttp_set_max_headers_size(http, n)
+
+    @_guarded("EvHttp.set_timeout")
+    def set_timeout(self, seconds: float) -> None:
+        """Close connections idle (or stuck mid-request) for ``seconds``."""
+        http = self._http("set_timeout")
+        lib.evhttp_set_timeout_tv(http, _seconds("EvHttp.set_timeout", seconds))
+
+    @_guarded("EvHttp.set_allowed_methods")
+    def set_allowed_methods(self, *names: str) -> None:
+        """The methods served (others get 501); libevent's default: GET POST HEAD PUT DELETE."""
+        mask = 0
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"EvHttp.set_allowed_methods: names must be str, not {_type_name(name)}"
+                )
+            bit = METHODS.get(name.upper())
+            if bit is None:
+                raise ValueError(
+                    f"EvHttp.set_allowed_methods: unknown method {name!r} "
+                    f"(known: {', '.join(METHODS)})"
+                )
+            mask |= bit
+        lib.evhttp_set_allowed_methods(self._http("set_allowed_methods"), mask)
+
+
+def _path_arg(where: str, path: object) -> tuple[str, bytes]:
+    """A route's key (str) and its bytes for libevent: one route per path, whatever its type."""
+    if isinstance(path, bytes):
+        try:
+            key = path.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: a bytes path must be ASCII, got {path!r}") from None
+    elif isinstance(path, str):
+        key = path
+    else:
+        raise TypeError(f"{where}: path must be str (or ASCII bytes), not {_type_name(path)}")
+    return key, _text_arg(where, "path", key)
+
+
+def _listening_tcp_port(where: str, fd: int) -> int:
+    """The port of a bound, listening TCP socket; ValueError for anything else."""
+    if fd < 0:
+        raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
+    try:
+        ok = (
+            s.family in (socket.AF_INET, socket.AF_INET6)
+            and s.type == socket.SOCK_STREAM
+            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        )
+        if not ok:
+            raise ValueError(f"{where}: sock must be a bound, listening TCP socket")
+        return int(s.getsockname()[1])
+    except OSError as exc:
+        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
+    finally:
+        s.close()
+
+
+def _sock_port(fd: int) -> int:
+    """The local port of a socket, without taking ownership of ``fd``."""
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        return int(s.getsockname()[1])
+    finally:
+        s.close()
+
+
+def obtain_evhttp(base: EventBase) -> EvHttp:
+    """An evhttp server on ``base`` (a dummy on a dummy base)."""
+    return EvHttp(base)
+
+
+def _log_callback_error(req: EvHttpRequest, exc: BaseException) -> None:
+    http_log.error("request callback raised (request id=%d)", req._id, exc_info=exc)
+
+
+@ffi.def_extern(onerror=lambda *a: http_log.error("request dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
+def _bs_http_on_request(rec: Any, handle: Any) -> int:
+    """A request for a Python callback: wrap it, run the callback, keep it if not answered.
+
+    Returns 1 when the callback raised; the C trampoline then answers 500 (or ends a started
+    chunked reply) and drops Python's share of the record.
+    """
+    route: _Route = _from_handle(handle)
+    http = route.http
+    req: _ServerRequest = _new_request(_ServerRequest)
+    req._init_request(rec, http._st)
+    req._http = http
+    req._handle = None
+    http._running += 1
+    try:
+        route.cb(req, route.arg)
+    except BaseException as exc:
+        http._running -= 1
+        if req._rec is not None:
+            req._rec = None
+            req._after_close()
+        _log_callback_error(req, exc)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop the loop
+            http._base._st.fail(exc)
+        return 1
+    http._running -= 1
+    if req._rec is None:
+        return 0
+    if http._rec is None and rec.req != _NULL:
+        # The callback closed its own server: nobody is left to answer later.
+        if rec.state in _REPLYABLE:
+            lib.bs_http_send_error(rec, 503, _NULL)
+            req._released()
+        else:
+            req.close()
+        return 0
+    # Not answered: the server holds the request until it is answered or its connection
+    # closes; the C record gets a handle to tell us about the latter.
+    h = ffi.new_handle(req)
+    if lib.bs_http_defer(rec, h) != 0:  # its connection is gone: the trampoline finishes it
+        req._rec = None
+        req._after_close()
+        return 0
+    req._handle = h
+    http._pending.add(req)
+    return 0
+
+
+@ffi.def_extern(onerror=lambda *a: http_log.error("request close failed", exc_info=a))  # type: ignore[untyped-decorator]
+def _bs_http_on_gone(handle: Any) -> None:
+    """The connection of a deferred request closed: close the wrapper (late replies fail)."""
+    req: _ServerRequest = _from_handle(handle)
+    rec = req._rec
+    if rec is not None:
+        req._rec = None
+        rec.py = _NULL
+        lib.bs_http_req_release(rec)
+        req._after_close()
+    gone = getattr(req, "_gone", None)  # set only through _on_gone()
+    if gone is not None:
+        req._gone = None
+        gone()
