@@ -1,4 +1,4 @@
-/* evhttp: server, client, requests, headers, URIs (libevent 2.1), and the shim in http.c. */
+/* evhttp: server, client, requests, headers, URIs (libevent 2.1), and the shim in http_*.c. */
 
 struct event_base;
 struct evhttp;
@@ -61,7 +61,7 @@ void evhttp_connection_set_retries(struct evhttp_connection *evcon, int retry_ma
 void evhttp_connection_get_peer(struct evhttp_connection *evcon, char **address,
                                 uint16_t *port);
 
-/* -- the shim (http.c); records are described in cdefs/private/http_shim.h */
+/* -- the shim (http_*.c); records are described in cdefs/private/http_shim.h */
 typedef struct bs_http_req {
     struct evhttp_request *req;
     void *py;
@@ -70,7 +70,7 @@ typedef struct bs_http_req {
     int sys_errno;
     ...;
 } bs_http_req_t;
-/* States of a request record (cdefs/private/http_shim.h; the diagram is in http.c). */
+/* States of a request record (cdefs/private/http_shim.h; the diagram is in http_request.c). */
 #define BS_REQ_NEW ...
 #define BS_REQ_MADE ...
 #define BS_REQ_RESPONDING ...

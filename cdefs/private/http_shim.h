@@ -1,4 +1,4 @@
-/* The evhttp shim's records (http.c), shared with the cffi module; not part of the public API. */
+/* The evhttp shim's records (http_*.c), shared with the cffi module; not part of the public API. */
 #ifndef BS_HTTP_SHIM_H
 #define BS_HTTP_SHIM_H
 
@@ -12,9 +12,11 @@
 
 #include "event_shim.h"
 
+struct evconnlistener;
+
 /*
  * One record per request the package tracks (server requests given to Python, client requests).
- * The rules are in http.c ("Request records"); in short:
+ * The rules are in http_request.c ("Request records"); in short:
  *
  * holds: who keeps the record alive, one bit per holder, and `calls`: how many calls of ours
  *        that may run Python are in progress with it. It is wiped and freed when both are zero
@@ -42,7 +44,7 @@ typedef struct bs_http_req {
 #define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
 #define BS_HOLD_EV 0x02u /* libevent may still call back with it */
 
-/* States of a record (see the diagram in http.c). */
+/* States of a record (see the diagram in http_request.c). */
 enum {
     BS_REQ_FREE = 0,    /* wiped: a record in this state is never used */
     BS_REQ_NEW,         /* client: made by Python, not sent; Python owns libevent's request */
@@ -69,7 +71,7 @@ typedef struct bs_http_route {
 typedef struct bs_evhttp {
     bs_node node;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
-    struct bs_accept_guard *guards; /* owned: one per listening socket (see http.c) */
+    struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
 } bs_evhttp;
@@ -112,6 +114,22 @@ struct evkeyval *bs_http_header_next(struct evkeyval *kv);
 const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);
 int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port);
+
+/* Shared by the http_*.c files (http_request.c unless said otherwise); not exported. */
+extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
+bs_http_req_t *bs_rec_new(int state, unsigned holds);
+void bs_rec_enter(bs_http_req_t *rec, int state);
+void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
+void bs_rec_enter_call(bs_http_req_t *rec);
+void bs_rec_leave_call(bs_http_req_t *rec);
+void bs_rec_fatal(const char *what);
+void bs_stop_watch(bs_http_req_t *rec);
+void bs_conn_link(bs_http_req_t *rec, bs_evconn *c);
+void bs_conn_unlink(bs_http_req_t *rec);
+void bs_add_date(struct evkeyvalq *out);
+int bs_free_later(struct event_base *base, struct event **slot, event_callback_fn fn, void *arg);
+void bs_timer_free(struct event **slot);
+void bs_guards_free(bs_evhttp *h, struct evconnlistener *lev); /* http_accept.c */
 
 /* The Python side (extern "Python+C" in http.h). */
 int _bs_http_on_request(bs_http_req_t *rec, void *route);

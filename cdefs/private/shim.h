@@ -25,6 +25,6 @@ void bs_zaf_free(void *ptr);
 size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);
 
 #include "event_shim.h" /* the libevent handle records (event.c) */
-#include "http_shim.h"  /* the evhttp request records (http.c) */
+#include "http_shim.h"  /* the evhttp request records (http_*.c) */
 
 #endif

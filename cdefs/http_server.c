@@ -1,0 +1,391 @@
+/*
+ * http_server.c - the evhttp server: the request trampoline, completion and close tracking,
+ * hang-up detection for deferred replies, the one-call replies, and the EvHttp record. The
+ * request records and their state machine are in http_request.c.
+ */
+#define _GNU_SOURCE
+#include "bitcoin_support.h"
+#include "shim.h"
+#include "http_shim.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+
+/* ---- server: trampoline, completion, close, hang-up detection ---- */
+
+static void on_complete(struct evhttp_request *r, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    (void)r;
+    if (rec->evcon != NULL)
+        evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
+    rec->req = NULL;
+    rec->evcon = NULL;
+    bs_rec_enter(rec, BS_REQ_DONE);
+    bs_rec_drop(rec, BS_HOLD_EV);
+}
+
+static void on_close(struct evhttp_connection *evcon, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    evhttp_connection_set_closecb(evcon, NULL, NULL);
+    if (rec == NULL || !(rec->holds & BS_HOLD_EV))
+        return;
+    if (rec->req != NULL) {
+        /* Detached by a read error or timeout: libevent will not free it, so we do. */
+        if (evhttp_request_get_connection(rec->req) == NULL) {
+            evhttp_request_set_on_complete_cb(rec->req, NULL, NULL);
+            evhttp_request_free(rec->req);
+        }
+        rec->req = NULL;
+    }
+    rec->evcon = NULL;
+    bs_rec_enter(rec, BS_REQ_GONE);
+    bs_stop_watch(rec);
+    if ((rec->holds & BS_HOLD_PY) && rec->py != NULL && !bs_in_orphan) {
+        void *py = rec->py;
+        bs_rec_enter_call(rec);
+        _bs_http_on_gone(py); /* Python closes the wrapper and lets go of the record */
+        bs_rec_drop(rec, BS_HOLD_EV);
+        bs_rec_leave_call(rec);
+        return;
+    }
+    bs_rec_drop(rec, BS_HOLD_EV);
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    char c;
+    (void)what;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        event_add(rec->watch, NULL);
+        return;
+    }
+    bs_stop_watch(rec);
+    if (n > 0)
+        return; /* the next (pipelined) request is waiting: the client is still there */
+    if (rec->evcon != NULL)
+        evhttp_connection_free(rec->evcon); /* runs on_close() */
+}
+
+static void py_request(struct evhttp_request *r, bs_http_route_t *route);
+
+/* A request on a server that Python closed from inside one of its callbacks. */
+static void bs_closed_server_cb(struct evhttp_request *r, void *arg)
+{
+    (void)arg;
+    evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+}
+
+/* Every request callback, Python or C, runs through here: the server knows when it is inside
+   one of its own callbacks, where it must not be freed (bs_evhttp_release). */
+BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
+{
+    bs_http_route_t *route = arg;
+    bs_evhttp *h = route->h;
+    bs_base *b = h->node.owner; /* linked while libevent can call the server's routes */
+    if (b != NULL)
+        bs_base_enter(b);
+    h->running++;
+    if (route->c_cb != NULL)
+        route->c_cb((EvHttpRequest *)r, route->c_arg);
+    else
+        py_request(r, route);
+    h->running--;
+    if (b != NULL)
+        bs_base_leave(b);
+}
+
+static void py_request(struct evhttp_request *r, bs_http_route_t *route)
+{
+    bs_http_req_t *rec = bs_rec_new(BS_REQ_CALLBACK, BS_HOLD_PY | BS_HOLD_EV);
+    if (rec == NULL) {
+        evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+        return;
+    }
+    rec->req = r;
+    rec->evcon = evhttp_request_get_connection(r);
+    evhttp_request_set_on_complete_cb(r, on_complete, rec);
+    if (rec->evcon != NULL)
+        evhttp_connection_set_closecb(rec->evcon, on_close, rec);
+    bs_rec_enter_call(rec);
+    int failed = _bs_http_on_request(rec, route->py);
+    bs_http_finish_callback(rec, failed);
+    bs_rec_leave_call(rec);
+}
+
+/*
+ * After the Python callback: a failed callback gets 500 (or its chunked reply ended); a record
+ * Python neither answered nor deferred is let go. Returns 1 when a reply was sent here.
+ */
+BS_EXPORT int bs_http_finish_callback(bs_http_req_t *rec, int failed)
+{
+    if (!(rec->holds & BS_HOLD_PY) || (rec->py != NULL && !failed))
+        return 0;
+    int sent = 0;
+    if (rec->req != NULL && (rec->state == BS_REQ_CALLBACK || rec->state == BS_REQ_DEFERRED ||
+                             rec->state == BS_REQ_STARTED)) {
+        struct evhttp_request *r = rec->req;
+        int started = rec->state == BS_REQ_STARTED;
+        bs_rec_enter(rec, BS_REQ_SENT);
+        if (started)
+            evhttp_send_reply_end(r);
+        else
+            evhttp_send_error(r, HTTP_INTERNAL, NULL);
+        sent = 1;
+    }
+    rec->py = NULL;
+    bs_rec_drop(rec, BS_HOLD_PY);
+    return sent;
+}
+
+/* The Python callback returned without completing its reply: keep the record, watch for hang-up. */
+BS_EXPORT int bs_http_defer(bs_http_req_t *rec, void *py)
+{
+    if (rec->req == NULL || rec->evcon == NULL)
+        return -1;
+    if (rec->state == BS_REQ_CALLBACK)
+        bs_rec_enter(rec, BS_REQ_DEFERRED);
+    else if (rec->state != BS_REQ_STARTED)
+        return -1;
+    rec->py = py;
+    if (rec->watch == NULL) {
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+        if (fd >= 0) {
+            rec->watch = event_new(evhttp_connection_get_base(rec->evcon), fd, EV_READ, watch_cb,
+                                   rec);
+            if (rec->watch != NULL)
+                event_add(rec->watch, NULL);
+        }
+    }
+    return 0;
+}
+
+/* Reply state checks shared by the reply calls: -1 closed, -2 already answered. */
+static int can_reply(bs_http_req_t *rec)
+{
+    if (rec->req == NULL)
+        return -1;
+    if (rec->state != BS_REQ_CALLBACK && rec->state != BS_REQ_DEFERRED)
+        return -2;
+    return 0;
+}
+
+static int can_chunk(bs_http_req_t *rec)
+{
+    if (rec->req == NULL)
+        return -1;
+    return rec->state == BS_REQ_STARTED ? 0 : -2;
+}
+
+/*
+ * A reply is complete: Python's hold ends here, libevent's at on_complete(). The state changes
+ * before libevent is called, because libevent may finish (and call on_complete) inside the call.
+ */
+static struct evhttp_request *replying(bs_http_req_t *rec)
+{
+    struct evhttp_request *r = rec->req;
+    bs_rec_enter(rec, BS_REQ_SENT);
+    bs_rec_enter_call(rec);
+    return r;
+}
+
+static void replied(bs_http_req_t *rec)
+{
+    rec->py = NULL;
+    if (rec->state == BS_REQ_SENT || rec->state == BS_REQ_DONE)
+        rec->req = NULL;
+    bs_rec_drop(rec, BS_HOLD_PY);
+    bs_rec_leave_call(rec);
+}
+
+BS_EXPORT int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason,
+                                 const char *body, size_t len, const char *ctype,
+                                 size_t ctype_len)
+{
+    int rc = can_reply(rec);
+    if (rc != 0)
+        return rc;
+    struct evhttp_request *r = rec->req;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r);
+    if (ctype != NULL) {
+        rc = bs_http_header_check("Content-Type", 12, ctype, ctype_len);
+        if (rc != 0)
+            return -3;
+        evhttp_remove_header(out, "Content-Type");
+        evhttp_add_header(out, "Content-Type", ctype);
+    }
+    if (evhttp_find_header(out, "Date") == NULL)
+        bs_add_date(out);
+    if (len && evbuffer_add(evhttp_request_get_output_buffer(r), body, len) != 0)
+        return -4;
+    evhttp_send_reply(replying(rec), code, reason, NULL);
+    replied(rec);
+    return 0;
+}
+
+/* Reply with the request's own body (moved, not copied) and Content-Type (or the default). */
+BS_EXPORT int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype)
+{
+    int rc = can_reply(rec);
+    if (rc != 0)
+        return rc;
+    struct evhttp_request *r = rec->req;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r);
+    const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(r), "Content-Type");
+    if (ctype == NULL)
+        ctype = default_ctype;
+    if (ctype != NULL && bs_http_header_check("Content-Type", 12, ctype, strlen(ctype)) == 0) {
+        evhttp_remove_header(out, "Content-Type");
+        evhttp_add_header(out, "Content-Type", ctype);
+    }
+    if (evhttp_find_header(out, "Date") == NULL)
+        bs_add_date(out);
+    evbuffer_add_buffer(evhttp_request_get_output_buffer(r), evhttp_request_get_input_buffer(r));
+    evhttp_send_reply(replying(rec), code, NULL, NULL);
+    replied(rec);
+    return 0;
+}
+
+BS_EXPORT int bs_http_send_error(bs_http_req_t *rec, int code, const char *reason)
+{
+    int rc = can_reply(rec);
+    if (rc != 0)
+        return rc;
+    evhttp_send_error(replying(rec), code, reason);
+    replied(rec);
+    return 0;
+}
+
+BS_EXPORT int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reason)
+{
+    int rc = can_reply(rec);
+    if (rc != 0)
+        return rc;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(rec->req);
+    if (evhttp_find_header(out, "Date") == NULL)
+        bs_add_date(out);
+    bs_rec_enter(rec, BS_REQ_STARTED);
+    evhttp_send_reply_start(rec->req, code, reason);
+    return 0;
+}
+
+BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
+{
+    int rc = can_chunk(rec);
+    if (rc != 0)
+        return rc;
+    if (len == 0)
+        return 0; /* an empty chunk would end the chunked body */
+    struct evbuffer *buf = evbuffer_new();
+    if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
+        if (buf != NULL)
+            evbuffer_free(buf);
+        return -4;
+    }
+    evhttp_send_reply_chunk(rec->req, buf);
+    evbuffer_free(buf);
+    return 0;
+}
+
+BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
+{
+    int rc = can_chunk(rec);
+    if (rc != 0)
+        return rc;
+    evhttp_send_reply_end(replying(rec));
+    replied(rec);
+    return 0;
+}
+
+/* ---- the EvHttp record, linked to its base (see event_shim.h) ---- */
+
+static void evhttp_free_now(bs_evhttp *h)
+{
+    bs_guards_free(h, NULL); /* their timers live on the base */
+    if (h->http != NULL) {
+        struct evhttp *http = h->http;
+        h->http = NULL;
+        evhttp_free(http); /* closes every connection: on_close() tells Python */
+    }
+}
+
+static void evhttp_orphan(bs_node *n)
+{
+    bs_evhttp *h = (bs_evhttp *)n;
+    int released = h->free_later != NULL;
+    bs_timer_free(&h->free_later);
+    bs_in_orphan = 1;
+    evhttp_free_now(h);
+    bs_in_orphan = 0;
+    if (released)
+        bs_record_free(h, sizeof *h);
+}
+
+static void evhttp_free_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_evhttp *h = arg;
+    (void)fd;
+    (void)what;
+    bs_tree_lock();
+    bs_node_detach_locked(&h->node);
+    bs_tree_unlock();
+    bs_timer_free(&h->free_later);
+    evhttp_free_now(h);
+    bs_record_free(h, sizeof *h);
+}
+
+BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
+{
+    bs_evhttp *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    if (b->base != NULL) {
+        bs_http_ignore_sigpipe();
+        h->http = evhttp_new(b->base);
+        if (h->http == NULL) {
+            bs_record_free(h, sizeof *h);
+            return NULL;
+        }
+    }
+    if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
+        if (h->http != NULL)
+            evhttp_free(h->http);
+        bs_record_free(h, sizeof *h);
+        errno = EPIPE;
+        return NULL;
+    }
+    return h;
+}
+
+/*
+ * Python lets go of its server. later: inside one of the server's own request callbacks, where
+ * evhttp_free would free the connection libevent is working on; then the server stops accepting
+ * now, answers 503 to anything already read, and is freed on the next loop round.
+ */
+BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
+{
+    if ((later || h->running > 0) && h->http != NULL) {
+        bs_guards_free(h, NULL);
+        evhttp_set_gencb(h->http, bs_closed_server_cb, NULL);
+        bs_tree_lock();
+        int ok = h->node.owner != NULL &&
+                 bs_free_later(h->node.owner->base, &h->free_later, evhttp_free_later_cb, h) == 0;
+        bs_tree_unlock();
+        if (ok)
+            return;
+    }
+    bs_tree_lock();
+    bs_node_detach_locked(&h->node);
+    bs_tree_unlock();
+    evhttp_free_now(h);
+    bs_record_free(h, sizeof *h);
+}
+
