@@ -83,7 +83,7 @@ embedbuilder.set_source(
     MODULE,
     '#include "bitcoin_support.h"\n',
     sources=[str(p.relative_to(HERE)) for p in (CDEFS / "secure.c", EMBED / "attach.c")],
-    include_dirs=[str(INCLUDE), str(CDEFS / "private")],
+    include_dirs=[str(INCLUDE), str(CDEFS)],
     define_macros=[("BS_BUILD_EXECUTABLE", c_string(sys.executable))],
     # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
     # attach.c turns the warning back into an error for itself (secure.c is held to the full

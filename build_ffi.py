@@ -1,8 +1,9 @@
 """Build script of ``bitcoin_support._native`` (cffi API mode, system libevent 2.1).
 
-The C declarations come from ``cdefs/*.h`` (one header per C area, fed to ``ffi.cdef`` in sorted
-order) and the shim itself from ``cdefs/*.c``, compiled with ``-Wall -Wextra -Werror``. Compiler and
-linker flags for libevent come from ``pkg-config``.
+The C declarations come from one header per C area (``HEADERS``, read in that order), the same
+files the C code includes; ``for_cffi`` keeps what Python calls, as gevent's libev build does. The
+shim itself is ``cdefs/*.c``, compiled with ``-Wall -Wextra -Werror``. Compiler and linker flags
+for libevent come from ``pkg-config``.
 
 Set ``BITCOIN_SUPPORT_SANITIZE=1`` to build the shim with AddressSanitizer and UBSan.
 """
@@ -10,6 +11,7 @@ Set ``BITCOIN_SUPPORT_SANITIZE=1`` to build the shim with AddressSanitizer and U
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -42,9 +44,52 @@ def pkg_config(*args: str) -> list[str]:
     return shlex.split(proc.stdout)
 
 
+# The C areas in the order cffi must read them (each uses the types of the ones before it).
+HEADERS = (
+    INCLUDE / "bitcoin_support.h",
+    CDEFS / "secure.h",
+    CDEFS / "event.h",
+    CDEFS / "http.h",
+    CDEFS / "callbacks.h",
+)
+_CONDITIONAL = re.compile(r"#\s*(ifdef|ifndef|if|else|endif)\b\s*(\w*)")
+
+
+def for_cffi(text: str) -> str:
+    """A header as cffi reads it: "#ifdef BS_CDEF" blocks kept, "#ifndef BS_CDEF" ones and
+    ``__cplusplus`` ones dropped, include guards and other preprocessor lines removed, except
+    cffi's own ``#define NAME ...`` constants."""
+    out: list[str] = []
+    keep: list[bool] = []  # one entry per open conditional: whether its lines are kept
+    for line in text.splitlines():
+        m = _CONDITIONAL.match(line.strip())
+        if m:
+            kind, name = m.groups()
+            if kind == "endif":
+                keep.pop()
+            elif kind == "else":
+                keep[-1] = not keep[-1]
+            elif kind == "ifdef":
+                keep.append(name == "BS_CDEF")
+            elif kind == "ifndef":
+                keep.append(name not in ("BS_CDEF", "__cplusplus"))
+            else:
+                raise ValueError(f"build_ffi: '#if' is not for cdef headers: {line!r}")
+            continue
+        if not all(keep):
+            continue
+        stripped = line.strip()
+        if stripped.startswith("#") and not stripped.endswith("..."):
+            continue  # #include, #define GUARD
+        out.append(line)
+    if keep:
+        raise ValueError("build_ffi: unbalanced conditionals in a cdef header")
+    return "\n".join(out)
+
+
 def cdef_text() -> str:
-    """Every ``cdefs/*.h`` in sorted order: the declarations cffi exposes."""
-    return "\n".join(p.read_text() for p in sorted(CDEFS.glob("*.h")))
+    """The declarations cffi exposes: what Python calls, from the one copy C reads too."""
+    return "\n".join(for_cffi(p.read_text()) for p in HEADERS)
 
 
 def shim_sources() -> list[str]:
@@ -72,9 +117,9 @@ ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
     "bitcoin_support._native",
-    '#include "bitcoin_support.h"\n#include "shim.h"\n',
+    "".join(f'#include "{h.name}"\n' for h in HEADERS),
     sources=shim_sources(),
-    include_dirs=[str(INCLUDE), str(CDEFS / "private")],
+    include_dirs=[str(INCLUDE), str(CDEFS)],
     extra_compile_args=[*cflags, *compile_args()],
     extra_link_args=[*libs, *link_args()],
 )

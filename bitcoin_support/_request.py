@@ -39,7 +39,7 @@ METHODS: Final[dict[str, int]] = {
 
 _METHOD_NAMES: Final[dict[int, str]] = {v: k for k, v in METHODS.items()}
 
-# Request record states (cdefs/private/http_shim.h)
+# Request record states (cdefs/http.h)
 _NEW: Final[int] = lib.BS_REQ_NEW
 _MADE: Final[int] = lib.BS_REQ_MADE
 _CANCELLED: Final[int] = lib.BS_REQ_CANCELLED

@@ -1,17 +1,41 @@
 /*
- * Python functions the event shim (event.c) calls through its C trampolines. "Python+C" makes
- * them callable from the shim's own C files; they are bound in bitcoin_support/_event.py with
- * ffi.def_extern. Only plain C types here: this header is fed to ffi.cdef before event.h.
+ * callbacks.h - every function the shim calls in Python, in one place. cffi reads them as
+ * extern "Python+C" (defined in Python with ffi.def_extern, callable from the shim's C files),
+ * and the C files read plain prototypes.
  */
+#ifndef BS_CALLBACKS_H
+#define BS_CALLBACKS_H
+
+#include <stddef.h>
+
+struct bs_http_req;
+
+#ifdef BS_CDEF
 extern "Python+C" {
-    /* A Python-callback event fired (its flags are in the record); pending says whether it
-       stays added after this run. Returns the flags to re-activate it with (0: none), nonzero
-       only while Python holds it. */
-    int bs_py_event_cb(void *handle, int pending);
-    /* A C-callback event fired and is no longer pending: its Python handle may drop it. */
-    void bs_py_event_unheld(void *handle);
-    /* The base's internal notify or wakeup event fired: run call_soon_threadsafe work. */
-    void bs_py_base_cb(void *handle);
-    /* Test probe: a handle record was just wiped and is about to be freed. */
-    void bs_py_release_probe(void *record, size_t size);
+#endif
+
+/* _event.py: a Python-callback event fired (its flags are in the record); pending says whether
+   it stays added after this run. Returns the flags to re-activate it with (0: none), nonzero
+   only while Python holds it. */
+int bs_py_event_cb(void *handle, int pending);
+/* _event.py: a C-callback event fired and is no longer pending: its handle may drop it. */
+void bs_py_event_unheld(void *handle);
+/* _event.py: the base's internal notify or wakeup event fired: run call_soon_threadsafe work. */
+void bs_py_base_cb(void *handle);
+/* _event.py: test probe: a handle record was just wiped and is about to be freed. */
+void bs_py_release_probe(void *record, size_t size);
+
+/* _server.py: a request for a Python route; 1 when the callback raised. */
+int _bs_http_on_request(struct bs_http_req *rec, void *route);
+/* _server.py: the connection of a deferred request closed. */
+void _bs_http_on_gone(void *py);
+/* _client.py: a client request completed or failed. */
+void _bs_http_on_response(void *py);
+
+#ifdef BS_CDEF
 }
+/* _secure.py: the locked pool's warning hook (passed to bs_pool_set_warning_hook). */
+extern "Python" void _bs_mlock_warning(int err, size_t size);
+#endif
+
+#endif

@@ -11,7 +11,9 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
+#include "secure.h"
+#include "event.h"
+#include "callbacks.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,12 +1,24 @@
-/* libevent handles (event.c): the public types of bitcoin_support.h, libevent's flag values and
-   the shim's records and functions. */
+/*
+ * event.h - the libevent handles (event.c): the records of the base and its events, and the
+ * shim's functions. One copy for both readers: the C files include it, and build_ffi.py feeds it
+ * to cffi, which sees what is outside "#ifndef BS_CDEF" blocks and what is inside "#ifdef
+ * BS_CDEF" ones (libevent's own declarations, which C takes from libevent's headers).
+ *
+ * Every handle record created on a base starts with a bs_node linking it into its base's list of
+ * children; the README's "Lifetimes" chapter says what that buys.
+ */
+#ifndef BS_EVENT_H
+#define BS_EVENT_H
 
-typedef int EvutilSocket;
-typedef struct LibEvent LibEvent;
-typedef void (*EventCallback)(LibEvent *ev, void *arg);
+#include <stddef.h>
+#include <stdint.h>
 
-struct event_base;
+#include <event2/event.h>
 
+#include "bitcoin_support.h"
+
+#ifdef BS_CDEF
+struct event;
 #define EV_TIMEOUT ...
 #define EV_READ ...
 #define EV_WRITE ...
@@ -18,22 +30,42 @@ struct event_base;
 #define EVLOOP_NONBLOCK ...
 #define EVLOOP_NO_EXIT_ON_EMPTY ...
 #define EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST ...
-
 const char *event_get_version(void);
+#endif
 
-/* Records (cdefs/private/event_shim.h); only the fields Python reads or writes are listed. */
-typedef struct bs_base {
-    int depth;
-    int owned;
-    struct event_base *base;
-    void *py;
-    ...;
-} bs_base;
+typedef struct bs_base bs_base;
+typedef struct bs_node bs_node;
+
+struct bs_node {
+    bs_node *prev;
+    bs_node *next;
+    bs_base *owner;             /* NULL once released or orphaned */
+    void (*orphan)(bs_node *);  /* frees the libevent object of the record; tree lock held */
+};
+
+struct bs_base {
+    int depth;                  /* callbacks of this base running now (on the loop thread) */
+    int dead;                   /* released from inside a callback: freed when depth drops to 0 */
+    int closing;                /* release started: no new children */
+    int owned;                  /* 0 for EventBase.from_address(): never freed here */
+    struct event_base *base;    /* NULL for a dummy */
+    void *py;                   /* ffi.new_handle of the Python loop state, or NULL */
+    struct event *notify;       /* internal user event behind call_soon_threadsafe */
+    struct event *ran;          /* ordinary no-op event activated after Python ran (see event.c) */
+    struct event *wake;         /* internal read event on wake_fds[0] (signal wakeup fd) */
+    int wake_fds[2];
+    bs_node children;           /* list sentinel */
+};
 
 struct LibEvent {
-    void *py;
-    int fired;
-    ...;
+    bs_node node;
+    struct event *ev;           /* owned; NULL for a dummy and once orphaned */
+    EventCallback c_cb;         /* C callback, or NULL for a Python one */
+    void *c_arg;
+    void *py;                   /* ffi.new_handle of the Python LibEvent while it is held */
+    int fired;                  /* flags of the current activation */
+    int running;                /* trampolines running its callback now (tree lock) */
+    int dead;                   /* released while running: the trampoline frees it (tree lock) */
 };
 
 int bs_event_init(void);
@@ -55,5 +87,22 @@ int bs_event_add(LibEvent *ev, double timeout);
 int bs_event_del(LibEvent *ev);
 int bs_event_active(LibEvent *ev, int what);
 int bs_event_pending(LibEvent *ev, int what);
-
 void bs_set_release_probe(int on);
+
+#ifndef BS_CDEF
+/* For the other shim files only. */
+#define BS_EXPORT __attribute__((visibility("default")))
+/* Process-wide lock of every base's children list. */
+void bs_tree_lock(void);
+void bs_tree_unlock(void);
+/* Link a record to its base (fails with -1 when the base is closing); unlink it (tree lock). */
+int bs_node_attach(bs_base *base, bs_node *node, void (*orphan)(bs_node *));
+void bs_node_detach_locked(bs_node *node);
+/* Wipe a record with bs_memory_cleanse, report it to the test probe, free it. */
+void bs_record_free(void *record, size_t size);
+/* Around a callback of one of the base's children: the base is not freed under it. */
+void bs_base_enter(bs_base *base);
+void bs_base_leave(bs_base *base);
+#endif
+
+#endif

@@ -1,6 +1,23 @@
-/* evhttp: server, client, requests, headers, URIs (libevent 2.1), and the shim in http_*.c. */
+/*
+ * http.h - evhttp (http_*.c): the request, route, server and connection records, and the shim's
+ * functions. One copy for both readers, as event.h explains: cffi also sees the "#ifdef BS_CDEF"
+ * block (the libevent calls Python makes, which C takes from libevent's headers) and skips the
+ * "#ifndef BS_CDEF" ones (what only the C files share).
+ */
+#ifndef BS_HTTP_H
+#define BS_HTTP_H
 
-struct event_base;
+#include <stddef.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/http_struct.h>
+#include <event2/keyvalq_struct.h>
+
+#include "event.h"
+
+#ifdef BS_CDEF
 struct evhttp;
 struct evhttp_request;
 struct evhttp_connection;
@@ -11,17 +28,10 @@ struct evkeyvalq;
 struct evkeyval { char *key; char *value; ...; };
 struct timeval { long tv_sec; long tv_usec; ...; };
 
-typedef struct EvHttpRequest EvHttpRequest;
-typedef void (*EvHttpRequestCallback)(EvHttpRequest *req, void *arg);
-
-/* -- libevent */
-struct evhttp *evhttp_new(struct event_base *base);
-void evhttp_free(struct evhttp *http);
 struct evhttp_bound_socket *evhttp_bind_socket_with_handle(struct evhttp *http,
                                                            const char *address, uint16_t port);
 struct evhttp_bound_socket *evhttp_accept_socket_with_handle(struct evhttp *http, int fd);
 int evhttp_bound_socket_get_fd(struct evhttp_bound_socket *bound);
-void evhttp_del_accept_socket(struct evhttp *http, struct evhttp_bound_socket *bound);
 int evhttp_set_cb(struct evhttp *http, const char *path,
                   void (*cb)(struct evhttp_request *, void *), void *cb_arg);
 int evhttp_del_cb(struct evhttp *http, const char *path);
@@ -31,7 +41,6 @@ void evhttp_set_max_body_size(struct evhttp *http, ssize_t max_body_size);
 void evhttp_set_max_headers_size(struct evhttp *http, ssize_t max_headers_size);
 void evhttp_set_timeout_tv(struct evhttp *http, const struct timeval *tv);
 void evhttp_set_allowed_methods(struct evhttp *http, uint16_t methods);
-void evhttp_set_default_content_type(struct evhttp *http, const char *content_type);
 
 int evhttp_request_get_command(const struct evhttp_request *req);
 const char *evhttp_request_get_uri(const struct evhttp_request *req);
@@ -48,48 +57,83 @@ int evhttp_remove_header(struct evkeyvalq *headers, const char *key);
 void evhttp_clear_headers(struct evkeyvalq *headers);
 const char *evhttp_uri_get_path(const struct evhttp_uri *uri);
 const char *evhttp_uri_get_query(const struct evhttp_uri *uri);
-const char *evhttp_uri_get_host(const struct evhttp_uri *uri);
 size_t evbuffer_get_length(const struct evbuffer *buf);
 int evbuffer_add(struct evbuffer *buf, const void *data, size_t datlen);
 int evbuffer_drain(struct evbuffer *buf, size_t len);
 
-struct evhttp_connection *evhttp_connection_base_new(struct event_base *base, void *dnsbase,
-                                                     const char *address, uint16_t port);
-void evhttp_connection_free(struct evhttp_connection *evcon);
 void evhttp_connection_set_timeout_tv(struct evhttp_connection *evcon, const struct timeval *tv);
 void evhttp_connection_set_retries(struct evhttp_connection *evcon, int retry_max);
-void evhttp_connection_get_peer(struct evhttp_connection *evcon, char **address,
-                                uint16_t *port);
+#endif
 
-/* -- the shim (http_*.c); records are described in cdefs/private/http_shim.h */
+struct bs_accept_guard;
+
+/*
+ * One record per request the package tracks (server requests given to Python, client requests).
+ * The rules are in http_request.c ("Request records"); in short:
+ *
+ * holds: who keeps the record alive, one bit per holder, and `calls`: how many calls of ours
+ *        that may run Python are in progress with it. It is wiped and freed when both are zero
+ *        (rec_drop, rec_leave). A bit is never dropped twice.
+ * state: what `req` may be used for. Every change of state goes through rec_enter(), which
+ *        refuses the transitions the state machine does not have.
+ * req:   libevent's request while Python may use it, NULL once libevent has freed it or is
+ *        about to (the Python wrapper checks it before every use: a late call is ClosedError).
+ */
 typedef struct bs_http_req {
     struct evhttp_request *req;
-    void *py;
+    struct evhttp_connection *evcon; /* server: the request's connection (close tracking) */
+    struct event *watch;             /* server: hang-up detection while the reply is deferred */
+    struct bs_evconn *conn;          /* client: the connection it was made on, while linked */
+    struct bs_http_req *prev, *next; /* client: in conn's list of requests libevent holds */
+    void *py;                        /* ffi handle of the Python wrapper, or NULL */
+    unsigned holds;
+    int calls;                       /* our C code inside a call that may run Python with it */
     int state;
-    int error;
-    int sys_errno;
-    ...;
+    int error;                       /* client: enum evhttp_request_error + 1, or 0 */
+    int sys_errno;                   /* client: errno seen when the request failed */
 } bs_http_req_t;
-/* States of a request record (cdefs/private/http_shim.h; the diagram is in http_request.c). */
-#define BS_REQ_NEW ...
-#define BS_REQ_MADE ...
-#define BS_REQ_RESPONDING ...
-#define BS_REQ_CANCELLED ...
-#define BS_REQ_CALLBACK ...
-#define BS_REQ_DEFERRED ...
-#define BS_REQ_STARTED ...
-#define BS_REQ_SENT ...
-#define BS_REQ_GONE ...
-#define BS_REQ_DONE ...
-typedef struct bs_evhttp { struct evhttp *http; ...; } bs_evhttp;
+
+
+/* States of a record (see the diagram in http_request.c). */
+enum {
+    BS_REQ_FREE = 0,    /* wiped: a record in this state is never used */
+    BS_REQ_NEW,         /* client: made by Python, not sent; Python owns libevent's request */
+    BS_REQ_MADE,        /* client: queued or in flight; libevent owns the request */
+    BS_REQ_RESPONDING,  /* client: its response callback runs (req: the response, or NULL) */
+    BS_REQ_CANCELLED,   /* client: cancelled, or its connection closed first */
+    BS_REQ_CALLBACK,    /* server: its request callback runs */
+    BS_REQ_DEFERRED,    /* server: the callback returned; Python answers later */
+    BS_REQ_STARTED,     /* server: a chunked reply was started */
+    BS_REQ_SENT,        /* server: the reply is complete; libevent is writing it */
+    BS_REQ_GONE,        /* server: the connection closed before the reply was complete */
+    BS_REQ_DONE         /* finished: req is NULL, only the holders are left */
+};
+
+/* The arg of the server trampoline for one path or the generic callback. */
 typedef struct bs_http_route {
-    void *py;
-    EvHttpRequestCallback c_cb;
+    void *py;                   /* ffi handle of the Python route, or NULL for a C callback */
+    EvHttpRequestCallback c_cb; /* a C callback, called through bs_http_server_cb too */
     void *c_arg;
-    bs_evhttp *h;
-    ...;
+    struct bs_evhttp *h;        /* the server: counts the callbacks running on it */
 } bs_http_route_t;
-typedef struct bs_evconn { struct evhttp_connection *evcon; ...; } bs_evconn;
+
+/* The EvHttp and EvHttpConnection handle records: linked to their base like every handle. */
+typedef struct bs_evhttp {
+    bs_node node;
+    struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
+    struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
+    struct event *free_later; /* released inside its own callback: frees it next round */
+    int running;              /* request callbacks (Python or C) of this server running now */
+} bs_evhttp;
+
+typedef struct bs_evconn {
+    bs_node node;
+    struct evhttp_connection *evcon; /* owned; NULL for a dummy and once orphaned */
+    struct event_base *base;
+    bs_http_req_t *reqs;       /* made requests libevent still holds (client records) */
+    struct event *free_later;  /* released inside its own callback: frees it next round */
+} bs_evconn;
+
 bs_evhttp *bs_evhttp_new(bs_base *b);
 void bs_evhttp_release(bs_evhttp *h, int later);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
@@ -121,7 +165,27 @@ const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);
 int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port);
 
-/* Request callbacks into Python (defined in bitcoin_support/_http.py). */
-extern "Python+C" int _bs_http_on_request(bs_http_req_t *rec, void *route);
-extern "Python+C" void _bs_http_on_gone(void *py);
-extern "Python+C" void _bs_http_on_response(void *py);
+#ifndef BS_CDEF
+/* For the http_*.c files only (http_request.c unless said otherwise). */
+/* Holders of a record. */
+#define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
+#define BS_HOLD_EV 0x02u /* libevent may still call back with it */
+extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
+bs_http_req_t *bs_rec_new(int state, unsigned holds);
+void bs_rec_enter(bs_http_req_t *rec, int state);
+void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
+void bs_rec_enter_call(bs_http_req_t *rec);
+void bs_rec_leave_call(bs_http_req_t *rec);
+void bs_rec_fatal(const char *what);
+void bs_stop_watch(bs_http_req_t *rec);
+void bs_conn_link(bs_http_req_t *rec, bs_evconn *c);
+void bs_conn_unlink(bs_http_req_t *rec);
+void bs_add_date(struct evkeyvalq *out);
+int bs_free_later(struct event_base *base, struct event **slot, event_callback_fn fn, void *arg);
+void bs_timer_free(struct event **slot);
+struct evconnlistener;
+void bs_guards_free(bs_evhttp *h, struct evconnlistener *lev); /* http_accept.c */
+
+#endif
+
+#endif

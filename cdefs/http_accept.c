@@ -3,8 +3,9 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
-#include "http_shim.h"
+#include "secure.h"
+#include "http.h"
+#include "callbacks.h"
 
 #include <errno.h>
 #include <pthread.h>

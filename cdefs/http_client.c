@@ -4,8 +4,9 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
-#include "http_shim.h"
+#include "secure.h"
+#include "http.h"
+#include "callbacks.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -99,7 +100,7 @@ BS_EXPORT int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, c
     return 0;
 }
 
-/* ---- the EvHttpConnection record, linked to its base (see event_shim.h) ---- */
+/* ---- the EvHttpConnection record, linked to its base (see event.h) ---- */
 
 /* The connection is going: every made request still linked is cancelled, silently (no Python). */
 static void conn_cancel_all(bs_evconn *c)

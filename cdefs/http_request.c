@@ -42,8 +42,9 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
-#include "http_shim.h"
+#include "secure.h"
+#include "http.h"
+#include "callbacks.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -359,7 +360,7 @@ void bs_conn_unlink(bs_http_req_t *rec)
 
 /* ---- freeing later (servers and connections closed inside their own callbacks) ---- */
 
-/* ---- the EvHttp and EvHttpConnection records, linked to their base (see event_shim.h) ---- */
+/* ---- the EvHttp and EvHttpConnection records: freed later when closed in their callbacks ---- */
 
 /*
  * Freeing later: a server or connection released inside one of its own callbacks stays linked

@@ -5,8 +5,9 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
-#include "http_shim.h"
+#include "secure.h"
+#include "http.h"
+#include "callbacks.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -305,7 +306,7 @@ BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
     return 0;
 }
 
-/* ---- the EvHttp record, linked to its base (see event_shim.h) ---- */
+/* ---- the EvHttp record, linked to its base (see event.h) ---- */
 
 static void evhttp_free_now(bs_evhttp *h)
 {

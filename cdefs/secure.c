@@ -17,7 +17,7 @@
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
-#include "shim.h"
+#include "secure.h"
 
 #include <errno.h>
 #include <pthread.h>

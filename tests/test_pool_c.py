@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "tests" / "c" / "test_pool.c", ROOT / "cdefs" / "secure.c"]
-INCLUDES = ["-I", str(ROOT / "bitcoin_support" / "include"), "-I", str(ROOT / "cdefs" / "private")]
+INCLUDES = ["-I", str(ROOT / "bitcoin_support" / "include"), "-I", str(ROOT / "cdefs")]
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")

@@ -38,11 +38,13 @@ void *bs_secure_allocate(size_t size);
 /* Wipe and return memory from bs_secure_allocate(); NULL is a no-op. */
 void bs_secure_deallocate(void *ptr);
 
+#ifndef BS_CDEF /* in the embeddable library only, not in the Python module */
 /*
  * Start Python if needed, import `module`, and call `function(EventBase.from_address(base))`.
  * Returns 0, or -1 with the Python error printed to stderr.
  */
 int bs_python_attach(struct event_base *base, const char *module, const char *function);
+#endif
 
 #ifdef __cplusplus
 }

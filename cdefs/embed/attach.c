@@ -34,7 +34,7 @@
 #include <Python.h>
 
 #include "bitcoin_support.h"
-#include "shim.h"
+#include "secure.h"
 
 #include <dlfcn.h>
 #include <limits.h>

@@ -7,7 +7,7 @@
  * ASan and UBSan, and run again under valgrind. Exit status 0 means every check held.
  */
 #include "bitcoin_support.h"
-#include "shim.h"
+#include "secure.h"
 
 #include <pthread.h>
 #include <stdint.h>
