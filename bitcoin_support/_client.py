@@ -30,14 +30,16 @@ from ._request import (
 
 __all__ = ["EvHttpConnection", "obtain_evhttp_connection_base", "obtain_evhttp_request"]
 
+# A failed request's error, as the record keeps it: libevent's enum evhttp_request_error + 1
 _ERRORS: Final[dict[int, str]] = {
-    1: "timeout",
-    2: "connection closed",
-    3: "invalid header",
-    4: "connection reset",
-    5: "cancelled",
-    6: "data too long",
+    lib.EVREQ_HTTP_TIMEOUT + 1: "timeout",
+    lib.EVREQ_HTTP_EOF + 1: "connection closed",
+    lib.EVREQ_HTTP_INVALID_HEADER + 1: "invalid header",
+    lib.EVREQ_HTTP_BUFFER_ERROR + 1: "connection reset",
+    lib.EVREQ_HTTP_REQUEST_CANCEL + 1: "cancelled",
+    lib.EVREQ_HTTP_DATA_TOO_LONG + 1: "data too long",
 }
+_CLOSED_ERRORS: Final = frozenset((lib.EVREQ_HTTP_EOF + 1, lib.EVREQ_HTTP_BUFFER_ERROR + 1))
 
 _ERRNO_ERRORS: Final[dict[int, str]] = {
     errno.ECONNREFUSED: "connection refused",
@@ -150,7 +152,7 @@ class _ClientRequest(EvHttpRequest):
             return None
         err = int(rec.error)
         sys_errno = int(rec.sys_errno)
-        if err in (2, 4) and sys_errno in (errno.ECONNRESET, errno.EPIPE):
+        if err in _CLOSED_ERRORS and sys_errno in (errno.ECONNRESET, errno.EPIPE):
             return "connection reset"
         if err:
             return _ERRORS.get(err, "failed")

@@ -9,6 +9,7 @@ calls one C trampoline per ABI (``cdefs/event.c``), which calls either the user'
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import signal
 import threading
@@ -618,7 +619,7 @@ class LibEvent(Finalized):
         finally:
             guard.lock.release()
         if rec == ffi.NULL:
-            if ffi.errno == 32:  # EPIPE: the base is being released
+            if ffi.errno == errno.EPIPE:  # the base is being released
                 raise ClosedError("obtain_event: the base is closed")
             raise _oserror("obtain_event: could not create the event")
         self._base = base

@@ -90,9 +90,9 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
         key = _header_bytes("name", name)
         val = _header_bytes("value", value)
         rc = lib.bs_http_header_add(self._q(), key, len(key), val, len(val))
-        if rc == -1:
+        if rc == lib.BS_HEADER_BAD_NAME:
             raise ValueError(f"header name {name!r} is not a valid HTTP token")
-        if rc == -2:
+        if rc == lib.BS_HEADER_BAD_VALUE:
             raise ValueError(
                 f"header value for {name!r} must not contain control characters (CR, LF, NUL...)"
             )

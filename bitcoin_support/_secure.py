@@ -19,6 +19,7 @@ gone: quarantine is checked after every garbage collection and on every allocati
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -329,7 +330,7 @@ class Allocator:
         raw = cls._alloc(size, align)
         if not raw:  # NULL
             err = ffi.errno
-            if err == 22:  # EINVAL
+            if err == errno.EINVAL:
                 raise ValueError(f"align {align} is not supported")
             raise MemoryError(f"cannot allocate size {size} (align {align}): {os.strerror(err)}")
         # The one way blocks are made: Block() itself raises TypeError.

@@ -100,11 +100,11 @@ class _ServerRequest(EvHttpRequest):
     def _reply_rc(self, what: str, rc: int) -> None:
         if rc == 0:
             return
-        if rc == -1:
+        if rc == lib.BS_HTTP_CLOSED:
             raise ClosedError(f"EvHttpRequest.{what}: the request is closed")
-        if rc == -2:
+        if rc == lib.BS_HTTP_ANSWERED:
             raise RuntimeError(f"EvHttpRequest.{what}: a reply was already sent or started")
-        if rc == -3:
+        if rc == lib.BS_HTTP_BAD_VALUE:
             raise ValueError(f"EvHttpRequest.{what}: content_type must not contain CR or LF")
         raise MemoryError(f"EvHttpRequest.{what}: out of memory")
 

@@ -61,11 +61,31 @@ size_t evbuffer_get_length(const struct evbuffer *buf);
 int evbuffer_add(struct evbuffer *buf, const void *data, size_t datlen);
 int evbuffer_drain(struct evbuffer *buf, size_t len);
 
+#define EVREQ_HTTP_TIMEOUT ...
+#define EVREQ_HTTP_EOF ...
+#define EVREQ_HTTP_INVALID_HEADER ...
+#define EVREQ_HTTP_BUFFER_ERROR ...
+#define EVREQ_HTTP_REQUEST_CANCEL ...
+#define EVREQ_HTTP_DATA_TOO_LONG ...
 void evhttp_connection_set_timeout_tv(struct evhttp_connection *evcon, const struct timeval *tv);
 void evhttp_connection_set_retries(struct evhttp_connection *evcon, int retry_max);
 #endif
 
 struct bs_accept_guard;
+
+/* What the shim's request calls return besides 0 (done); Python turns each into its error. */
+enum {
+    BS_HTTP_CLOSED = -1,     /* the request is closed: answered, or its connection went */
+    BS_HTTP_ANSWERED = -2,   /* wrong reply state: already answered, or no chunked reply started */
+    BS_HTTP_BAD_VALUE = -3,  /* a Content-Type with control characters */
+    BS_HTTP_NO_MEMORY = -4
+};
+/* What bs_http_header_check and bs_http_header_add return besides 0. */
+enum {
+    BS_HEADER_BAD_NAME = -1,  /* not an RFC 9110 token */
+    BS_HEADER_BAD_VALUE = -2, /* a control character other than horizontal tab */
+    BS_HEADER_NO_MEMORY = -3
+};
 
 /*
  * One record per request the package tracks (server requests given to Python, client requests).

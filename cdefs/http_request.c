@@ -244,19 +244,19 @@ static int is_tchar(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-/* 0, or -1 for a name that is not an RFC 9110 token, -2 for a value with a control character
-   (RFC 9110 field values: visible characters, obs-text, space and horizontal tab). */
+/* 0, or BS_HEADER_BAD_NAME / BS_HEADER_BAD_VALUE (RFC 9110 field values: visible characters,
+   obs-text, space and horizontal tab). */
 BS_EXPORT int bs_http_header_check(const char *key, size_t klen, const char *value, size_t vlen)
 {
     if (klen == 0)
-        return -1;
+        return BS_HEADER_BAD_NAME;
     for (size_t i = 0; i < klen; i++)
         if (!is_tchar((unsigned char)key[i]))
-            return -1;
+            return BS_HEADER_BAD_NAME;
     for (size_t i = 0; i < vlen; i++) {
         unsigned char c = (unsigned char)value[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return -2;
+            return BS_HEADER_BAD_VALUE;
     }
     return 0;
 }
@@ -268,7 +268,7 @@ BS_EXPORT int bs_http_header_add(struct evkeyvalq *q, const char *key, size_t kl
     int rc = bs_http_header_check(key, klen, value, vlen);
     if (rc != 0)
         return rc;
-    return evhttp_add_header(q, key, value) == 0 ? 0 : -3;
+    return evhttp_add_header(q, key, value) == 0 ? 0 : BS_HEADER_NO_MEMORY;
 }
 
 BS_EXPORT struct evkeyval *bs_http_header_first(struct evkeyvalq *q)

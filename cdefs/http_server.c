@@ -169,21 +169,21 @@ BS_EXPORT int bs_http_defer(bs_http_req_t *rec, void *py)
     return 0;
 }
 
-/* Reply state checks shared by the reply calls: -1 closed, -2 already answered. */
+/* Reply state checks shared by the reply calls. */
 static int can_reply(bs_http_req_t *rec)
 {
     if (rec->req == NULL)
-        return -1;
+        return BS_HTTP_CLOSED;
     if (rec->state != BS_REQ_CALLBACK && rec->state != BS_REQ_DEFERRED)
-        return -2;
+        return BS_HTTP_ANSWERED;
     return 0;
 }
 
 static int can_chunk(bs_http_req_t *rec)
 {
     if (rec->req == NULL)
-        return -1;
-    return rec->state == BS_REQ_STARTED ? 0 : -2;
+        return BS_HTTP_CLOSED;
+    return rec->state == BS_REQ_STARTED ? 0 : BS_HTTP_ANSWERED;
 }
 
 /*
@@ -219,14 +219,14 @@ BS_EXPORT int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reaso
     if (ctype != NULL) {
         rc = bs_http_header_check("Content-Type", 12, ctype, ctype_len);
         if (rc != 0)
-            return -3;
+            return BS_HTTP_BAD_VALUE;
         evhttp_remove_header(out, "Content-Type");
         evhttp_add_header(out, "Content-Type", ctype);
     }
     if (evhttp_find_header(out, "Date") == NULL)
         bs_add_date(out);
     if (len && evbuffer_add(evhttp_request_get_output_buffer(r), body, len) != 0)
-        return -4;
+        return BS_HTTP_NO_MEMORY;
     evhttp_send_reply(replying(rec), code, reason, NULL);
     replied(rec);
     return 0;
@@ -289,7 +289,7 @@ BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t l
     if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
         if (buf != NULL)
             evbuffer_free(buf);
-        return -4;
+        return BS_HTTP_NO_MEMORY;
     }
     evhttp_send_reply_chunk(rec->req, buf);
     evbuffer_free(buf);
