@@ -1,4 +1,6 @@
-"""Argument checks shared by the handle rooms: ints in a range, seconds, text and bodies for C.
+"""The one home of argument checks for the handle rooms (pynacl's ``ensure`` style): ints in a
+range, seconds, C callbacks and their ``arg``, text and bodies for C, and the OSError of a failed
+C call.
 
 Each check names the call and the argument (``Type.method: name ...``) and returns the value in
 the form C wants, or raises TypeError / ValueError.
@@ -6,16 +8,20 @@ the form C wants, or raises TypeError / ValueError.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Final
 
 from ._errors import type_name as _type_name
 from ._native import ffi
 from ._serialize import SerializeData
 
 _NULL = ffi.NULL
+_VOID_P: Final = ffi.typeof("void *")
+_ADDRESS_LIMIT: Final = 2 ** (8 * ffi.sizeof("void *"))
 
 
 def _check_int(where: str, name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int in [low, high] (bool excluded)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{where}: {name} must be an int, not {_type_name(value)}")
     if not low <= value <= high:
@@ -23,17 +29,63 @@ def _check_int(where: str, name: str, value: object, low: int, high: int) -> int
     return value
 
 
-def _seconds(where: str, seconds: object) -> Any:
-    """A ``struct timeval *`` for a positive number of seconds."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise TypeError(f"{where}: seconds must be a number, not {_type_name(seconds)}")
-    if not 0 < seconds < 2**31:
-        raise ValueError(f"{where}: seconds must be > 0, got {seconds}")
-    tv = ffi.new("struct timeval *")
-    whole = int(seconds)
-    tv.tv_sec = whole
-    tv.tv_usec = round((seconds - whole) * 1_000_000)
-    return tv
+MAX_SECONDS: Final = float(2**31)
+
+
+def _seconds(where: str, name: str, value: object, *, zero: bool) -> float:
+    """Seconds as a float up to 2**31; 0 only where ``zero`` (an event's "at once").
+
+    The one conversion to libevent's ``struct timeval`` is C's (``bs_to_timeval`` in event.c),
+    for the event timeouts and the evhttp ones alike.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{where}: {name} must be seconds (int or float), not {_type_name(value)}")
+    seconds = float(value)
+    low_ok = seconds >= 0.0 if zero else seconds > 0.0
+    if not (low_ok and seconds <= MAX_SECONDS):  # also refuses NaN
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(
+            f"{where}: {name} must be {bound} and at most 2**31 seconds, got {value!r}"
+        )
+    return seconds
+
+
+def _oserror(where: str, err: int | None = None) -> OSError:
+    """An OSError for a failed C call, from ``err`` or the errno C left."""
+    code = (ffi.errno if err is None else err) or 0
+    return OSError(code, f"{where}: {os.strerror(code) if code else 'libevent refused'}")
+
+
+def _c_callback(where: str, cb: Any, arg: object, ctype: Any, shape: str) -> tuple[Any, Any]:
+    """A C callback of type ``ctype`` (``void (*)(X *, void *)``, spelled ``shape`` in messages)
+    from any cffi function or function pointer of that shape, and its ``arg`` as ``void *``."""
+    t = ffi.typeof(cb)
+    if t != ctype:
+        fn = t.item if t.kind == "pointer" else t
+        if (
+            fn.kind != "function"
+            or fn.ellipsis
+            or len(fn.args) != 2
+            or fn.result.cname != "void"
+            or any(a.kind != "pointer" for a in fn.args)
+        ):
+            raise TypeError(
+                f"{where}: cb must be a Python callable or a C function pointer {shape}, "
+                f"not {t.cname}"
+            )
+        cb = ffi.cast(ctype, cb)
+    if cb == _NULL:
+        raise ValueError(f"{where}: cb is a NULL function pointer")
+    if arg is None:
+        return cb, _NULL
+    if isinstance(arg, ffi.CData) and ffi.typeof(arg).kind in ("pointer", "array"):
+        return cb, ffi.cast(_VOID_P, arg)
+    if isinstance(arg, int) and not isinstance(arg, bool) and 0 <= arg < _ADDRESS_LIMIT:
+        return cb, ffi.cast(_VOID_P, arg)
+    raise TypeError(
+        f"{where}: arg of a C callback must be None, a cffi pointer or an int address, "
+        f"not {_type_name(arg)}"
+    )
 
 
 def _text_arg(where: str, name: str, value: object) -> bytes:

@@ -11,7 +11,7 @@ import errno
 import time
 from typing import Any, Final, final
 
-from ._args import _body_arg, _check_int, _seconds, _text_arg
+from ._args import _body_arg, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._event import EventBase, _guarded, _LoopState
@@ -228,7 +228,7 @@ class EvHttpConnection(Finalized):
         brec = base._require_open(where)
         rec = lib.bs_evconn_new(brec, _text_arg(where, "host", host), port)
         if rec == _NULL:
-            raise OSError(ffi.errno, f"{where}: could not create the connection")
+            raise _oserror(f"{where}: could not create the connection")
         self._base = base
         self._st = base._st
         self._host = host
@@ -268,10 +268,9 @@ class EvHttpConnection(Finalized):
     @_guarded("EvHttpConnection.set_timeout")
     def set_timeout(self, seconds: float) -> None:
         """Time allowed for connecting and for each read or write of a request."""
-        evcon = self._require("set_timeout").evcon
-        lib.evhttp_connection_set_timeout_tv(
-            evcon, _seconds("EvHttpConnection.set_timeout", seconds)
-        )
+        rec = self._require("set_timeout")
+        value = _seconds("EvHttpConnection.set_timeout", "seconds", seconds, zero=False)
+        lib.bs_evconn_set_timeout(rec, value)
         self._timeout = float(seconds)
 
     @_guarded("EvHttpConnection.set_retries")

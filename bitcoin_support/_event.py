@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import collections
 import errno
-import os
 import signal
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
+from ._args import _c_callback, _oserror, _seconds
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._handles import Finalized, Handle, live_counts
@@ -65,9 +65,7 @@ _IO: Final = EV_READ | EV_WRITE | EV_CLOSED
 _LOOP_FLAGS: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK | EVLOOP_NO_EXIT_ON_EMPTY
 # Flags active() may defer: every non-empty combination of the result flags.
 _DEFERRABLE: Final = frozenset(f for f in range(1, 256) if not f & ~_RESULTS)
-_MAX_TIMEOUT: Final = float(2**31)
 _EVENT_CALLBACK: Final = ffi.typeof("EventCallback")
-_VOID_P: Final = ffi.typeof("void *")
 
 if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
     raise ImportError("bitcoin_support: libevent's pthreads support could not be enabled")
@@ -83,23 +81,6 @@ _registry_lock = threading.RLock()
 _wrappers: dict[int, EventBase] = {}
 _owned: weakref.WeakValueDictionary[int, EventBase] = weakref.WeakValueDictionary()
 _release_probe: Callable[[bytes], object] | None = None
-
-
-def _timeout_arg(where: str, timeout: float) -> float:
-    """Seconds as a float in [0, 2**31], or TypeError/ValueError naming ``timeout``."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(
-            f"{where}: timeout must be seconds (int or float) or None, not {_type_name(timeout)}"
-        )
-    seconds = float(timeout)
-    if not 0.0 <= seconds <= _MAX_TIMEOUT:  # also rejects NaN
-        raise ValueError(f"{where}: timeout must be between 0 and 2**31 seconds, got {timeout!r}")
-    return seconds
-
-
-def _oserror(where: str) -> OSError:
-    err = ffi.errno or 0
-    return OSError(err, f"{where}: {os.strerror(err) if err else 'libevent refused'}")
 
 
 _get_ident = threading.get_ident
@@ -426,7 +407,11 @@ class EventBase(Finalized):
     def loopexit(self, timeout: float | None = None) -> None:
         """Stop the loop after ``timeout`` seconds, or after the current round of callbacks."""
         rec = self._require("loopexit")
-        seconds = -1.0 if timeout is None else _timeout_arg("EventBase.loopexit", timeout)
+        seconds = (
+            -1.0
+            if timeout is None
+            else _seconds("EventBase.loopexit", "timeout", timeout, zero=True)
+        )
         if lib.bs_base_loopexit(rec, seconds) != 0:
             raise RuntimeError("EventBase.loopexit: libevent refused")
 
@@ -524,40 +509,6 @@ def _events_arg(events: int) -> int:
     return events
 
 
-def _c_callback(cb: Any, arg: object) -> tuple[Any, Any]:
-    """An ``EventCallback`` pointer and its ``void *`` arg from a cffi function pointer."""
-    ctype = ffi.typeof(cb)
-    if ctype != _EVENT_CALLBACK:
-        if (
-            ctype.kind != "function"
-            or ctype.ellipsis
-            or len(ctype.args) != 2
-            or ctype.result.cname != "void"
-            or any(a.kind != "pointer" for a in ctype.args)
-        ):
-            raise TypeError(
-                "obtain_event: cb must be a Python callable or a C function pointer "
-                f"void (*)(LibEvent *, void *), not {ctype.cname}"
-            )
-        cb = ffi.cast(_EVENT_CALLBACK, cb)
-    if cb == ffi.NULL:
-        raise ValueError("obtain_event: cb is a NULL function pointer")
-    if arg is None:
-        return cb, ffi.NULL
-    if isinstance(arg, ffi.CData) and ffi.typeof(arg).kind in ("pointer", "array"):
-        return cb, ffi.cast(_VOID_P, arg)
-    if (
-        isinstance(arg, int)
-        and not isinstance(arg, bool)
-        and 0 <= arg < 2 ** (8 * ffi.sizeof(_VOID_P))
-    ):
-        return cb, ffi.cast(_VOID_P, arg)
-    raise TypeError(
-        "obtain_event: arg of a C callback must be None, a cffi pointer or an int "
-        f"address, not {_type_name(arg)}"
-    )
-
-
 @final
 class LibEvent(Finalized):
     """A libevent ``struct event`` (or a dummy) on an EventBase, with a Python or C callback."""
@@ -602,7 +553,9 @@ class LibEvent(Finalized):
         events = _events_arg(events)
         fdnum, fdobj = _fd_arg(fd, events)
         if isinstance(cb, ffi.CData):
-            c_cb, c_arg = _c_callback(cb, arg)
+            c_cb, c_arg = _c_callback(
+                "obtain_event", cb, arg, _EVENT_CALLBACK, "void (*)(LibEvent *, void *)"
+            )
             py_cb: PyEventCallback | None = None
         elif callable(cb):
             c_cb, c_arg, py_cb = ffi.NULL, ffi.NULL, cb
@@ -705,7 +658,9 @@ class LibEvent(Finalized):
     @_guarded("LibEvent.add")
     def add(self, timeout: float | None = None) -> None:
         """Make the event pending, with an optional timeout in seconds."""
-        seconds = -1.0 if timeout is None else _timeout_arg("LibEvent.add", timeout)
+        seconds = (
+            -1.0 if timeout is None else _seconds("LibEvent.add", "timeout", timeout, zero=True)
+        )
         was_armed = self._handle is not None
         if not was_armed:
             self._arm("add")

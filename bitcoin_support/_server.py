@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from ._args import _body_arg, _check_int, _seconds, _text_arg
+from ._args import _body_arg, _c_callback, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._event import EventBase, _get_ident, _guarded, _LoopState
@@ -35,7 +35,6 @@ __all__ = ["EvHttp", "obtain_evhttp"]
 
 _REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
 
-_VOID_P: Final = ffi.typeof("void *")
 
 _NULL = ffi.NULL
 _from_handle = ffi.from_handle
@@ -233,34 +232,10 @@ class _Route:
 
 
 def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
-    """(libevent callback, its arg, is_c) for a Python callable or an EvHttpRequestCallback."""
+    """(C callback, its arg, is_c) for a Python callable or an EvHttpRequestCallback."""
     if isinstance(cb, ffi.CData):
-        ctype = ffi.typeof(cb)
-        if ctype != _REQUEST_CB and (
-            ctype.kind != "pointer"
-            or ctype.item.kind != "function"
-            or len(ctype.item.args) != 2
-            or ctype.item.result.cname != "void"
-            or any(a.kind != "pointer" for a in ctype.item.args)
-        ):
-            raise TypeError(
-                f"{where}: cb must be a Python callable or a C function pointer "
-                f"void (*)(EvHttpRequest *, void *), not {ctype.cname}"
-            )
-        if cb == _NULL:
-            raise ValueError(f"{where}: cb is a NULL function pointer")
-        if arg is None:
-            carg = _NULL
-        elif isinstance(arg, ffi.CData) and ffi.typeof(arg).kind in ("pointer", "array"):
-            carg = ffi.cast(_VOID_P, arg)
-        elif isinstance(arg, int) and not isinstance(arg, bool) and 0 <= arg < 2**64:
-            carg = ffi.cast(_VOID_P, arg)
-        else:
-            raise TypeError(
-                f"{where}: arg of a C callback must be None, a cffi pointer or an int address, "
-                f"not {_type_name(arg)}"
-            )
-        return ffi.cast(_REQUEST_CB, cb), carg, True
+        ccb, carg = _c_callback(where, cb, arg, _REQUEST_CB, "void (*)(EvHttpRequest *, void *)")
+        return ccb, carg, True
     if not callable(cb):
         raise TypeError(f"{where}: cb must be callable, not {_type_name(cb)}")
     return None, arg, False
@@ -293,7 +268,7 @@ class EvHttp(Finalized):
         brec = base._require_open("obtain_evhttp")
         rec = lib.bs_evhttp_new(brec)
         if rec == _NULL:
-            raise OSError(ffi.errno, "obtain_evhttp: could not create the evhttp server")
+            raise _oserror("obtain_evhttp: could not create the evhttp server")
         self._base = base
         self._st = base._st
         self._pending = set()
@@ -369,7 +344,7 @@ class EvHttp(Finalized):
             os.set_blocking(dup, False)
             bound = lib.evhttp_accept_socket_with_handle(http, dup)
             if bound == _NULL:
-                raise OSError(ffi.errno, f"{where}: libevent refused the socket")
+                raise _oserror(f"{where}: libevent refused the socket")
         except BaseException:
             os.close(dup)
             raise
@@ -447,8 +422,9 @@ class EvHttp(Finalized):
     @_guarded("EvHttp.set_timeout")
     def set_timeout(self, seconds: float) -> None:
         """Close connections idle (or stuck mid-request) for ``seconds``."""
-        http = self._http("set_timeout")
-        lib.evhttp_set_timeout_tv(http, _seconds("EvHttp.set_timeout", seconds))
+        self._http("set_timeout")
+        value = _seconds("EvHttp.set_timeout", "seconds", seconds, zero=False)
+        lib.bs_evhttp_set_timeout(self._rec, value)
 
     @_guarded("EvHttp.set_allowed_methods")
     def set_allowed_methods(self, *names: str) -> None:

@@ -322,7 +322,8 @@ int bs_base_loopbreak(bs_base *b)
     return b->base == NULL ? -1 : event_base_loopbreak(b->base);
 }
 
-static void to_timeval(double seconds, struct timeval *tv)
+/* The one conversion of seconds (checked in Python: _args._seconds) to a timeval. */
+void bs_to_timeval(double seconds, struct timeval *tv)
 {
     tv->tv_sec = (time_t)seconds;
     tv->tv_usec = (suseconds_t)((seconds - (double)tv->tv_sec) * 1e6);
@@ -339,7 +340,7 @@ int bs_base_loopexit(bs_base *b, double timeout)
         return -1;
     if (timeout < 0)
         return event_base_loopexit(b->base, NULL);
-    to_timeval(timeout, &tv);
+    bs_to_timeval(timeout, &tv);
     return event_base_loopexit(b->base, &tv);
 }
 
@@ -475,7 +476,7 @@ int bs_event_add(LibEvent *e, double timeout)
     errno = 0;
     if (timeout < 0)
         return event_add(e->ev, NULL);
-    to_timeval(timeout, &tv);
+    bs_to_timeval(timeout, &tv);
     return event_add(e->ev, &tv);
 }
 

@@ -100,6 +100,8 @@ int bs_node_attach(bs_base *base, bs_node *node, void (*orphan)(bs_node *));
 void bs_node_detach_locked(bs_node *node);
 /* Wipe a record with bs_memory_cleanse, report it to the test probe, free it. */
 void bs_record_free(void *record, size_t size);
+/* Seconds (>= 0, checked by Python) as a timeval: the package's one conversion. */
+void bs_to_timeval(double seconds, struct timeval *tv);
 /* Around a callback of one of the base's children: the base is not freed under it. */
 void bs_base_enter(bs_base *base);
 void bs_base_leave(bs_base *base);

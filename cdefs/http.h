@@ -26,7 +26,6 @@ struct evhttp_uri;
 struct evbuffer;
 struct evkeyvalq;
 struct evkeyval { char *key; char *value; ...; };
-struct timeval { long tv_sec; long tv_usec; ...; };
 
 struct evhttp_bound_socket *evhttp_bind_socket_with_handle(struct evhttp *http,
                                                            const char *address, uint16_t port);
@@ -39,7 +38,6 @@ void evhttp_set_gencb(struct evhttp *http, void (*cb)(struct evhttp_request *, v
                       void *arg);
 void evhttp_set_max_body_size(struct evhttp *http, ssize_t max_body_size);
 void evhttp_set_max_headers_size(struct evhttp *http, ssize_t max_headers_size);
-void evhttp_set_timeout_tv(struct evhttp *http, const struct timeval *tv);
 void evhttp_set_allowed_methods(struct evhttp *http, uint16_t methods);
 
 int evhttp_request_get_command(const struct evhttp_request *req);
@@ -67,7 +65,6 @@ int evbuffer_drain(struct evbuffer *buf, size_t len);
 #define EVREQ_HTTP_BUFFER_ERROR ...
 #define EVREQ_HTTP_REQUEST_CANCEL ...
 #define EVREQ_HTTP_DATA_TOO_LONG ...
-void evhttp_connection_set_timeout_tv(struct evhttp_connection *evcon, const struct timeval *tv);
 void evhttp_connection_set_retries(struct evhttp_connection *evcon, int retry_max);
 #endif
 
@@ -156,10 +153,12 @@ typedef struct bs_evconn {
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
 void bs_evhttp_release(bs_evhttp *h, int later);
+void bs_evhttp_set_timeout(bs_evhttp *h, double seconds);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
 void bs_evconn_release(bs_evconn *c, int later);
+void bs_evconn_set_timeout(bs_evconn *c, double seconds);
 
 void bs_http_server_cb(struct evhttp_request *r, void *arg);
 int bs_http_ignore_sigpipe(void);

@@ -202,3 +202,10 @@ BS_EXPORT void bs_evconn_release(bs_evconn *c, int later)
     conn_free_now(c);
     bs_record_free(c, sizeof *c);
 }
+
+BS_EXPORT void bs_evconn_set_timeout(bs_evconn *c, double seconds)
+{
+    struct timeval tv;
+    bs_to_timeval(seconds, &tv);
+    evhttp_connection_set_timeout_tv(c->evcon, &tv);
+}

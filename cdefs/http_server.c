@@ -390,3 +390,10 @@ BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
     bs_record_free(h, sizeof *h);
 }
 
+
+BS_EXPORT void bs_evhttp_set_timeout(bs_evhttp *h, double seconds)
+{
+    struct timeval tv;
+    bs_to_timeval(seconds, &tv);
+    evhttp_set_timeout_tv(h->http, &tv);
+}
