@@ -100,10 +100,20 @@ class WipingBuffer:
             self._len = n
 
     def _buffer(self) -> Any:
-        """A cffi buffer of the live bytes; the block cannot be freed while it exists."""
-        if self._block is None:
-            return bytearray()
-        return self._block._pinned_buffer(self._len)
+        """A cffi buffer of the live bytes; the block cannot be freed while it exists.
+
+        Another thread may move the bytes to a new block meanwhile (growth): then the old one
+        is freed under us and the new one is taken instead.
+        """
+        while True:
+            block = self._block
+            if block is None:
+                return bytearray()
+            try:
+                return block._pinned_buffer(self._len)
+            except ClosedError:
+                if self._block is block:
+                    raise
 
     @contextmanager
     def _view(self, readonly: bool) -> Iterator[memoryview]:

@@ -231,7 +231,7 @@ class Block:
             if export is None:
                 export = self._export = memoryview(_buffer(self._live(), self.size))
             held = _from_buffer(export)
-        return _buffer(held, n)
+        return _buffer(held, min(n, self.size))  # n read by a caller racing a resize: bounded
 
     def _exported(self) -> bool:
         """True while a buffer handed out (or a memoryview or slice of one) still exists.
