@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import hmac
 import os
 import sys
 import termios
+import warnings
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, final
 
@@ -148,7 +150,8 @@ class SecureString(WipingBuffer):
         """Read a line from the terminal, echo off, straight into locked memory.
 
         Each byte is read by the kernel into the locked block itself; no str or bytes of the
-        secret is made. Without a terminal, standard input is read (with a warning).
+        secret is made. Without a terminal, standard input is read, with a
+        ``getpass.GetPassWarning`` (as ``getpass.getpass`` gives): echo cannot be turned off.
         """
         try:
             fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
@@ -164,6 +167,12 @@ class SecureString(WipingBuffer):
     @classmethod
     def _read_line(cls, fd: int, prompt: str) -> SecureString:
         tty = os.isatty(fd)
+        if not tty:
+            warnings.warn(
+                "SecureString.getpass: not a terminal, so echo cannot be turned off",
+                getpass.GetPassWarning,
+                stacklevel=3,
+            )
         old = termios.tcgetattr(fd) if tty else None
         if old is not None:
             new = list(old)

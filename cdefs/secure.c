@@ -137,7 +137,6 @@ static void take_free(arena *a, uint32_t u)
     a->chunks_free--;
 }
 
-/* Best fit: the smallest free chunk that holds n units plus the slack alignment may need. */
 /* The first non-empty bin at or after b, or NBINS. */
 static unsigned next_bin(const arena *a, unsigned b)
 {
@@ -151,6 +150,7 @@ static unsigned next_bin(const arena *a, unsigned b)
     return NBINS;
 }
 
+/* Best fit: the first unit of the smallest free chunk of at least `need` units, or NONE. */
 static uint32_t find_best(arena *a, uint32_t need)
 {
     for (unsigned b = next_bin(a, bin_of(need)); b < NBINS; b = next_bin(a, b + 1)) {

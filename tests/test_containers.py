@@ -317,6 +317,7 @@ def test_getpass_without_a_terminal_reads_standard_input() -> None:
     )
     assert proc.stdout.strip() == b"RESULT 17 True"
     assert b"Prompt> " in proc.stderr
+    assert b"GetPassWarning" in proc.stderr and b"echo cannot be turned off" in proc.stderr
 
 
 # ---------------------------------------------------------------- SerializeData against bytearray
