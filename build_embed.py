@@ -16,9 +16,11 @@ installs). Compiler switches match ``build_ffi.py``.
 
 from __future__ import annotations
 
+import runpy
 import sys
 import sysconfig
 from pathlib import Path
+from types import SimpleNamespace
 
 from cffi import FFI
 
@@ -27,6 +29,7 @@ CDEFS = HERE / "cdefs"
 EMBED = CDEFS / "embed"
 INCLUDE = HERE / "bitcoin_support" / "include"
 MODULE = "bitcoin_support._embed"
+FLAGS = HERE / "build_flags.py"
 
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
@@ -43,17 +46,6 @@ def _bs_embed_attach(base, module, function, result):
 def c_string(text: str) -> str:
     """``text`` as a C string literal (for a -D define)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _build_flags() -> tuple[list[str], list[str]]:
-    # Reuse build_ffi's flag logic (pkg-config check, warnings, sanitizer switch) without
-    # importing it as a package: it is a script beside this one.
-    sys.path.insert(0, str(HERE))
-    try:
-        import build_ffi
-    finally:
-        sys.path.remove(str(HERE))
-    return build_ffi.compile_args(), build_ffi.link_args()
 
 
 def python_library() -> tuple[str, list[str]]:
@@ -73,7 +65,8 @@ def link_args() -> list[str]:
     return args
 
 
-compile_args, sanitize_link = _build_flags()
+# build_flags.py beside this file, by path: setuptools does not put this folder on sys.path.
+flags = SimpleNamespace(**runpy.run_path(str(FLAGS)))
 pythonlib, pythonlib_dirs = python_library()
 
 embedbuilder = FFI()
@@ -88,8 +81,13 @@ embedbuilder.set_source(
     # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
     # attach.c turns the warning back into an error for itself (secure.c is held to the full
     # set by build_ffi.py, which compiles it into _native).
-    extra_compile_args=["-pthread", *compile_args, "-Wno-unused-parameter"],
-    extra_link_args=["-pthread", *link_args(), *sanitize_link],
+    extra_compile_args=[
+        "-pthread",
+        *flags.libevent_cflags(),
+        *flags.compile_args(),
+        "-Wno-unused-parameter",
+    ],
+    extra_link_args=["-pthread", *link_args(), *flags.link_args()],
     libraries=[pythonlib, "dl"],
     library_dirs=pythonlib_dirs,
     # attach.c uses PyConfig, which the limited API lacks; the library is tied to this Python.

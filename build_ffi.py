@@ -3,46 +3,25 @@
 The C declarations come from one header per C area (``HEADERS``, read in that order), the same
 files the C code includes; ``for_cffi`` keeps what Python calls, as gevent's libev build does. The
 shim itself is ``cdefs/*.c``, compiled with ``-Wall -Wextra -Werror``. Compiler and linker flags
-for libevent come from ``pkg-config``.
+for libevent come from ``pkg-config`` (``build_flags.py``, shared with ``build_embed.py``).
 
 Set ``BITCOIN_SUPPORT_SANITIZE=1`` to build the shim with AddressSanitizer and UBSan.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 from cffi import FFI
 
-HERE = Path(__file__).resolve().parent
-CDEFS = HERE / "cdefs"
-INCLUDE = HERE / "bitcoin_support" / "include"
-PKG_MODULES = ("libevent_core", "libevent_extra", "libevent_pthreads")
-MISSING = (
-    "bitcoin_support: libevent 2.1 development files not found; "
-    "install them with: apt-get install -y libevent-dev pkg-config"
-)
-WARNINGS = ["-Wall", "-Wextra", "-Werror"]
-SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
-
-
-def pkg_config(*args: str) -> list[str]:
-    """Flags from pkg-config for libevent; exits with one clear line when they are missing."""
-    if shutil.which("pkg-config") is None:
-        sys.exit(MISSING)
-    proc = subprocess.run(
-        ["pkg-config", *args, *PKG_MODULES], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        sys.exit(MISSING)
-    return shlex.split(proc.stdout)
-
+# build_flags.py beside this file, by path: setuptools does not put this folder on sys.path.
+flags = SimpleNamespace(**runpy.run_path(str(Path(__file__).resolve().parent / "build_flags.py")))
+HERE = flags.HERE
+CDEFS = flags.CDEFS
+INCLUDE = flags.INCLUDE
 
 # The C areas in the order cffi must read them (each uses the types of the ones before it).
 HEADERS = (
@@ -97,22 +76,6 @@ def shim_sources() -> list[str]:
     return [str(p.relative_to(HERE)) for p in sorted(CDEFS.glob("*.c"))]
 
 
-def compile_args() -> list[str]:
-    """Warnings are errors; the sanitizer switch adds ASan and UBSan."""
-    args = [*WARNINGS, "-O2", "-std=gnu11", "-fvisibility=hidden"]
-    if os.environ.get("BITCOIN_SUPPORT_SANITIZE") == "1":
-        args += [*SANITIZE, "-DBS_SANITIZE"]  # no record caches: ASan sees every reuse
-    return args
-
-
-def link_args() -> list[str]:
-    """Linker flags that match the compile switches."""
-    return SANITIZE[:1] if os.environ.get("BITCOIN_SUPPORT_SANITIZE") == "1" else []
-
-
-cflags = pkg_config("--cflags")
-libs = pkg_config("--libs")
-
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
@@ -120,8 +83,8 @@ ffibuilder.set_source(
     "".join(f'#include "{h.name}"\n' for h in HEADERS),
     sources=shim_sources(),
     include_dirs=[str(INCLUDE), str(CDEFS)],
-    extra_compile_args=[*cflags, *compile_args()],
-    extra_link_args=[*libs, *link_args()],
+    extra_compile_args=[*flags.libevent_cflags(), *flags.compile_args()],
+    extra_link_args=[*flags.libevent_libs(), *flags.link_args()],
 )
 
 if __name__ == "__main__":

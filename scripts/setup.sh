@@ -20,6 +20,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # Quiet unless it fails: the build backend's notices are not for a newcomer's screen.
 log=$(mktemp)
+# The recommended cffi, for the build (pip passes PIP_CONSTRAINT on to its build environment)
+# and for the run; the package itself asks only for cffi>=1.17.
+export PIP_CONSTRAINT="$PWD/scripts/cffi-recommended.txt"
 if ! { .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel &&
        .venv/bin/python -m pip install -q -e ".[test]"; } >"$log" 2>&1; then
     cat "$log"

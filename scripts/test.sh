@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it: set up (apt + .venv), lint, type-check, test,
-# then the same tests again against a shim built with AddressSanitizer and UBSan.
+# then the same tests again against a shim built with AddressSanitizer and UBSan, and once more
+# against the package installed with the newest cffi.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,3 +11,4 @@ bash scripts/setup.sh
 .venv/bin/python -m pytest "$@"
 echo "== the same suite against the ASan+UBSan build of the shim"
 bash scripts/sanitize.sh "$@"
+bash scripts/newest_cffi.sh "$@"

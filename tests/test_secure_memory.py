@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import ctypes
 import gc
-import glob
 import itertools
 import json
 import mmap
@@ -47,6 +46,7 @@ from bitcoin_support import (
     SecureString,
     SerializeData,
     ZeroAfterFreeAllocator,
+    _native,
     ffi,
     lib,
     locked_pool_stats,
@@ -159,7 +159,7 @@ def test_memory_cleanse_of_a_closed_block_is_closed_error() -> None:
 
 
 def _disassembly(function: str) -> str:
-    (so,) = glob.glob(str(ROOT / "bitcoin_support" / "_native*.so"))
+    so = _native.__file__  # the module this run imported
     out = subprocess.run(
         ["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True, check=True
     ).stdout
