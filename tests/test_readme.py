@@ -1,0 +1,102 @@
+"""The README's Python examples run as they are written, so the docs cannot rot.
+
+Each ```python block runs in a child interpreter with the few names it leaves to the reader
+(``derive_key``, ``use``, ``payload``, ``sock``) defined; blocks that serve until stopped get
+SIGINT after a short while, the way a reader stops them, and servers on a known port are asked
+one request first.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+PRELUDE = textwrap.dedent(
+    """
+    import socket
+    derive_key = lambda: bytes(range(32))
+    use = lambda raw: None
+    payload = b"payload"
+    sock, _peer = socket.socketpair()
+    """
+)
+
+
+def _ids() -> list[str]:
+    return [
+        re.sub(r"\W+", "_", b.split("import", 2)[-1].split("\n", 1)[0]).strip("_")[:40]
+        for b in BLOCKS
+    ]
+
+
+def _ask(port: int, deadline: float) -> tuple[int, bytes] | None:
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("POST", "/", body=b"readme")
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+        except OSError:
+            time.sleep(0.05)
+    return None
+
+
+def test_the_readme_has_python_examples() -> None:
+    assert len(BLOCKS) >= 4
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=_ids())
+def test_readme_example_runs(code: str) -> None:
+    serves = "dispatch()" in code or "serve_http" in code
+    port = re.search(r"bind\(\"127\.0\.0\.1\", (\d{4,5})\)", code)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # no terminal: getpass reads the line given on stdin
+        env={**os.environ, "PYTHONWARNINGS": "ignore::getpass.GetPassWarning"},
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"correct horse\n")
+    proc.stdin.close()
+    proc.stdin = None  # given: communicate() must not flush it
+    answer = None
+    if serves:
+        deadline = time.monotonic() + 10
+        if port:
+            answer = _ask(int(port.group(1)), deadline)
+        else:
+            time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the example did not stop")
+    text = err.decode(errors="replace")
+    if serves:
+        # stopped by the interrupt (trio reports it inside its nursery's exception group)
+        lines = [ln.strip(" |+-") for ln in text.strip().splitlines()]
+        last = [ln for ln in lines if ln][-1:]
+        assert last == ["KeyboardInterrupt"], text
+    else:
+        assert proc.returncode == 0, text
+    if port:
+        assert answer is not None and answer[0] == 200 and answer[1] == b"echo: readme", answer
