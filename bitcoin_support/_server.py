@@ -17,7 +17,7 @@ from typing import Any, Final, final
 from ._args import _body_arg, _c_callback, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _get_ident, _guarded, _LoopState
+from ._event import EventBase, _guarded, _LoopState
 from ._handles import Finalized
 from ._headers import _header_bytes
 from ._log import http_log
@@ -127,13 +127,7 @@ class _ServerRequest(EvHttpRequest):
         ``body`` is any bytes-like object or a SerializeData; ``content_type`` sets that header.
         The request is closed afterwards.
         """
-        rec = self._rec
-        if rec is None:
-            rec = self._server_rec("send_reply")
-        else:  # _server_rec's thread rule, inlined on the per-request path
-            thread = self._st.guard.thread  # type: ignore[union-attr]
-            if thread is not None and thread != _get_ident():
-                _other_thread(self._st, "send_reply")
+        rec = self._server_rec("send_reply")
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_reply", "code", code, 100, 599)
         creason = _NULL if reason is None else _text_arg("send_reply", "reason", reason)
@@ -156,13 +150,7 @@ class _ServerRequest(EvHttpRequest):
         The body moves from the input buffer to the output buffer inside libevent: no copy
         passes through Python. The request is closed afterwards.
         """
-        rec = self._rec
-        if rec is None:
-            rec = self._server_rec("send_echo")
-        else:  # _server_rec's thread rule, inlined on the per-request path
-            thread = self._st.guard.thread  # type: ignore[union-attr]
-            if thread is not None and thread != _get_ident():
-                _other_thread(self._st, "send_echo")
+        rec = self._server_rec("send_echo")
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
         if type(default_content_type) is bytes:
