@@ -96,11 +96,12 @@ def pin(cpu: int) -> list[str]:
     return []
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen[str]:
-    """Start a server pinned to CPU 0 and wait for its ``listening on`` line."""
+def start(cmd: list[str], port: int, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """Start a server pinned to CPU 0 in ``cwd`` and wait for its ``listening on`` line."""
     argv = pin(0) + [a.replace("{port}", str(port)) for a in cmd]
+    env = {**os.environ, "PYTHONPATH": str(cwd)}  # the package of that tree
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd, env=env
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -161,6 +162,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--only", nargs="*", help="servers to run (default: all)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout, built in place: its echo server runs as 'before', interleaved",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk not found; install it with: apt-get install -y wrk")
@@ -170,14 +176,18 @@ def main() -> int:
         lua = tmp / "post.lua"
         lua.write_text(POST_LUA)
         table = servers(build_c_echo(tmp))
-        names = [n for n in table if not args.only or n in args.only]
+        cwds = dict.fromkeys(table, ROOT)
+        if args.before is not None:
+            table["before"] = table["bitcoin_support"]
+            cwds["before"] = args.before.resolve()
+        names = [n for n in table if not args.only or n in args.only or n == "before"]
         results: dict[tuple[str, str], list[float]] = {}
         cost: dict[tuple[str, str], list[float]] = {}
         errors: dict[str, int] = dict.fromkeys(names, 0)
         for rnd in range(args.repeats):
             for name in names:
                 port = free_port()
-                proc = start(table[name], port)
+                proc = start(table[name], port, cwds[name])
                 try:
                     wrk(port, 1.0, lua)  # warm-up, not counted
                     for kind, script in (("POST", lua), ("GET", None)):
