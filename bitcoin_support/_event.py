@@ -96,6 +96,25 @@ def _timeout_arg(where: str, timeout: float) -> float:
     return seconds
 
 
+def _address_arg(where: str, ptr: int | Any) -> int:
+    """The address of a C object given as an int or a cffi pointer; TypeError/ValueError."""
+    if isinstance(ptr, ffi.CData):
+        if ffi.typeof(ptr).kind != "pointer":
+            raise TypeError(
+                f"{where}: ptr must be a pointer or an int address, not {ffi.typeof(ptr).cname}"
+            )
+        address = int(ffi.cast("uintptr_t", ptr))
+    elif isinstance(ptr, int) and not isinstance(ptr, bool):
+        address = ptr
+    else:
+        raise TypeError(
+            f"{where}: ptr must be an int address or a cffi pointer, not {_type_name(ptr)}"
+        )
+    if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
+        raise ValueError(f"{where}: ptr must be a non-NULL address, got {ptr!r}")
+    return address
+
+
 def _oserror(where: str) -> OSError:
     err = ffi.errno or 0
     return OSError(err, f"{where}: {os.strerror(err) if err else 'libevent refused'}")
@@ -246,22 +265,7 @@ class EventBase(Finalized):
         after ``evthread_use_pthreads()`` (importing this package runs it) for
         ``call_soon_threadsafe`` to wake it from other threads.
         """
-        if isinstance(ptr, ffi.CData):
-            if ffi.typeof(ptr).kind != "pointer":
-                raise TypeError(
-                    "EventBase.from_address: ptr must be a pointer or an int address, "
-                    f"not {ffi.typeof(ptr).cname}"
-                )
-            address = int(ffi.cast("uintptr_t", ptr))
-        elif isinstance(ptr, int) and not isinstance(ptr, bool):
-            address = ptr
-        else:
-            raise TypeError(
-                "EventBase.from_address: ptr must be an int address or a cffi pointer, "
-                f"not {_type_name(ptr)}"
-            )
-        if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
-            raise ValueError(f"EventBase.from_address: ptr must be a non-NULL address, got {ptr!r}")
+        address = _address_arg("EventBase.from_address", ptr)
         with _registry_lock:
             wrapper = _wrappers.get(address)
             if wrapper is not None and wrapper._rec is not None:

@@ -124,6 +124,7 @@ typedef struct bs_evhttp {
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
+    int owned;                /* 0 for EvHttp.from_address(): the host's, never freed here */
 } bs_evhttp;
 
 typedef struct bs_evconn {
@@ -135,6 +136,8 @@ typedef struct bs_evconn {
 } bs_evconn;
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
+bs_evhttp *bs_evhttp_wrap(bs_base *b, struct evhttp *http);
+struct event_base *bs_evhttp_find_base(struct evhttp *http);
 void bs_evhttp_release(bs_evhttp *h, int later);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
 void bs_evhttp_del_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);
