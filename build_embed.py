@@ -4,8 +4,10 @@ A C host links this library and calls the functions of ``bitcoin_support.h``:
 
 - the secure-memory API (``bs_memory_cleanse``, ``bs_secure_allocate``, ``bs_secure_deallocate``),
   compiled in from ``cdefs/secure.c`` and usable without starting Python;
-- ``bs_python_attach`` (``cdefs/embed/attach.c``), which starts Python when needed and then calls
-  the cffi embedding API function declared in ``cdefs/embed/embed.h``, implemented in Python by
+- the accessors of the ``LibEvent`` record (``cdefs/event_access.c``, also in ``_native``);
+- ``bs_python_attach``, ``bs_python_attach_evhttp`` and ``bs_python_detach``
+  (``cdefs/embed/attach.c``), which start Python when needed and then call the cffi embedding
+  API functions declared in ``cdefs/embed/embed.h``, implemented in Python by
   ``bitcoin_support._attach``.
 
 The library is linked against libpython with an rpath to its folder, so a host needs nothing but
@@ -31,12 +33,22 @@ MODULE = "bitcoin_support._embed"
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
 from bitcoin_support._embed import ffi
-from bitcoin_support._attach import attach
+from bitcoin_support._attach import attach, attach_evhttp, detach
 
 
 @ffi.def_extern()
 def _bs_embed_attach(base, module, function, result):
     result[0] = attach(ffi, base, module, function)
+
+
+@ffi.def_extern()
+def _bs_embed_attach_evhttp(http, module, function, result):
+    result[0] = attach_evhttp(ffi, http, module, function)
+
+
+@ffi.def_extern()
+def _bs_embed_detach(base):
+    detach(ffi, base)
 """
 
 
@@ -47,13 +59,17 @@ def c_string(text: str) -> str:
 
 def _build_flags() -> tuple[list[str], list[str]]:
     # Reuse build_ffi's flag logic (pkg-config check, warnings, sanitizer switch) without
-    # importing it as a package: it is a script beside this one.
+    # importing it as a package: it is a script beside this one. libevent's flags too: the
+    # accessors call libevent.
     sys.path.insert(0, str(HERE))
     try:
         import build_ffi
     finally:
         sys.path.remove(str(HERE))
-    return build_ffi.compile_args(), build_ffi.link_args()
+    return (
+        [*build_ffi.pkg_config("--cflags"), *build_ffi.compile_args()],
+        [*build_ffi.pkg_config("--libs"), *build_ffi.link_args()],
+    )
 
 
 def python_library() -> tuple[str, list[str]]:
@@ -82,7 +98,10 @@ embedbuilder.embedding_init_code(INIT_CODE)
 embedbuilder.set_source(
     MODULE,
     '#include "bitcoin_support.h"\n',
-    sources=[str(p.relative_to(HERE)) for p in (CDEFS / "secure.c", EMBED / "attach.c")],
+    sources=[
+        str(p.relative_to(HERE))
+        for p in (CDEFS / "secure.c", CDEFS / "event_access.c", EMBED / "attach.c")
+    ],
     include_dirs=[str(INCLUDE), str(CDEFS)],
     define_macros=[("BS_BUILD_EXECUTABLE", c_string(sys.executable))],
     # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
