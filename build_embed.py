@@ -33,7 +33,7 @@ MODULE = "bitcoin_support._embed"
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
 from bitcoin_support._embed import ffi
-from bitcoin_support._attach import attach, attach_evhttp, detach
+from bitcoin_support._attach import attach, attach_evhttp, detach, set_gate
 
 
 @ffi.def_extern()
@@ -49,6 +49,11 @@ def _bs_embed_attach_evhttp(http, module, function, result):
 @ffi.def_extern()
 def _bs_embed_detach(base):
     detach(ffi, base)
+
+
+@ffi.def_extern()
+def _bs_embed_set_gate(http, gate, arg, result):
+    result[0] = set_gate(ffi, http, gate, arg)
 """
 
 

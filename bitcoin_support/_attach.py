@@ -28,11 +28,22 @@ _hooks_lock = threading.Lock()
 _detach_hooks: dict[int, list[Callable[[], object]]] = {}
 
 
-def at_detach(base_address: int, hook: Callable[[], object]) -> None:
+def at_detach(base_address: int, hook: Callable[[], object]) -> Callable[[], None]:
     """Run ``hook()`` when a C host calls ``bs_python_detach`` on this base, before Python's
-    wrappers of it are closed (so the hook may still use the base)."""
+    wrappers of it are closed (so the hook may still use the base). Returns a function that
+    forgets the hook (once its work is done some other way)."""
     with _hooks_lock:
         _detach_hooks.setdefault(base_address, []).append(hook)
+
+    def forget() -> None:
+        with _hooks_lock:
+            hooks = _detach_hooks.get(base_address)
+            if hooks is not None and hook in hooks:
+                hooks.remove(hook)
+                if not hooks:
+                    del _detach_hooks[base_address]
+
+    return forget
 
 
 def load_module(name: str) -> ModuleType:
@@ -117,6 +128,10 @@ def detach(ffi: Any, base: Any) -> None:
         with _event._registry_lock:
             https = [h for h in _server._wrappers.values() if _base_address(h._base) == address]
             wrapper = _event._wrappers.get(address)
+            closing = {h._address for h in https}
+            for http_address, (_, _, base_address) in list(_server._gates.items()):
+                if http_address in closing or base_address == address:
+                    del _server._gates[http_address]
         for item in [*https, wrapper]:
             if item is None:
                 continue
@@ -126,6 +141,20 @@ def detach(ffi: Any, base: Any) -> None:
                 traceback.print_exc()
     finally:
         _flush()
+
+
+def set_gate(ffi: Any, http: Any, gate: Any, arg: Any) -> int:
+    """``bs_python_set_request_gate``: the host's C check before Python's routes; 0 or -1."""
+    try:
+        from ._server import _set_gate
+
+        _set_gate(_address(ffi, http), _address(ffi, gate), _address(ffi, arg))
+    except BaseException:
+        traceback.print_exc()
+        return -1
+    finally:
+        _flush()
+    return 0
 
 
 def _address(ffi: Any, ptr: Any) -> int:

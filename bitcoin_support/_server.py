@@ -47,6 +47,29 @@ _new_request = object.__new__
 # address (weak), so that one is never wrapped as if a host owned it.
 _wrappers: dict[int, EvHttp] = {}
 _owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
+# A host's BsRequestGate (bs_python_set_request_gate) by evhttp address: (gate, arg) addresses,
+# applied to every wrapper made for that address; kept until bs_python_detach, so Python code
+# that closes its wrapper and wraps the evhttp again is still behind the host's gate.
+_gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
+
+
+def _set_gate(address: int, gate: int, arg: int) -> None:
+    """Set (or with gate 0 remove) a host's gate for the evhttp at ``address``."""
+    with _registry_lock:
+        if gate:
+            found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
+            _gates[address] = (gate, arg, int(ffi.cast("uintptr_t", found)))
+        else:
+            _gates.pop(address, None)
+        wrapper = _wrappers.get(address)
+        if wrapper is not None and wrapper._rec is not None:
+            _apply_gate(wrapper._rec, gate, arg)
+
+
+def _apply_gate(rec: Any, gate: int, arg: int) -> None:
+    lib.bs_evhttp_set_gate(
+        rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast(_VOID_P, arg)
+    )
 
 
 class _ServerRequest(EvHttpRequest):
@@ -373,6 +396,9 @@ class EvHttp(Finalized):
                 self._address = address
                 self._init_handle(rec, dummy=False, parent=owner)
                 _wrappers[address] = self
+                gate = _gates.get(address)
+                if gate is not None:
+                    _apply_gate(rec, gate[0], gate[1])
         finally:
             guard.lock.release()
         return self
@@ -382,6 +408,12 @@ class EvHttp(Finalized):
     def address(self) -> int:
         """Address of the ``struct evhttp``, for C code that registers its own callbacks."""
         return int(ffi.cast("uintptr_t", self._http("address")))
+
+    @property
+    def base(self) -> EventBase:
+        """The base the server runs on (for a host's evhttp, the wrapper of the host's base)."""
+        self._require_open("base")
+        return self._base
 
     def _host_owned(self, what: str) -> None:
         if self._address is not None:

@@ -97,8 +97,8 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
     h->running++;
     if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
-    else
-        py_request(r, route);
+    else if (h->gate == NULL || h->gate((EvHttpRequest *)r, h->gate_arg) == 0)
+        py_request(r, route); /* a host's gate that answered keeps Python out */
     h->running--;
     if (b != NULL)
         bs_base_leave(b);
@@ -392,6 +392,13 @@ BS_EXPORT bs_evhttp *bs_evhttp_wrap(bs_base *b, struct evhttp *http)
         return NULL;
     }
     return h;
+}
+
+/* A host's gate before Python's routes on its evhttp (bs_python_set_request_gate). */
+BS_EXPORT void bs_evhttp_set_gate(bs_evhttp *h, BsRequestGate gate, void *arg)
+{
+    h->gate = gate;
+    h->gate_arg = gate != NULL ? arg : NULL;
 }
 
 static void first_listener_base(struct evhttp_bound_socket *bound, void *arg)

@@ -35,6 +35,12 @@ typedef void (*EventCallback)(LibEvent *ev, void *arg);
 /* Called for an HTTP request (server side) or a completed response (client side). */
 typedef void (*EvHttpRequestCallback)(EvHttpRequest *req, void *arg);
 
+/*
+ * A host's check before Python's request callbacks on its evhttp (bs_python_set_request_gate):
+ * return 0 to let Python answer, nonzero after answering the request itself (e.g. 401).
+ */
+typedef int (*BsRequestGate)(EvHttpRequest *req, void *arg);
+
 /* The descriptor (or signal number, or -1) of an event; -1 for a released one. */
 EvutilSocket bs_event_fd(const LibEvent *ev);
 
@@ -78,6 +84,14 @@ int bs_python_attach_evhttp(struct evhttp *http, const char *module, const char 
  * before event_base_free(). A no-op when Python was never started.
  */
 void bs_python_detach(struct event_base *base);
+
+/*
+ * Run `gate(req, arg)` in C before every request that one of Python's callbacks on `http`
+ * would get (authentication, rate limits); the host's own callbacks are not gated. Set it
+ * before or after bs_python_attach_evhttp(); it lasts until bs_python_detach() (NULL removes
+ * it). Returns 0, or -1 with the Python error printed to stderr.
+ */
+int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate, void *arg);
 #endif
 
 #ifdef __cplusplus

@@ -53,6 +53,7 @@
 void _bs_embed_attach(void *base, const char *module, const char *function, int *result);
 void _bs_embed_attach_evhttp(void *http, const char *module, const char *function, int *result);
 void _bs_embed_detach(void *base);
+void _bs_embed_set_gate(void *http, void *gate, void *arg, int *result);
 
 static pthread_once_t start_once = PTHREAD_ONCE_INIT;
 static int start_failed;
@@ -221,6 +222,21 @@ BS_EXPORT int bs_python_attach_evhttp(struct evhttp *http, const char *module,
     if (ensure_python() != 0)
         return -1;
     _bs_embed_attach_evhttp(http, module, function, &result);
+    return result == 0 ? 0 : -1;
+}
+
+BS_EXPORT int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate, void *arg)
+{
+    int result = -1;
+    void *fn;
+    if (http == NULL) {
+        fprintf(stderr, "bitcoin_support: bs_python_set_request_gate: http is required\n");
+        return -1;
+    }
+    if (ensure_python() != 0)
+        return -1;
+    memcpy(&fn, &gate, sizeof fn); /* a function pointer travels as an address */
+    _bs_embed_set_gate(http, fn, arg, &result);
     return result == 0 ? 0 : -1;
 }
 
