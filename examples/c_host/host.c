@@ -74,10 +74,11 @@ static void reply_json(struct evhttp_request *req, int code, const char *body)
 static void health_cb(struct evhttp_request *req, void *arg)
 {
     struct host *h = (struct host *)arg;
-    char body[160];
+    char body[192];
     h->c_served++;
-    snprintf(body, sizeof body, "{\"status\": \"%s\", \"c_served\": %lu, \"refused\": %lu}\n",
-             h->stopping ? "stopping" : "ok", h->c_served, h->refused);
+    snprintf(body, sizeof body,
+             "{\"status\": \"%s\", \"c_served\": %lu, \"in_flight\": %d, \"refused\": %lu}\n",
+             h->stopping ? "stopping" : "ok", h->c_served, h->inflight, h->refused);
     reply_json(req, 200, body);
 }
 
