@@ -240,3 +240,76 @@ def test_python_made_evhttp_is_not_wrapped() -> None:
         own = obtain_evhttp(base)
         with pytest.raises(ValueError, match="made by Python"):
             EvHttp.from_address(own.address, base=base)
+
+
+GATE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+gated: list[int] = []
+
+
+@GATE
+def refuse_gate(req: int, arg: int) -> int:
+    """A host's gate: refuses everything with 401 (a ctypes thunk is a C function pointer)."""
+    gated.append(arg)
+    extra.evhttp_send_reply(req, 401, b"no", None)
+    return 1
+
+
+def test_request_gate_runs_before_python_only(host: Host) -> None:
+    from bitcoin_support import _server
+
+    gate = ctypes.cast(refuse_gate, ctypes.c_void_p).value
+    assert gate is not None
+    _server._set_gate(host.http, gate, 7)  # before the wrapper exists, as a host may
+    ran: list[str] = []
+    http = EvHttp.from_address(host.http)
+    http.set_cb("/py", lambda req, arg: (ran.append("py"), req.send_reply(200)))
+    gated.clear()
+    assert host.get("/py")[0] == 401
+    assert host.get("/host") == (200, b"")  # the host's own callback is not gated
+    assert ran == [] and gated == [7]
+    http.close()  # re-wrapping does not get past the gate
+    again = EvHttp.from_address(host.http)
+    again.set_cb("/py", lambda req, arg: (ran.append("py"), req.send_reply(200)))
+    assert host.get("/py")[0] == 401 and ran == []
+    _server._set_gate(host.http, 0, 0)  # removed
+    assert host.get("/py")[0] == 200 and ran == ["py"]
+
+
+def test_detach_finishes_a_trio_run_and_releases_everything(host: Host) -> None:
+    import trio
+
+    from bitcoin_support import trio_guest
+
+    http = EvHttp.from_address(host.http)
+    base = http.base
+    ticks = [0]
+    results: list[Any] = []
+
+    async def job() -> None:
+        while True:
+            await trio.sleep(0.005)
+            ticks[0] += 1
+
+    trio_guest.start(base, job, done=results.append)
+    held: list[EvHttpRequest] = []
+    http.set_cb("/later", lambda req, arg: held.append(req))
+    fut = host.pool.submit(http_status, host.port, "/later")
+    deadline = time.monotonic() + 20
+    while not held or ticks[0] < 3:
+        assert time.monotonic() < deadline
+        core.event_base_loop(host.base, EVLOOP_NONBLOCK)
+        time.sleep(0.001)
+    from bitcoin_support._native import ffi
+
+    from bitcoin_support import _attach
+
+    _attach.detach(ffi, ffi.cast("void *", host.base))
+    assert len(results) == 1 and results[0].unwrap() is None  # cancelled, finished
+    assert http.closed and base.closed
+    assert host.run_until(fut) == 503
+    before = ticks[0]
+    assert host.get("/later")[0] == 404
+    assert ticks[0] == before
+    # Attaching again works on the same (still open) host base.
+    again = EvHttp.from_address(host.http)
+    assert again is not http and not again.base.closed
