@@ -4,8 +4,10 @@ A C host links this library and calls the functions of ``bitcoin_support.h``:
 
 - the secure-memory API (``bs_memory_cleanse``, ``bs_secure_allocate``, ``bs_secure_deallocate``),
   compiled in from ``cdefs/secure.c`` and usable without starting Python;
-- ``bs_python_attach`` (``cdefs/embed/attach.c``), which starts Python when needed and then calls
-  the cffi embedding API function declared in ``cdefs/embed/embed.h``, implemented in Python by
+- the accessors of the ``LibEvent`` record (``cdefs/event_access.c``, also in ``_native``);
+- ``bs_python_attach``, ``bs_python_attach_evhttp`` and ``bs_python_detach``
+  (``cdefs/embed/attach.c``), which start Python when needed and then call the cffi embedding
+  API functions declared in ``cdefs/embed/embed.h``, implemented in Python by
   ``bitcoin_support._attach``.
 
 The library is linked against libpython with an rpath to its folder, so a host needs nothing but
@@ -34,12 +36,27 @@ FLAGS = HERE / "build_flags.py"
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
 from bitcoin_support._embed import ffi
-from bitcoin_support._attach import attach
+from bitcoin_support._attach import attach, attach_evhttp, detach, set_gate
 
 
 @ffi.def_extern()
 def _bs_embed_attach(base, module, function, result):
     result[0] = attach(ffi, base, module, function)
+
+
+@ffi.def_extern()
+def _bs_embed_attach_evhttp(http, module, function, result):
+    result[0] = attach_evhttp(ffi, http, module, function)
+
+
+@ffi.def_extern()
+def _bs_embed_detach(base):
+    detach(ffi, base)
+
+
+@ffi.def_extern()
+def _bs_embed_set_gate(http, gate, arg, result):
+    result[0] = set_gate(ffi, http, gate, arg)
 """
 
 
@@ -75,7 +92,10 @@ embedbuilder.embedding_init_code(INIT_CODE)
 embedbuilder.set_source(
     MODULE,
     '#include "bitcoin_support.h"\n',
-    sources=[str(p.relative_to(HERE)) for p in (CDEFS / "secure.c", EMBED / "attach.c")],
+    sources=[
+        str(p.relative_to(HERE))
+        for p in (CDEFS / "secure.c", CDEFS / "event_access.c", EMBED / "attach.c")
+    ],
     include_dirs=[str(INCLUDE), str(CDEFS)],
     define_macros=[("BS_BUILD_EXECUTABLE", c_string(sys.executable))],
     # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
@@ -87,7 +107,7 @@ embedbuilder.set_source(
         *flags.compile_args(),
         "-Wno-unused-parameter",
     ],
-    extra_link_args=["-pthread", *link_args(), *flags.link_args()],
+    extra_link_args=["-pthread", *link_args(), *flags.libevent_libs(), *flags.link_args()],
     libraries=[pythonlib, "dl"],
     library_dirs=pythonlib_dirs,
     # attach.c uses PyConfig, which the limited API lacks; the library is tied to this Python.

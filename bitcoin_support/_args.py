@@ -118,3 +118,22 @@ def _body_arg(where: str, data: object) -> tuple[Any, int]:
     if n == 0:
         return _NULL, 0
     return ffi.from_buffer("char[]", data, require_writable=False), n
+
+
+def _address_arg(where: str, ptr: int | Any) -> int:
+    """The address of a C object given as an int or a cffi pointer; TypeError/ValueError."""
+    if isinstance(ptr, ffi.CData):
+        if ffi.typeof(ptr).kind != "pointer":
+            raise TypeError(
+                f"{where}: ptr must be a pointer or an int address, not {ffi.typeof(ptr).cname}"
+            )
+        address = int(ffi.cast("uintptr_t", ptr))
+    elif isinstance(ptr, int) and not isinstance(ptr, bool):
+        address = ptr
+    else:
+        raise TypeError(
+            f"{where}: ptr must be an int address or a cffi pointer, not {_type_name(ptr)}"
+        )
+    if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
+        raise ValueError(f"{where}: ptr must be a non-NULL address, got {ptr!r}")
+    return address

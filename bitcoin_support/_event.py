@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from ._args import _c_callback, _oserror, _seconds
+from ._args import _address_arg, _c_callback, _oserror, _seconds
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._handles import Finalized, Handle, live_counts
@@ -228,22 +228,7 @@ class EventBase(Finalized):
         after ``evthread_use_pthreads()`` (importing this package runs it) for
         ``call_soon_threadsafe`` to wake it from other threads.
         """
-        if isinstance(ptr, ffi.CData):
-            if ffi.typeof(ptr).kind != "pointer":
-                raise TypeError(
-                    "EventBase.from_address: ptr must be a pointer or an int address, "
-                    f"not {ffi.typeof(ptr).cname}"
-                )
-            address = int(ffi.cast("uintptr_t", ptr))
-        elif isinstance(ptr, int) and not isinstance(ptr, bool):
-            address = ptr
-        else:
-            raise TypeError(
-                "EventBase.from_address: ptr must be an int address or a cffi pointer, "
-                f"not {_type_name(ptr)}"
-            )
-        if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
-            raise ValueError(f"EventBase.from_address: ptr must be a non-NULL address, got {ptr!r}")
+        address = _address_arg("EventBase.from_address", ptr)
         with _registry_lock:
             wrapper = _wrappers.get(address)
             if wrapper is not None and wrapper._rec is not None:

@@ -11,13 +11,22 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from ._args import _body_arg, _c_callback, _check_int, _oserror, _seconds, _text_arg
+from ._args import (
+    _address_arg,
+    _body_arg,
+    _c_callback,
+    _check_int,
+    _oserror,
+    _seconds,
+    _text_arg,
+)
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState
+from ._event import EventBase, _guarded, _LoopState, _registry_lock
 from ._handles import Finalized
 from ._headers import _header_bytes
 from ._log import http_log
@@ -39,6 +48,35 @@ _REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
 _NULL = ffi.NULL
 _from_handle = ffi.from_handle
 _new_request = object.__new__
+
+# EvHttp.from_address wrappers by address: strong while open (the host's evhttp may call their
+# routes with no Python reference left), like EventBase wrappers. Servers Python made, by
+# address (weak), so that one is never wrapped as if a host owned it.
+_wrappers: dict[int, EvHttp] = {}
+_owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
+# A host's BsRequestGate (bs_python_set_request_gate) by evhttp address: (gate, arg) addresses,
+# applied to every wrapper made for that address; kept until bs_python_detach, so Python code
+# that closes its wrapper and wraps the evhttp again is still behind the host's gate.
+_gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
+
+
+def _set_gate(address: int, gate: int, arg: int) -> None:
+    """Set (or with gate 0 remove) a host's gate for the evhttp at ``address``."""
+    with _registry_lock:
+        if gate:
+            found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
+            _gates[address] = (gate, arg, int(ffi.cast("uintptr_t", found)))
+        else:
+            _gates.pop(address, None)
+        wrapper = _wrappers.get(address)
+        if wrapper is not None and wrapper._rec is not None:
+            _apply_gate(wrapper._rec, gate, arg)
+
+
+def _apply_gate(rec: Any, gate: int, arg: int) -> None:
+    lib.bs_evhttp_set_gate(
+        rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast("void *", arg)
+    )
 
 
 class _ServerRequest(EvHttpRequest):
@@ -239,7 +277,7 @@ class EvHttp(Finalized):
     the client gets 500 if nothing was sent; the server keeps serving.
     """
 
-    __slots__ = ("_base", "_bound", "_pending", "_routes", "_running", "_st")
+    __slots__ = ("_address", "_base", "_bound", "_pending", "_routes", "_running", "_st")
 
     _kind = "EvHttp"
 
@@ -249,6 +287,9 @@ class EvHttp(Finalized):
     _pending: set[_ServerRequest]
     _routes: dict[str | None, _Route]
     _running: int
+    # For a from_address wrapper: the host's evhttp address (in _wrappers); None when Python
+    # owns the server.
+    _address: int | None
 
     def __init__(self, base: EventBase) -> None:
         if not isinstance(base, EventBase):
@@ -263,7 +304,93 @@ class EvHttp(Finalized):
         self._routes = {}
         self._bound = []
         self._running = 0
+        self._address = None
         self._init_handle(rec, dummy=base.dummy, parent=base)
+        if rec.http != _NULL:
+            with _registry_lock:
+                _owned[int(ffi.cast("uintptr_t", rec.http))] = self
+
+    @classmethod
+    def from_address(cls, ptr: int | Any, *, base: EventBase | int | Any = None) -> EvHttp:
+        """Wrap a ``struct evhttp *`` owned by a C host; closing the wrapper never frees it.
+
+        ``ptr`` is an address (int) or a cffi pointer. Python may ``set_cb``, ``set_gencb`` and
+        ``del_cb`` on it; closing the wrapper (or ``bs_python_detach``) removes exactly the
+        callbacks Python registered and answers 503 to the requests Python still holds. The
+        wrapper is held until it is closed, and the same address gives the same wrapper.
+
+        ``base`` is the evhttp's event base (an EventBase, an address or a cffi pointer). It may
+        be left out once the evhttp listens on a socket: libevent 2.1 has no getter for an
+        evhttp's base, but every listener of an evhttp is made on its base, and the listeners
+        are public (``evhttp_foreach_bound_socket``, ``evconnlistener_get_base``).
+        """
+        where = "EvHttp.from_address"
+        address = _address_arg(where, ptr)
+        http = ffi.cast("struct evhttp *", address)
+        found = lib.bs_evhttp_find_base(http)
+        found_at = int(ffi.cast("uintptr_t", found)) if found != _NULL else None
+        if base is None:
+            if found_at is None:
+                raise ValueError(
+                    f"{where}: the evhttp has no listening socket, so its base cannot be found "
+                    "(libevent 2.1 has no getter for it): pass base="
+                )
+            owner = EventBase.from_address(found_at)
+        elif isinstance(base, EventBase):
+            owner = base
+        else:
+            owner = EventBase.from_address(base)
+        if found_at is not None and owner.address != found_at:
+            raise ValueError(f"{where}: the evhttp's listeners are on another event base")
+        guard = owner._st.guard
+        if not guard.lock.acquire(False):
+            guard.wait(where)
+        try:
+            with _registry_lock:
+                wrapper = _wrappers.get(address)
+                if wrapper is not None and wrapper._rec is not None:
+                    if wrapper._base is not owner and wrapper._base.address != owner.address:
+                        raise ValueError(f"{where}: the evhttp is wrapped on another base")
+                    return wrapper
+                if address in _owned:
+                    raise ValueError(f"{where}: this evhttp was made by Python (obtain_evhttp)")
+                rec = lib.bs_evhttp_wrap(owner._require_open(where), http)
+                if rec == _NULL:
+                    raise _oserror(f"{where}: could not wrap the evhttp")
+                self = cls.__new__(cls)
+                self._base = owner
+                self._st = owner._st
+                self._pending = set()
+                self._routes = {}
+                self._bound = []
+                self._running = 0
+                self._address = address
+                self._init_handle(rec, dummy=False, parent=owner)
+                _wrappers[address] = self
+                gate = _gates.get(address)
+                if gate is not None:
+                    _apply_gate(rec, gate[0], gate[1])
+        finally:
+            guard.lock.release()
+        return self
+
+    @property
+    @_guarded("EvHttp.address")
+    def address(self) -> int:
+        """Address of the ``struct evhttp``, for C code that registers its own callbacks."""
+        return int(ffi.cast("uintptr_t", self._http("address")))
+
+    @property
+    def base(self) -> EventBase:
+        """The base the server runs on (for a host's evhttp, the wrapper of the host's base)."""
+        self._require_open("base")
+        return self._base
+
+    def _host_owned(self, what: str) -> None:
+        if self._address is not None:
+            raise RuntimeError(
+                f"EvHttp.{what}: the host owns this evhttp (EvHttp.from_address) and its sockets"
+            )
 
     def _http(self, what: str) -> Any:
         return self._require(f"{what}").http
@@ -275,16 +402,24 @@ class EvHttp(Finalized):
         connections, so C stops it accepting now and frees it on the next loop round.
         """
         later = self._running > 0
+        wrapped = self._address is not None
         if rec.http != _NULL:
+            if not wrapped:
+                with _registry_lock:
+                    address = int(ffi.cast("uintptr_t", rec.http))
+                    if _owned.get(address) is self:
+                        del _owned[address]
             for req in list(self._pending):
                 r = req._rec
                 if r is not None and r.req != _NULL and r.state in _REPLYABLE:
                     lib.bs_http_send_error(r, 503, _NULL)
                     req._released()
-            if later:  # libevent must not call routes that are about to go
+            if later or wrapped:  # libevent must not call routes that are about to go
                 for path in self._routes:
                     if path is not None:
                         lib.evhttp_del_cb(rec.http, path.encode("utf-8", "surrogateescape"))
+            if wrapped and None in self._routes:  # no getter for the host's: libevent's 404
+                lib.evhttp_set_gencb(rec.http, _NULL, _NULL)
         lib.bs_evhttp_release(rec, 1 if later else 0)  # on_close() closes what is left
 
     def _after_release(self) -> None:
@@ -295,12 +430,16 @@ class EvHttp(Finalized):
         self._pending.clear()
         self._routes.clear()
         self._bound.clear()
+        with _registry_lock:
+            if self._address is not None and _wrappers.get(self._address) is self:
+                del _wrappers[self._address]
 
     # -- sockets
 
     @_guarded("EvHttp.bind")
     def bind(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0: any free port); returns the bound port. May be repeated."""
+        self._host_owned("bind")
         http = self._http("bind")
         if not isinstance(host, str):
             raise TypeError(f"EvHttp.bind: host must be a str, not {_type_name(host)}")
@@ -320,6 +459,7 @@ class EvHttp(Finalized):
         shared with the original descriptor) and closed with the server.
         """
         where = "EvHttp.accept_socket"
+        self._host_owned("accept_socket")
         http = self._http("accept_socket")
         if isinstance(sock, bool):
             raise TypeError(f"{where}: sock must be a socket or an fd, not bool")
@@ -349,6 +489,7 @@ class EvHttp(Finalized):
     @_guarded("EvHttp.stop_accepting")
     def stop_accepting(self) -> None:
         """Close every listening socket; connections already open keep being served."""
+        self._host_owned("stop_accepting")
         self._http("stop_accepting")
         bound, self._bound = self._bound, []
         for b in bound:
@@ -375,9 +516,12 @@ class EvHttp(Finalized):
         key, cpath = _path_arg("EvHttp.set_cb", path)
         ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
         route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
-        lib.evhttp_del_cb(http, cpath)
+        if self._address is None or key in self._routes:  # never a host's callback
+            lib.evhttp_del_cb(http, cpath)
         rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, route.crec)
         if rc != 0:
+            if self._address is not None and key not in self._routes:
+                raise ValueError(f"EvHttp.set_cb: the host has a callback for path {path!r}")
             self._routes.pop(key, None)  # its old callback is gone from libevent too
             raise MemoryError("EvHttp.set_cb: libevent refused the callback")
         self._routes[key] = route
@@ -387,6 +531,8 @@ class EvHttp(Finalized):
         """Remove the callback of ``path``; ValueError when there is none."""
         http = self._http("del_cb")
         key, cpath = _path_arg("EvHttp.del_cb", path)
+        if self._address is not None and key not in self._routes:
+            raise ValueError(f"EvHttp.del_cb: Python registered no callback for path {path!r}")
         if lib.evhttp_del_cb(http, cpath) != 0:
             raise ValueError(f"EvHttp.del_cb: no callback for path {path!r}")
         self._routes.pop(key, None)

@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import outcome
 import trio
 
+from . import _attach
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, obtain_event
+from ._event import (
+    EV_PERSIST,
+    EVLOOP_NO_EXIT_ON_EMPTY,
+    EVLOOP_ONCE,
+    EventBase,
+    LibEvent,
+    obtain_event,
+)
 from ._request import EvHttpRequest
 from ._server import EvHttp
 
@@ -40,6 +49,8 @@ __all__ = ["run", "serve_http", "start", "wait_event"]
 T = TypeVar("T")
 
 _http_log: Final = logging.getLogger("bitcoin_support.http")
+# How long bs_python_detach lets a cancelled trio run on a C host's base finish.
+_DETACH_SECONDS: Final = 10.0
 
 
 def _check_base(where: str, base: object) -> EventBase:
@@ -68,12 +79,70 @@ def start(
         raise TypeError(f"trio_guest.start: done must be callable, not {_type_name(done)}")
     if base.closed:
         raise ClosedError("trio_guest.start: the base is closed")
+    if base._address is None:
+        trio.lowlevel.start_guest_run(
+            async_fn,
+            *args,
+            run_sync_soon_threadsafe=base.call_soon_threadsafe,
+            done_callback=done,
+        )
+        return
+    # A C host's base: bs_python_detach cancels the run and lets it finish first.
+    guest = _Guest(base, done)
+    guest.forget = _attach.at_detach(base.address, guest.detach)
     trio.lowlevel.start_guest_run(
+        guest.main,
         async_fn,
         *args,
         run_sync_soon_threadsafe=base.call_soon_threadsafe,
-        done_callback=done,
+        done_callback=guest.done,
     )
+
+
+class _Guest:
+    """A trio run started on a C host's base: ``bs_python_detach`` cancels it and runs the
+    base's loop until trio has finished (unless the host's loop is running: then it is only
+    cancelled, since libevent's loop cannot be entered twice)."""
+
+    __slots__ = ("base", "finished", "forget", "scope", "token", "user_done")
+
+    def __init__(self, base: EventBase, done: Callable[[outcome.Outcome[Any]], object]) -> None:
+        self.base = base
+        self.user_done = done
+        self.finished = False
+        self.forget: Callable[[], None] | None = None
+        self.scope: trio.CancelScope | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    async def main(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
+        self.token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self.scope:
+            return await async_fn(*args)
+        return None  # cancelled by bs_python_detach
+
+    def done(self, result: outcome.Outcome[Any]) -> None:
+        self.finished = True
+        if self.forget is not None:
+            self.forget()
+        self.user_done(result)
+
+    def detach(self) -> None:
+        deadline = time.monotonic() + _DETACH_SECONDS
+        cancelled = False
+        # Wakes the loop at the deadline, whatever trio waits for; closed with the base.
+        obtain_event(self.base, -1, 0, lambda ev, arg: None).add(_DETACH_SECONDS)
+        while not self.finished and time.monotonic() < deadline:
+            if not cancelled and self.scope is not None and self.token is not None:
+                self.token.run_sync_soon(self.scope.cancel)
+                cancelled = True
+            try:
+                self.base.loop(EVLOOP_ONCE)
+            except RuntimeError:  # the host's loop is running: only cancelled
+                if not cancelled and self.token is not None and self.scope is not None:
+                    self.token.run_sync_soon(self.scope.cancel)
+                return
+        if not self.finished:
+            _http_log.error("trio_guest: the trio run did not finish within bs_python_detach")
 
 
 class _Run:

@@ -141,6 +141,9 @@ typedef struct bs_evhttp {
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
+    int owned;                /* 0 for EvHttp.from_address(): the host's, never freed here */
+    BsRequestGate gate;       /* the host's check before Python's routes, or NULL */
+    void *gate_arg;
 } bs_evhttp;
 
 typedef struct bs_evconn {
@@ -152,6 +155,9 @@ typedef struct bs_evconn {
 } bs_evconn;
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
+bs_evhttp *bs_evhttp_wrap(bs_base *b, struct evhttp *http);
+struct event_base *bs_evhttp_find_base(struct evhttp *http);
+void bs_evhttp_set_gate(bs_evhttp *h, BsRequestGate gate, void *arg);
 void bs_evhttp_release(bs_evhttp *h, int later);
 void bs_evhttp_set_timeout(bs_evhttp *h, double seconds);
 int bs_evhttp_guard_accept(bs_evhttp *h, struct evhttp_bound_socket *bound);

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <event2/bufferevent.h>
+#include <event2/listener.h>
 
 /* ---- server: trampoline, completion, close, hang-up detection ---- */
 
@@ -96,8 +97,8 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
     h->running++;
     if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
-    else
-        py_request(r, route);
+    else if (h->gate == NULL || h->gate((EvHttpRequest *)r, h->gate_arg) == 0)
+        py_request(r, route); /* a host's gate that answered keeps Python out */
     h->running--;
     if (b != NULL)
         bs_base_leave(b);
@@ -314,7 +315,9 @@ static void evhttp_free_now(bs_evhttp *h)
     if (h->http != NULL) {
         struct evhttp *http = h->http;
         h->http = NULL;
-        evhttp_free(http); /* closes every connection: on_close() tells Python */
+        if (h->owned)
+            evhttp_free(http); /* closes every connection: on_close() tells Python */
+        /* a host's evhttp (bs_evhttp_wrap) is the host's to free: Python removed its routes */
     }
 }
 
@@ -356,6 +359,7 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
             return NULL;
         }
     }
+    h->owned = 1;
     if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
         if (h->http != NULL)
             evhttp_free(h->http);
@@ -367,6 +371,56 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
 }
 
 /*
+ * A record for an evhttp a C host owns (EvHttp.from_address): linked to the record of the
+ * host's base like any server, so the trampoline knows when its routes run; never freed here.
+ * Python registers and removes its own routes on it; the host's stay.
+ */
+BS_EXPORT bs_evhttp *bs_evhttp_wrap(bs_base *b, struct evhttp *http)
+{
+    if (http == NULL || b->base == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    bs_evhttp *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    bs_http_ignore_sigpipe();
+    h->http = http;
+    if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
+        bs_record_free(h, sizeof *h);
+        errno = EPIPE;
+        return NULL;
+    }
+    return h;
+}
+
+/* A host's gate before Python's routes on its evhttp (bs_python_set_request_gate). */
+BS_EXPORT void bs_evhttp_set_gate(bs_evhttp *h, BsRequestGate gate, void *arg)
+{
+    h->gate = gate;
+    h->gate_arg = gate != NULL ? arg : NULL;
+}
+
+static void first_listener_base(struct evhttp_bound_socket *bound, void *arg)
+{
+    struct event_base **out = arg;
+    struct evconnlistener *lev = *out == NULL ? evhttp_bound_socket_get_listener(bound) : NULL;
+    if (lev != NULL)
+        *out = evconnlistener_get_base(lev);
+}
+
+/*
+ * The base of an evhttp, through public API only: libevent 2.1 has no getter for an evhttp's
+ * base, but each listening socket's listener was made on it. NULL when nothing is bound yet.
+ */
+BS_EXPORT struct event_base *bs_evhttp_find_base(struct evhttp *http)
+{
+    struct event_base *base = NULL;
+    evhttp_foreach_bound_socket(http, first_listener_base, &base);
+    return base;
+}
+
+/*
  * Python lets go of its server. later: inside one of the server's own request callbacks, where
  * evhttp_free would free the connection libevent is working on; then the server stops accepting
  * now, answers 503 to anything already read, and is freed on the next loop round.
@@ -375,7 +429,8 @@ BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
 {
     if ((later || h->running > 0) && h->http != NULL) {
         bs_guards_free(h, NULL);
-        evhttp_set_gencb(h->http, bs_closed_server_cb, NULL);
+        if (h->owned) /* a host's server keeps serving its own routes */
+            evhttp_set_gencb(h->http, bs_closed_server_cb, NULL);
         bs_tree_lock();
         int ok = h->node.owner != NULL &&
                  bs_free_later(h->node.owner->base, &h->free_later, evhttp_free_later_cb, h) == 0;

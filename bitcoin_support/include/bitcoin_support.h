@@ -1,9 +1,10 @@
 /*
  * bitcoin_support.h - the C interface of the bitcoin_support package.
  *
- * Secure memory (usable from C without starting Python), the callback ABIs of the
- * libevent handles, and bs_python_attach() for C hosts that run their own libevent loop.
- * Link the library named by bitcoin_support.embed_library_path().
+ * Secure memory (usable from C without starting Python), the callback ABIs of the libevent
+ * handles and the accessors of the package's event record, and bs_python_attach(),
+ * bs_python_attach_evhttp() and bs_python_detach() for C hosts that run their own libevent
+ * loop. Link the library named by bitcoin_support.embed_library_path().
  */
 #ifndef BITCOIN_SUPPORT_H
 #define BITCOIN_SUPPORT_H
@@ -14,11 +15,16 @@
 extern "C" {
 #endif
 
+struct event;
 struct event_base;
+struct evhttp;
+struct evhttp_request;
 
-/* Opaque handle records; their layout is private to the package. */
+/* The package's record of an event (obtain_event): opaque, read with the bs_event_* accessors. */
 typedef struct LibEvent LibEvent;
-typedef struct EvHttpRequest EvHttpRequest;
+
+/* libevent's own request: a C request callback answers it with libevent's API directly. */
+typedef struct evhttp_request EvHttpRequest;
 
 /* libevent's socket type on POSIX. */
 typedef int EvutilSocket;
@@ -28,6 +34,24 @@ typedef void (*EventCallback)(LibEvent *ev, void *arg);
 
 /* Called for an HTTP request (server side) or a completed response (client side). */
 typedef void (*EvHttpRequestCallback)(EvHttpRequest *req, void *arg);
+
+/*
+ * A host's check before Python's request callbacks on its evhttp (bs_python_set_request_gate):
+ * return 0 to let Python answer, nonzero after answering the request itself (e.g. 401).
+ */
+typedef int (*BsRequestGate)(EvHttpRequest *req, void *arg);
+
+/* The descriptor (or signal number, or -1) of an event; -1 for a released one. */
+EvutilSocket bs_event_fd(const LibEvent *ev);
+
+/* The flags of the current activation (EV_TIMEOUT, EV_READ, ...): read it in the callback. */
+short bs_event_fired(const LibEvent *ev);
+
+/* libevent's event inside the record (NULL once released), for libevent's own API. */
+struct event *bs_event_get(const LibEvent *ev);
+
+/* The event_base the event was made on (NULL once released). */
+struct event_base *bs_event_get_base(const LibEvent *ev);
 
 /* Zero len bytes at ptr; the stores survive optimisation. */
 void bs_memory_cleanse(void *ptr, size_t len);
@@ -44,6 +68,30 @@ void bs_secure_deallocate(void *ptr);
  * Returns 0, or -1 with the Python error printed to stderr.
  */
 int bs_python_attach(struct event_base *base, const char *module, const char *function);
+
+/*
+ * The same with `function(EvHttp.from_address(http))`: Python serves paths on the host's own
+ * evhttp, next to the host's C callbacks. The evhttp must listen on a socket already (its base
+ * is found through its listeners). Returns 0, or -1 with the Python error printed to stderr.
+ */
+int bs_python_attach_evhttp(struct evhttp *http, const char *module, const char *function);
+
+/*
+ * Release everything Python made on `base`: events, evhttp callbacks (the host's stay), the
+ * wrappers; requests Python still holds are answered 503 (the host's loop must run on for the
+ * replies to be written). Trio runs started on it are cancelled and, when the host's loop is
+ * not running, run until they finish. Afterwards nothing of Python's runs on `base`; call it
+ * before event_base_free(). A no-op when Python was never started.
+ */
+void bs_python_detach(struct event_base *base);
+
+/*
+ * Run `gate(req, arg)` in C before every request that one of Python's callbacks on `http`
+ * would get (authentication, rate limits); the host's own callbacks are not gated. Set it
+ * before or after bs_python_attach_evhttp(); it lasts until bs_python_detach() (NULL removes
+ * it). Returns 0, or -1 with the Python error printed to stderr.
+ */
+int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate, void *arg);
 #endif
 
 #ifdef __cplusplus
