@@ -392,7 +392,10 @@ class EventBase(Handle):
             guard.thread = prev_thread
             guard.lock.release()
             if wakeup:
-                signal.set_wakeup_fd(-1)
+                fd = lib.bs_base_wake_fd(rec)
+                other = signal.set_wakeup_fd(-1)
+                if other != fd:  # set meanwhile by a callback (asyncio's add_signal_handler)
+                    signal.set_wakeup_fd(other, warn_on_full_buffer=False)
         err = st.error
         if err is not None:
             st.error = None

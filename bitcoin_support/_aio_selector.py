@@ -1,0 +1,235 @@
+"""The selector of ``aio.EventLoop``: registrations are libevent events on an EventBase.
+
+asyncio's selector loop asks a selector three things: register/modify/unregister a descriptor
+for reading and/or writing, and ``select(timeout)`` for what became ready. Here each direction of
+a registered descriptor is one persistent libevent event (``EV_READ|EV_PERSIST`` or
+``EV_WRITE|EV_PERSIST``), added while the direction is wanted and deleted otherwise; its callback
+records the readiness. ``select()`` runs one round of the base (``EVLOOP_ONCE``, with
+``EVLOOP_NONBLOCK`` for a zero timeout and a one-shot libevent timer for a positive one), so
+every other user of the base (``LibEvent`` callbacks, evhttp servers, a trio guest) runs in the
+same round, and returns what was recorded. When the loop is attached to a base someone else
+dispatches, the readiness arrives outside ``select()``; the callback then wakes the loop
+(``wake``), and ``select()`` called from the loop's own tick only hands over what was recorded.
+"""
+
+from __future__ import annotations
+
+import selectors
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from ._errors import ClosedError
+from ._event import (
+    EV_PERSIST,
+    EV_READ,
+    EV_WRITE,
+    EVLOOP_NONBLOCK,
+    EVLOOP_ONCE,
+    EventBase,
+    LibEvent,
+    obtain_event,
+)
+
+__all__ = ["LibeventSelector"]
+
+_READ: Final = selectors.EVENT_READ
+_WRITE: Final = selectors.EVENT_WRITE
+_ONCE: Final = EVLOOP_ONCE
+_POLL: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK
+
+
+def _fileobj_to_fd(fileobj: Any) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+class _Map(Mapping[Any, selectors.SelectorKey]):
+    __slots__ = ("_sel",)
+
+    def __init__(self, sel: LibeventSelector) -> None:
+        self._sel = sel
+
+    def __len__(self) -> int:
+        return len(self._sel._keys)
+
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._sel._keys[self._sel._lookup(fileobj)]
+
+    def __iter__(self) -> Any:
+        return iter(self._sel._keys)
+
+
+class LibeventSelector(selectors.BaseSelector):
+    """A ``selectors.BaseSelector`` whose readiness comes from libevent events on ``base``."""
+
+    def __init__(self, base: EventBase) -> None:
+        self._base = base
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        # fd -> [read event or None, write event or None]
+        self._evs: dict[int, list[LibEvent | None]] = {}
+        self._fired: dict[int, int] = {}
+        self._timer: LibEvent | None = obtain_event(base, -1, 0, _noop)
+        # Set by the loop: True while select() must not run the base (the loop's own tick, in
+        # attached mode), and the callable that wakes an idle attached loop.
+        self.collect_only = False
+        self.wake: Callable[[], object] | None = None
+        self._map = _Map(self)
+
+    # -- registrations
+
+    def _lookup(self, fileobj: Any) -> int:
+        try:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
+            for key in self._keys.values():  # a closed file object: find it by identity
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def _event(self, fd: int, index: int) -> LibEvent:
+        evs = self._evs[fd]
+        ev = evs[index]
+        if ev is None:
+            flag = _READ if index == 0 else _WRITE
+            ev = obtain_event(
+                self._base,
+                fd,
+                (EV_READ if index == 0 else EV_WRITE) | EV_PERSIST,
+                self._on_ready,
+                (fd, flag),
+            )
+            evs[index] = ev
+        return ev
+
+    def _on_ready(self, _ev: LibEvent, arg: tuple[int, int]) -> None:
+        fd, flag = arg
+        fired = self._fired
+        fired[fd] = fired.get(fd, 0) | flag
+        wake = self.wake
+        if wake is not None:
+            wake()
+
+    def _apply(self, fd: int, old: int, new: int) -> None:
+        for index, flag in ((0, _READ), (1, _WRITE)):
+            if new & flag and not old & flag:
+                self._event(fd, index).add()
+            elif old & flag and not new & flag:
+                ev = self._evs[fd][index]
+                if ev is not None:
+                    ev.delete()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_READ | _WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._lookup(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        if self._timer is None:
+            raise RuntimeError("the selector is closed")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        self._evs[fd] = [None, None]
+        try:
+            self._apply(fd, 0, events)
+        except BaseException:
+            self._drop(fd)
+            raise
+        return key
+
+    def _drop(self, fd: int) -> None:
+        del self._keys[fd]
+        self._fired.pop(fd, None)
+        for ev in self._evs.pop(fd):
+            if ev is not None:
+                try:
+                    ev.close()
+                except ClosedError:
+                    pass
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._lookup(fileobj)
+        try:
+            key = self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        self._drop(fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_READ | _WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._lookup(fileobj)
+        try:
+            key = self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            self._apply(fd, key.events, events)
+            fired = self._fired.get(fd)
+            if fired is not None:
+                self._fired[fd] = fired & events
+        if events != key.events or data is not key.data:
+            key = key._replace(events=events, data=data)
+            self._keys[fd] = key
+        return key
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._map[fileobj]
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
+
+    # -- waiting
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        fired = self._fired
+        if not self.collect_only:
+            if fired or (timeout is not None and timeout <= 0):
+                self._base.loop(_POLL)
+            elif timeout is None:
+                self._base.loop(_ONCE)
+            else:
+                timer = self._timer
+                assert timer is not None
+                timer.add(timeout)
+                try:
+                    self._base.loop(_ONCE)
+                finally:
+                    if not timer.closed:
+                        timer.delete()
+        if not fired:
+            return []
+        keys = self._keys
+        ready = []
+        for fd, mask in fired.items():
+            key = keys.get(fd)
+            if key is not None:
+                mask &= key.events
+                if mask:
+                    ready.append((key, mask))
+        fired.clear()
+        return ready
+
+    def close(self) -> None:
+        for fd in list(self._keys):
+            self._drop(fd)
+        self._fired.clear()
+        self.wake = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            try:
+                timer.close()
+            except ClosedError:
+                pass
+
+
+def _noop(_ev: LibEvent, _arg: object) -> None:
+    pass
