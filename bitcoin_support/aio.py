@@ -88,12 +88,16 @@ class EventLoop(asyncio.SelectorEventLoop):
         def _check_running(self) -> None: ...
         def _run_once(self) -> None: ...
 
+    def __new__(cls, base: EventBase | None = None) -> EventLoop:
+        # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
+        if base is not None:
+            _check_base("aio.EventLoop", base)
+        return super().__new__(cls)
+
     def __init__(self, base: EventBase | None = None) -> None:
         own = base is None
         if base is None:
             base = obtain_event_base()
-        else:
-            base = _check_base("aio.EventLoop", base)
         self._bs_base = base
         self._bs_own = own
         self._bs_tick = None
