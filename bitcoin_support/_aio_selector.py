@@ -15,6 +15,7 @@ dispatches, the readiness arrives outside ``select()``; the callback then wakes 
 from __future__ import annotations
 
 import selectors
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -36,6 +37,10 @@ _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
 _ONCE: Final = EVLOOP_ONCE
 _POLL: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK
+# While callbacks are ready, the base is polled for I/O at most this often (seconds): a chain of
+# callbacks runs without a system call per callback, and I/O waits no longer than this for it.
+POLL_INTERVAL: Final = 50e-6
+_monotonic: Final = time.monotonic
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -81,6 +86,9 @@ class LibeventSelector(selectors.BaseSelector):
         # attached mode), and the callable that wakes an idle attached loop.
         self.collect_only = False
         self.wake: Callable[[], object] | None = None
+        # The loop's run_forever sets this to its EventBase session's round(); None: loop().
+        self.round: Callable[[int], int] | None = None
+        self.last_poll = float("-inf")
         self._map = _Map(self)
 
     # -- registrations
@@ -192,19 +200,27 @@ class LibeventSelector(selectors.BaseSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         fired = self._fired
         if not self.collect_only:
+            run = self.round or self._base.loop
             if fired or (timeout is not None and timeout <= 0):
-                self._base.loop(_POLL)
+                if not fired:
+                    now = _monotonic()
+                    if now - self.last_poll < POLL_INTERVAL:
+                        return []
+                    self.last_poll = now
+                run(_POLL)
             elif timeout is None:
-                self._base.loop(_ONCE)
+                run(_ONCE)
+                self.last_poll = _monotonic()
             else:
                 timer = self._timer
                 assert timer is not None
                 timer.add(timeout)
                 try:
-                    self._base.loop(_ONCE)
+                    run(_ONCE)
                 finally:
                     if not timer.closed:
                         timer.delete()
+                self.last_poll = _monotonic()
         if not fired:
             return []
         keys = self._keys

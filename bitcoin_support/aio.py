@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import heapq
 import logging
 import threading
 from asyncio import events as _events
@@ -44,6 +45,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_Handle: Final = asyncio.Handle
+_TimerHandle: Final = asyncio.TimerHandle
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+# asyncio's constants for the same steps (base_events.py).
+_MIN_SCHEDULED: Final = 100
+_MIN_CANCELLED_FRACTION: Final = 0.5
+_MAX_SELECT_TIMEOUT: Final = 24 * 3600
 Ts = TypeVarTuple("Ts")
 
 _http_log: Final = logging.getLogger("bitcoin_support.http")
@@ -81,12 +90,16 @@ class EventLoop(asyncio.SelectorEventLoop):
     _scheduled: list[asyncio.TimerHandle]
     _thread_id: int | None
     _stopping: bool
+    _closed: bool
+    _debug: bool
+    _timer_cancelled_count: int
+    _clock_resolution: float
 
     if TYPE_CHECKING:
 
         def _check_closed(self) -> None: ...
         def _check_running(self) -> None: ...
-        def _run_once(self) -> None: ...
+        def _process_events(self, event_list: list[Any]) -> None: ...
 
     def __new__(cls, base: EventBase | None = None) -> EventLoop:
         # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
@@ -155,12 +168,17 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._check_closed()
         self._check_running()
         self._bs_check_dispatch("run_forever")
+        session = self._bs_base._session("aio.EventLoop.run_forever")
         self._bs_in_run = True
         sel = self._selector
         wake, sel.wake = sel.wake, None
+        sel.round = session.round
+        sel.last_poll = float("-inf")
         try:
             super().run_forever()
         finally:
+            sel.round = None
+            session.end()
             self._bs_in_run = False
             if not self.is_closed():
                 sel.wake = wake
@@ -215,13 +233,21 @@ class EventLoop(asyncio.SelectorEventLoop):
             if not self.is_closed():
                 self._bs_rearm()
 
+    # -- the hot path: asyncio's own code, less what only debug mode needs
+
     def call_soon(
         self,
         callback: Callable[[*Ts], object],
         *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        handle = super().call_soon(callback, *args, context=context)
+        if self._debug:
+            handle = super().call_soon(callback, *args, context=context)
+        else:
+            if self._closed:
+                raise RuntimeError("Event loop is closed")
+            handle = _Handle(callback, args, self, context)
+            self._ready.append(handle)
         if self._bs_tick is not None and self._thread_id is None:
             self._bs_rearm()
         return handle
@@ -233,10 +259,68 @@ class EventLoop(asyncio.SelectorEventLoop):
         *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        handle = super().call_at(when, callback, *args, context=context)
+        if self._debug or when is None:
+            timer = super().call_at(when, callback, *args, context=context)
+        else:
+            if self._closed:
+                raise RuntimeError("Event loop is closed")
+            timer = _TimerHandle(when, callback, args, self, context)
+            _heappush(self._scheduled, timer)
+            timer._scheduled = True  # type: ignore[attr-defined]
         if self._bs_tick is not None and self._thread_id is None:
             self._bs_rearm()
-        return handle
+        return timer
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if delay is None or self._debug:
+            return super().call_later(delay, callback, *args, context=context)
+        return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def _run_once(self) -> None:
+        """asyncio's ``BaseEventLoop._run_once``, the same steps with fewer attribute lookups."""
+        if self._debug:
+            super()._run_once()  # type: ignore[misc]
+            return
+        scheduled: list[Any] = self._scheduled
+        if scheduled:
+            n = len(scheduled)
+            if n > _MIN_SCHEDULED and self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION:
+                super()._run_once()  # type: ignore[misc]  # asyncio's own clean-up of many cancelled timers
+                return
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                _heappop(scheduled)._scheduled = False
+        ready: collections.deque[Any] = self._ready
+        if ready or self._stopping:
+            timeout: float | None = 0
+        elif scheduled:
+            timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAX_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        event_list: Any = self._selector.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+            event_list = None
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                if scheduled[0]._when >= end_time:
+                    break
+                handle = _heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        popleft = ready.popleft
+        for _ in range(len(ready)):
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None  # break cycles through a raised exception's frame
 
     # -- closing
 
