@@ -212,7 +212,7 @@ def http_once(kind: str, server: str, duration: float, lua: Path) -> float:
                 "wrk",
                 "-t1",
                 "-c50",
-                f"-d{duration}s",
+                f"-d{max(1, round(duration))}s",
                 "-s",
                 str(lua),
                 f"http://127.0.0.1:{port}/",

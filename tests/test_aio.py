@@ -563,3 +563,25 @@ def test_socketpair_readers_and_writers() -> None:
         return data
 
     assert aio.run(main()) == b"ping"
+
+
+@pytest.mark.parametrize("mode", [[], ["--attached"]])
+def test_example_runs(mode: list[str]) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "aio_on_libevent.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--seconds", "0.5", *mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    counts = dict(line.split(": ") for line in proc.stdout.splitlines() if ": " in line)
+    assert {k: int(v) > 0 for k, v in counts.items()} == {
+        "evhttp replies": True,
+        "stream echoes": True,
+        "libevent ticks": True,
+    }, proc.stdout
