@@ -585,3 +585,41 @@ def test_example_runs(mode: list[str]) -> None:
         "stream echoes": True,
         "libevent ticks": True,
     }, proc.stdout
+
+
+def test_attached_to_the_c_host(tmp_path: Any) -> None:
+    """examples/c_host/host.c runs the loop; the asyncio tasks of c_host/aio_app.py run in it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import test_interop
+
+    c_host = Path(__file__).resolve().parent.parent / "examples" / "c_host"
+    for name in ("host.c", "Makefile"):
+        (tmp_path / name).write_bytes((c_host / name).read_bytes())
+    make = subprocess.run(
+        ["make", "-s", f"PYTHON={sys.executable}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert make.returncode == 0, make.stdout + make.stderr
+    h = test_interop.Host([str(tmp_path / "host"), "0", f"{c_host / 'aio_app.py'}:setup"])
+    try:
+        time.sleep(0.3)
+        answers = []
+        for i in range(3):
+            status, _, body = h.request("POST", "/x", b"hello %d" % i)
+            assert status == 200, body
+            answers.append(json.loads(body))
+    finally:
+        rc, out, err = h.stop()
+    assert rc == 0, err
+    assert "teardown" in out and "-> 0" in out.split("teardown", 1)[1], out + err
+    assert [a["body"] for a in answers] == ["hello 0", "hello 1", "hello 2"]
+    assert all(a["running_loop_is_attached"] for a in answers)
+    assert answers[-1]["ticks"] > 0
+    assert "Task was destroyed" not in err and "Traceback" not in err, err
