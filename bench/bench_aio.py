@@ -1,6 +1,7 @@
 """asyncio on libevent against asyncio's own loop and uvloop, every row a ratio from one run.
 
-    .venv/bin/python bench/bench_aio.py [--repeats 5] [--n 300000] [--duration 3] [--no-http]
+    .venv/bin/python bench/bench_aio.py [--repeats 5] [--n 300000] [--duration 3]
+        [--http-rounds 3] [--no-http]
 
 Rows: a ``call_soon`` chain of N callbacks (each schedules the next), a ``call_later(0)`` chain,
 and, when ``wrk`` is installed, the HTTP echo of ``bench/http/servers.py`` (an asyncio Protocol
@@ -239,6 +240,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--n", type=int, default=300_000)
     ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--http-rounds", type=int, default=3)
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--serve", nargs=3, metavar=("LOOP", "SERVER", "PORT"))
     args = ap.parse_args()
@@ -257,7 +259,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             lua = Path(tmp) / "post.lua"
             lua.write_text(POST_LUA)
-            for _ in range(max(1, args.repeats // 2)):
+            for _ in range(max(1, args.http_rounds)):
                 for row, server in SERVERS.items():
                     for kind in LOOPS:
                         results.setdefault(row, {}).setdefault(kind, []).append(

@@ -30,6 +30,7 @@ from ._event import (
     LibEvent,
     obtain_event,
 )
+from ._native import ffi, lib
 
 __all__ = ["LibeventSelector"]
 
@@ -41,6 +42,10 @@ _POLL: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK
 # callbacks runs without a system call per callback, and I/O waits no longer than this for it.
 POLL_INTERVAL: Final = 50e-6
 _monotonic: Final = time.monotonic
+_READY_CB: Final = ffi.addressof(lib, "bs_aio_ready_cb")
+_take_ready: Final = lib.bs_aio_ready_take
+_unpack: Final = ffi.unpack
+_BATCH: Final = 4096
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -77,6 +82,13 @@ class LibeventSelector(selectors.BaseSelector):
 
     def __init__(self, base: EventBase) -> None:
         self._base = base
+        # The C readiness queue (cdefs/aio.c) the I/O events append to, or None once the loop
+        # is attached (then Python callbacks record readiness and wake the loop).
+        self._ring: Any = ffi.gc(lib.bs_aio_ready_new(), lib.bs_aio_ready_free)
+        if self._ring == ffi.NULL:
+            raise MemoryError("aio: could not allocate the readiness queue")
+        self._buf: Any = ffi.new("int[]", _BATCH)
+        self._lost: Any = ffi.new("int *")
         self._keys: dict[int, selectors.SelectorKey] = {}
         # fd -> [read event or None, write event or None]
         self._evs: dict[int, list[LibEvent | None]] = {}
@@ -106,16 +118,33 @@ class LibeventSelector(selectors.BaseSelector):
         evs = self._evs[fd]
         ev = evs[index]
         if ev is None:
-            flag = _READ if index == 0 else _WRITE
-            ev = obtain_event(
-                self._base,
-                fd,
-                (EV_READ if index == 0 else EV_WRITE) | EV_PERSIST,
-                self._on_ready,
-                (fd, flag),
-            )
+            flags = (EV_READ if index == 0 else EV_WRITE) | EV_PERSIST
+            if self._ring is not None:
+                ev = obtain_event(self._base, fd, flags, _READY_CB, self._ring)
+            else:
+                flag = _READ if index == 0 else _WRITE
+                ev = obtain_event(self._base, fd, flags, self._on_ready, (fd, flag))
             evs[index] = ev
         return ev
+
+    def attach(self, wake: Callable[[], object]) -> None:
+        """From now on, readiness wakes the loop through ``wake`` (attached mode)."""
+        if self._ring is None:
+            self.wake = wake
+            return
+        pending = self._take([])
+        self._ring = None
+        self.wake = wake
+        for fd, evs in self._evs.items():
+            for index, ev in enumerate(evs):
+                if ev is not None:
+                    was_added = ev.pending()
+                    ev.close()
+                    evs[index] = None
+                    if was_added:
+                        self._event(fd, index).add()
+        for key, mask in pending:
+            self._fired[key.fd] = self._fired.get(key.fd, 0) | mask
 
     def _on_ready(self, _ev: LibEvent, arg: tuple[int, int]) -> None:
         fd, flag = arg
@@ -197,42 +226,61 @@ class LibeventSelector(selectors.BaseSelector):
 
     # -- waiting
 
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        fired = self._fired
-        if not self.collect_only:
-            run = self.round or self._base.loop
-            if fired or (timeout is not None and timeout <= 0):
-                if not fired:
-                    now = _monotonic()
-                    if now - self.last_poll < POLL_INTERVAL:
-                        return []
-                    self.last_poll = now
-                run(_POLL)
-            elif timeout is None:
-                run(_ONCE)
-                self.last_poll = _monotonic()
-            else:
-                timer = self._timer
-                assert timer is not None
-                timer.add(timeout)
-                try:
-                    run(_ONCE)
-                finally:
-                    if not timer.closed:
-                        timer.delete()
-                self.last_poll = _monotonic()
-        if not fired:
-            return []
+    def _take(self, ready: list[tuple[selectors.SelectorKey, int]]) -> list[Any]:
+        """Append what became ready since the last call (C queue, then Python records)."""
         keys = self._keys
-        ready = []
-        for fd, mask in fired.items():
-            key = keys.get(fd)
-            if key is not None:
-                mask &= key.events
-                if mask:
-                    ready.append((key, mask))
-        fired.clear()
+        ring = self._ring
+        if ring is not None:
+            buf = self._buf
+            while True:
+                n = _take_ready(ring, buf, _BATCH, self._lost)
+                if self._lost[0]:  # the queue ran out of memory: everything may be ready
+                    ready.extend((key, key.events) for key in keys.values())
+                for code in _unpack(buf, n):
+                    key = keys.get(code >> 2)
+                    if key is not None:
+                        mask = code & key.events
+                        if mask:
+                            ready.append((key, mask))
+                if n < _BATCH:
+                    break
+        fired = self._fired
+        if fired:
+            for fd, mask in fired.items():
+                key = keys.get(fd)
+                if key is not None:
+                    mask &= key.events
+                    if mask:
+                        ready.append((key, mask))
+            fired.clear()
         return ready
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = self._take([])  # readiness from rounds that others ran since the last call
+        if self.collect_only:
+            return ready
+        run = self.round or self._base.loop
+        if ready or (timeout is not None and timeout <= 0):
+            if not ready:
+                now = _monotonic()
+                if now - self.last_poll < POLL_INTERVAL:
+                    return ready
+                self.last_poll = now
+            run(_POLL)
+        elif timeout is None:
+            run(_ONCE)
+            self.last_poll = _monotonic()
+        else:
+            timer = self._timer
+            assert timer is not None
+            timer.add(timeout)
+            try:
+                run(_ONCE)
+            finally:
+                if not timer.closed:
+                    timer.delete()
+            self.last_poll = _monotonic()
+        return self._take(ready)
 
     def close(self) -> None:
         for fd in list(self._keys):

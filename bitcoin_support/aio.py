@@ -189,7 +189,7 @@ class EventLoop(asyncio.SelectorEventLoop):
     def _bs_attach(self) -> None:
         if self._bs_tick is None:
             self._bs_tick = obtain_event(self._bs_base, -1, 0, self._bs_on_tick)
-            self._selector.wake = self._bs_wake
+            self._selector.attach(self._bs_wake)
             self._bs_rearm()
 
     def _bs_wake(self) -> None:

@@ -26,5 +26,6 @@ size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);
 
 #include "event_shim.h" /* the libevent handle records (event.c) */
 #include "http_shim.h"  /* the evhttp request records (http.c) */
+#include "aio_shim.h"   /* aio.EventLoop's readiness queue (aio.c) */
 
 #endif
