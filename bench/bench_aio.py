@@ -198,7 +198,17 @@ def taskset(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() else []
 
 
-def http_once(kind: str, server: str, duration: float, lua: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_once(kind: str, server: str, duration: float, lua: Path) -> tuple[float, float]:
+    """Requests per second under wrk, and the server's CPU microseconds per request."""
     port = free_port()
     cmd = [*taskset(0), sys.executable, __file__, "--serve", kind, server, str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -207,6 +217,7 @@ def http_once(kind: str, server: str, duration: float, lua: Path) -> float:
         line = proc.stdout.readline()
         if "listening" not in line:
             raise RuntimeError(f"{kind}/{server} did not start")
+        cpu0 = cpu_seconds(proc.pid)
         out = subprocess.run(
             [
                 *taskset(1),
@@ -222,10 +233,12 @@ def http_once(kind: str, server: str, duration: float, lua: Path) -> float:
             text=True,
             timeout=duration + 30,
         ).stdout
+        cpu = cpu_seconds(proc.pid) - cpu0
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        if not m:
+        n = re.search(r"(\d+) requests in", out)
+        if not m or not n:
             raise RuntimeError(f"wrk gave no rate for {kind}/{server}:\n{out}")
-        return float(m.group(1))
+        return float(m.group(1)), cpu / max(1, int(n.group(1))) * 1e6
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -262,18 +275,19 @@ def main() -> None:
             for _ in range(max(1, args.http_rounds)):
                 for row, server in SERVERS.items():
                     for kind in LOOPS:
-                        results.setdefault(row, {}).setdefault(kind, []).append(
-                            http_once(kind, server, args.duration, lua)
-                        )
+                        rate, cpu = http_once(kind, server, args.duration, lua)
+                        results.setdefault(row, {}).setdefault(kind, []).append(rate)
+                        cpu_row = row.replace("(req/s)", "(server CPU us/req)")
+                        results.setdefault(cpu_row, {}).setdefault(kind, []).append(cpu)
     elif not args.no_http:
         print("wrk is not installed: HTTP rows skipped (scripts/setup.sh installs it)")
     head = ("asyncio", "uvloop", "aio", "aio/uvloop", "aio/asyncio")
-    print(f"{'row':30} " + " ".join(f"{h:>11}" for h in head))
+    print(f"{'row':36} " + " ".join(f"{h:>11}" for h in head))
     for row, by in results.items():
         med = {k: statistics.median(v) for k, v in by.items()}
         # time rows: ratio of times (<= 1.0 is as fast); rate rows: ratio of rates (>= 1.0).
         print(
-            f"{row:30} {med['asyncio']:11.2f} {med['uvloop']:11.2f} {med['aio']:11.2f} "
+            f"{row:36} {med['asyncio']:11.2f} {med['uvloop']:11.2f} {med['aio']:11.2f} "
             f"{med['aio'] / med['uvloop']:10.2f}x {med['aio'] / med['asyncio']:10.2f}x"
         )
 
