@@ -25,11 +25,13 @@ import contextvars
 import heapq
 import logging
 import threading
+import time
 from asyncio import events as _events
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
 from . import EvHttp, EvHttpRequest
+from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
 from ._errors import ClosedError, DummyHandleError
 from ._errors import type_name as _type_name
@@ -49,6 +51,7 @@ _Handle: Final = asyncio.Handle
 _TimerHandle: Final = asyncio.TimerHandle
 _heappush: Final = heapq.heappush
 _heappop: Final = heapq.heappop
+_monotonic: Final = time.monotonic
 # asyncio's constants for the same steps (base_events.py).
 _MIN_SCHEDULED: Final = 100
 _MIN_CANCELLED_FRACTION: Final = 0.5
@@ -280,7 +283,14 @@ class EventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.TimerHandle:
         if delay is None or self._debug:
             return super().call_later(delay, callback, *args, context=context)
-        return self.call_at(self.time() + delay, callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        timer = _TimerHandle(self.time() + delay, callback, args, self, context)
+        _heappush(self._scheduled, timer)
+        timer._scheduled = True  # type: ignore[attr-defined]
+        if self._bs_tick is not None and self._thread_id is None:
+            self._bs_rearm()
+        return timer
 
     def _run_once(self) -> None:
         """asyncio's ``BaseEventLoop._run_once``, the same steps with fewer attribute lookups."""
@@ -316,11 +326,29 @@ class EventLoop(asyncio.SelectorEventLoop):
                 handle._scheduled = False
                 ready.append(handle)
         popleft = ready.popleft
-        for _ in range(len(ready)):
-            handle = popleft()
-            if not handle._cancelled:
-                handle._run()
-        handle = None  # break cycles through a raised exception's frame
+        sel = self._selector
+        while True:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+            handle = None  # break cycles through a raised exception's frame
+            # More iterations in this call while the next would not poll anyway (the base was
+            # polled less than POLL_INTERVAL ago): what run_forever and the steps above would
+            # do, minus their overhead. Timers due are moved to the ready queue as above.
+            if self._stopping or sel.collect_only or _monotonic() - sel.last_poll >= _POLL_INTERVAL:
+                return
+            if scheduled:
+                if scheduled[0]._cancelled:
+                    return
+                end_time = self.time() + self._clock_resolution
+                while scheduled and scheduled[0]._when < end_time:
+                    handle = _heappop(scheduled)
+                    handle._scheduled = False
+                    ready.append(handle)
+                handle = None
+            if not ready:
+                return
 
     # -- closing
 
