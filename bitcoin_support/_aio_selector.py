@@ -3,13 +3,16 @@
 asyncio's selector loop asks a selector three things: register/modify/unregister a descriptor
 for reading and/or writing, and ``select(timeout)`` for what became ready. Here each direction of
 a registered descriptor is one persistent libevent event (``EV_READ|EV_PERSIST`` or
-``EV_WRITE|EV_PERSIST``), added while the direction is wanted and deleted otherwise; its callback
-records the readiness. ``select()`` runs one round of the base (``EVLOOP_ONCE``, with
-``EVLOOP_NONBLOCK`` for a zero timeout and a one-shot libevent timer for a positive one), so
-every other user of the base (``LibEvent`` callbacks, evhttp servers, a trio guest) runs in the
-same round, and returns what was recorded. When the loop is attached to a base someone else
-dispatches, the readiness arrives outside ``select()``; the callback then wakes the loop
-(``wake``), and ``select()`` called from the loop's own tick only hands over what was recorded.
+``EV_WRITE|EV_PERSIST``), added while the direction is wanted and deleted otherwise. Its
+callback is C (``bs_aio_ready_cb``, cdefs/aio.c), which appends the descriptor and direction to
+a queue that ``select()`` takes in one call. ``select()`` runs one round of the base
+(``EVLOOP_ONCE``, with ``EVLOOP_NONBLOCK`` for a zero timeout and a one-shot libevent timer for a
+positive one), so every other user of the base (``LibEvent`` callbacks, evhttp servers, a trio
+guest) runs in the same round, and returns what was recorded. While callbacks are ready, a zero
+timeout polls the base at most every ``POLL_INTERVAL``. When the loop is attached to a base
+someone else dispatches, the readiness arrives outside ``select()``: the events then have Python
+callbacks that record it and wake the loop (``wake``), and ``select()`` called from the loop's
+own tick only hands over what was recorded.
 """
 
 from __future__ import annotations

@@ -623,3 +623,70 @@ def test_attached_to_the_c_host(tmp_path: Any) -> None:
     assert all(a["running_loop_is_attached"] for a in answers)
     assert answers[-1]["ticks"] > 0
     assert "Task was destroyed" not in err and "Traceback" not in err, err
+
+
+def test_io_is_polled_during_a_long_callback_chain() -> None:
+    """Ready callbacks skip the poll for at most POLL_INTERVAL: I/O is not starved by a chain."""
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        seen: list[float] = []
+        loop.add_reader(b.fileno(), lambda: (b.recv(10), seen.append(time.monotonic())))
+        deadline = time.monotonic() + 0.2
+        steps = 0
+
+        def step() -> None:
+            nonlocal steps
+            steps += 1
+            if time.monotonic() < deadline:
+                loop.call_soon(step)
+
+        loop.call_soon(step)
+        await asyncio.sleep(0)
+        sent = time.monotonic()
+        a.send(b"x")
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0)
+        loop.remove_reader(b.fileno())
+        a.close()
+        b.close()
+        assert seen, "the reader never ran during the chain"
+        return steps, seen[0] - sent
+
+    steps, latency = aio.run(main())
+    assert steps > 1000
+    assert latency < 0.05
+
+
+def test_debug_mode_and_a_loop_on_another_thread() -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        assert loop.get_debug()
+        fut = loop.create_future()
+        loop.call_later(0.001, fut.set_result, "debug")
+        return await fut
+
+    assert aio.run(main(), debug=True) == "debug"
+    out: list[Any] = []
+
+    def thread_main() -> None:
+        async def inner() -> str:
+            await asyncio.sleep(0.001)
+            a, b = socket.socketpair()
+            r, w = await asyncio.open_unix_connection(sock=a)
+            b.sendall(b"line\n")
+            line = await r.readline()
+            w.close()
+            await w.wait_closed()
+            b.close()
+            return line.decode().strip() + " on a thread"
+
+        out.append(aio.run(inner()))
+
+    t = threading.Thread(target=thread_main)
+    t.start()
+    t.join(30)
+    assert out == ["line on a thread"]
