@@ -4,7 +4,9 @@ Run as ``python tests/aio_conformance.py NAME [--loop aio|asyncio|uvloop]``: bui
 class for the mixin NAME the way CPython's own files build their ``SelectEventLoopTests``, runs
 it with unittest (each test under an alarm, so a hung test fails instead of stalling the run) and
 prints one JSON line with the counts and the names of the tests that did not pass.
-``tests/test_aio_conformance.py`` runs each NAME in its own subprocess from pytest.
+``tests/test_aio_conformance.py`` runs each NAME in its own subprocess from pytest. With
+``--loop asyncio`` all 190 pass here too; ``--loop uvloop`` errors in nearly every tearDown,
+because ``test_asyncio.utils.close_loop`` reads ``loop._default_executor``, which uvloop lacks.
 """
 
 from __future__ import annotations
