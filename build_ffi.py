@@ -29,6 +29,7 @@ HEADERS = (
     CDEFS / "secure.h",
     CDEFS / "event.h",
     CDEFS / "http.h",
+    CDEFS / "aio.h",
     CDEFS / "callbacks.h",
 )
 _CONDITIONAL = re.compile(r"#\s*(ifdef|ifndef|if|else|endif)\b\s*(\w*)")

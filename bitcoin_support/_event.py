@@ -359,7 +359,10 @@ class EventBase(Finalized):
             guard.thread = prev_thread
             guard.lock.release()
             if wakeup:
-                signal.set_wakeup_fd(-1)
+                fd = lib.bs_base_wake_fd(rec)
+                other = signal.set_wakeup_fd(-1)
+                if other != fd:  # set meanwhile by a callback (asyncio's add_signal_handler)
+                    signal.set_wakeup_fd(other, warn_on_full_buffer=False)
         err = st.error
         if err is not None:
             st.error = None
@@ -370,6 +373,36 @@ class EventBase(Finalized):
         if rc < 0:
             raise RuntimeError("EventBase.loop: event_base_loop failed")
         return rc
+
+    def _session(self, what: str) -> _Session:
+        """``loop()``'s set-up and tear-down held across many rounds (``aio.EventLoop``).
+
+        Between rounds the base counts as dispatched by this thread (as in a callback of a
+        ``loop()``); each ``round(flags)`` is one ``event_base_loop`` call that re-raises the first
+        error a callback raised, as ``loop()`` does. ``end()`` must follow, on the same thread.
+        """
+        rec = self._require(what)
+        st = self._st
+        guard = st.guard
+        if not guard.lock.acquire(False):
+            guard.wait(what)
+        if st.running:
+            guard.lock.release()
+            raise RuntimeError(f"{what}: the base's loop is already running")
+        if self._rec is None:
+            guard.lock.release()
+            self._closed_error(what)
+        session = _Session(rec, st, getattr(_tls, "state", None), guard.thread)
+        guard.thread = _get_ident()
+        _tls.state = st
+        st.running = True
+        try:
+            if threading.current_thread() is threading.main_thread():
+                session.wakeup = self._install_wakeup(rec)
+        except BaseException:
+            session.end()
+            raise
+        return session
 
     @staticmethod
     def _install_wakeup(rec: Any) -> bool:
@@ -440,6 +473,47 @@ class EventBase(Finalized):
                 self._require("call_soon_threadsafe")
             st.queue.append((fn, args))
             lib.bs_base_notify(rec)
+
+
+class _Session:
+    """A run of many loop rounds on one thread (``EventBase._session``)."""
+
+    __slots__ = ("prev", "prev_thread", "rec", "st", "wakeup")
+
+    def __init__(self, rec: Any, st: _LoopState, prev: Any, prev_thread: int | None) -> None:
+        self.rec = rec
+        self.st = st
+        self.prev = prev
+        self.prev_thread = prev_thread
+        self.wakeup = False
+
+    def round(self, flags: int) -> int:
+        """One ``event_base_loop(flags)``; re-raises the first error of its callbacks."""
+        rc: int = lib.bs_base_loop(self.rec, flags)
+        st = self.st
+        err = st.error
+        if err is not None:
+            st.error = None
+            try:
+                raise err
+            finally:
+                err = None
+        if rc < 0:
+            raise RuntimeError("EventBase.loop: event_base_loop failed")
+        return rc
+
+    def end(self) -> None:
+        st = self.st
+        st.running = False
+        _tls.state = self.prev
+        st.guard.thread = self.prev_thread
+        st.guard.lock.release()
+        if self.wakeup:
+            self.wakeup = False
+            fd = lib.bs_base_wake_fd(self.rec)
+            other = signal.set_wakeup_fd(-1)
+            if other != fd:
+                signal.set_wakeup_fd(other, warn_on_full_buffer=False)
 
 
 def obtain_event_base(*, dummy: bool = False, epoll_changelist: bool = False) -> EventBase:

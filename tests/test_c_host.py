@@ -198,7 +198,7 @@ def test_host_serves_c_and_python(build: Path, hosts: list[Host], exe: str) -> N
     stats = h.stats()
     # One locked pool: the host's token (bs_secure_allocate from C) is in the pool Python sees.
     assert stats["pool_used"] >= 256
-    assert stats["asyncio_ticks"] is None or stats["asyncio_ticks"] > 0
+    assert stats["asyncio_ticks"] > 0 and stats["asyncio_loop_attached"] is True
     status, _, _ = h.request("GET", "/nothing/here")
     assert status == 404  # the host's own fallback
     check_stopped(h)

@@ -8,8 +8,8 @@ and registers Python's paths on it, next to the host's C handlers:
 - ``/py/wait``: a long poll, answered after ``?seconds=S`` (default: never; the host's shutdown
   answers it 503 through ``bs_python_detach``).
 
-It also starts a Python timer, a trio guest job and, where ``bitcoin_support.aio`` exists, an
-asyncio job; each counts its ticks for ``/py/stats``. The host checks the API token in C before
+It also starts a Python timer, a trio guest job and an asyncio job on an attached loop; each
+counts its ticks for ``/py/stats``. The host checks the API token in C before
 any of these routes runs, so nothing here deals with authentication.
 
 Nothing here keeps references: the wrappers of the host's evhttp and base, and every handle,
@@ -19,6 +19,7 @@ route and deferred request on them, are held by the package until the host calls
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import sys
@@ -32,15 +33,11 @@ from bitcoin_support import (
     EvHttp,
     EvHttpRequest,
     LibEvent,
+    aio,
     locked_pool_stats,
     obtain_event,
     trio_guest,
 )
-
-try:  # the asyncio loop on libevent is built on another branch; see the hook below
-    from bitcoin_support import aio  # type: ignore[attr-defined,unused-ignore]
-except ImportError:
-    aio = None
 
 TICK = 0.02  # seconds between ticks of each job
 
@@ -51,7 +48,8 @@ def setup(http: EvHttp) -> None:
     stats: dict[str, Any] = {
         "timer_ticks": 0,
         "trio_ticks": 0,
-        "asyncio_ticks": None,  # stays None without bitcoin_support.aio
+        "asyncio_ticks": 0,
+        "asyncio_loop_attached": False,
         "requests": 0,
     }
 
@@ -92,20 +90,15 @@ def setup(http: EvHttp) -> None:
 
     trio_guest.start(base, trio_job, done=trio_done)
 
-    # HOOK (asyncio): runs only once bitcoin_support.aio exists in the tree. aio.attach(base)
-    # binds an asyncio loop to the host's base (SPEC section 8); the task runs whenever the host
-    # dispatches it. bs_python_detach releases the loop's events with the base's wrapper; a
-    # clean cancel of the task at detach needs aio to register itself for detach the way
-    # trio_guest.start does (bitcoin_support._attach.at_detach).
-    if aio is not None:
-        import asyncio
+    # asyncio on the host's base (SPEC section 8): the task runs whenever the host dispatches
+    # it; bs_python_detach cancels it, lets it finish and closes the loop.
+    loop = aio.attach(base)
+    stats["asyncio_ticks"] = 0
 
-        loop = aio.attach(base)
-        stats["asyncio_ticks"] = 0
+    async def asyncio_job() -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            stats["asyncio_ticks"] += 1
+            stats["asyncio_loop_attached"] = asyncio.get_running_loop() is loop
 
-        async def asyncio_job() -> None:
-            while True:
-                await asyncio.sleep(TICK)
-                stats["asyncio_ticks"] += 1
-
-        loop.create_task(asyncio_job())
+    loop.create_task(asyncio_job())

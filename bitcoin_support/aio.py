@@ -1,0 +1,556 @@
+"""asyncio on a libevent loop: an asyncio event loop whose readiness and timers are libevent's.
+
+:class:`EventLoop` is asyncio's own Unix selector loop (``asyncio.SelectorEventLoop``: its
+transports, TLS, pipes, subprocesses, signals, executors) over a selector whose registrations are
+libevent events on an :class:`EventBase` (``_aio_selector``). Waiting for I/O and timers is one
+round of the base, so the base's other users (``LibEvent`` callbacks, evhttp servers, a
+``trio_guest`` run, a C host's own events) run in the same rounds, on the same thread.
+
+- :func:`new_event_loop`, :class:`EventLoopPolicy`, :func:`run` are asyncio's, for this loop.
+- :func:`attach` binds a loop to a base that someone else dispatches (a C host, or Python's
+  ``base.dispatch()``): its callbacks run in libevent callbacks of the base (one "tick" event,
+  re-armed with a zero timeout while callbacks are ready and with the next timer's delay
+  otherwise), with ``asyncio.get_running_loop()`` returning the loop inside them.
+- :func:`serve_http` serves an evhttp server with one asyncio task per request.
+
+The README's chapter "asyncio on libevent" gives the design, its figures and which asyncio
+internals the loop relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import heapq
+import logging
+import threading
+import time
+from asyncio import events as _events
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
+
+from . import EvHttp, EvHttpRequest, _attach
+from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
+from ._aio_selector import LibeventSelector
+from ._errors import ClosedError, DummyHandleError
+from ._errors import type_name as _type_name
+from ._event import EventBase, LibEvent, obtain_event, obtain_event_base
+
+__all__ = [
+    "EventLoop",
+    "EventLoopPolicy",
+    "attach",
+    "new_event_loop",
+    "run",
+    "serve_http",
+]
+
+T = TypeVar("T")
+_Handle: Final = asyncio.Handle
+_TimerHandle: Final = asyncio.TimerHandle
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_monotonic: Final = time.monotonic
+# asyncio's constants for the same steps (base_events.py).
+_MIN_SCHEDULED: Final = 100
+_MIN_CANCELLED_FRACTION: Final = 0.5
+_MAX_SELECT_TIMEOUT: Final = 24 * 3600
+Ts = TypeVarTuple("Ts")
+
+_http_log: Final = logging.getLogger("bitcoin_support.http")
+_get_ident: Final = threading.get_ident
+_get_running_loop: Final = _events._get_running_loop
+_set_running_loop: Final = _events._set_running_loop
+
+
+def _check_base(where: str, base: object) -> EventBase:
+    if not isinstance(base, EventBase):
+        raise TypeError(f"{where}: base must be an EventBase or None, not {_type_name(base)}")
+    if base.closed:
+        raise ClosedError(f"{where}: the base is closed")
+    if base.dummy:
+        raise DummyHandleError(f"{where}: a dummy base has no libevent loop to run asyncio on")
+    return base
+
+
+class EventLoop(asyncio.SelectorEventLoop):
+    """An asyncio event loop on an :class:`EventBase` (its own one when ``base`` is None).
+
+    With no ``base`` the loop makes its own and closes it in :meth:`close`; with one it uses that
+    base and leaves it open. ``run_forever()`` / ``run_until_complete()`` dispatch the base one
+    round at a time. See :func:`attach` for a loop that runs whenever someone else dispatches.
+    """
+
+    _bs_base: EventBase
+    _bs_own: bool
+    _bs_tick: LibEvent | None
+    _bs_armed: bool
+    _bs_in_run: bool
+    _selector: LibeventSelector
+    # asyncio's own (BaseEventLoop), which typeshed does not declare.
+    _ready: collections.deque[asyncio.Handle]
+    _scheduled: list[asyncio.TimerHandle]
+    _thread_id: int | None
+    _stopping: bool
+    _closed: bool
+    _debug: bool
+    _timer_cancelled_count: int
+    _clock_resolution: float
+
+    if TYPE_CHECKING:
+
+        def _check_closed(self) -> None: ...
+        def _check_running(self) -> None: ...
+        def _process_events(self, event_list: list[Any]) -> None: ...
+
+    def __new__(cls, base: EventBase | None = None) -> EventLoop:
+        # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
+        if base is not None:
+            _check_base("aio.EventLoop", base)
+        return super().__new__(cls)
+
+    def __init__(self, base: EventBase | None = None) -> None:
+        own = base is None
+        if base is None:
+            base = obtain_event_base()
+        self._bs_base = base
+        self._bs_own = own
+        self._bs_tick = None
+        self._bs_forget_detach: Callable[[], None] | None = None
+        self._bs_armed = False
+        self._bs_in_run = False
+        try:
+            selector = LibeventSelector(base)
+            try:
+                super().__init__(selector)
+            except BaseException:
+                selector.close()
+                raise
+        except BaseException:
+            if own:
+                base.close()
+            raise
+
+    @property
+    def base(self) -> EventBase:
+        """The :class:`EventBase` the loop runs on."""
+        return self._bs_base
+
+    @property
+    def attached(self) -> bool:
+        """Whether the loop runs whenever its base is dispatched (see :func:`attach`)."""
+        return self._bs_tick is not None
+
+    def __repr__(self) -> str:
+        mode = "attached" if self._bs_tick is not None else "own" if self._bs_own else "shared"
+        return (
+            f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} "
+            f"debug={self.get_debug()} base={mode}>"
+        )
+
+    # -- running
+
+    def _bs_check_dispatch(self, what: str) -> None:
+        base = self._bs_base
+        if base.closed:
+            raise ClosedError(f"aio.EventLoop.{what}: the loop's base is closed")
+        st = base._st
+        rec = base._rec
+        if st.running or (rec is not None and rec.depth > 0):
+            raise RuntimeError(
+                f"aio.EventLoop.{what}: the base is already being dispatched by someone else; "
+                "an attached loop runs in that dispatch (use create_task, not run_*)"
+            )
+
+    def run_forever(self) -> None:
+        """Run until :meth:`stop`, dispatching the base one round per loop iteration.
+
+        RuntimeError if the base is being dispatched already (by a C host, ``base.dispatch()``
+        or another loop): an attached loop then runs in that dispatch by itself.
+        """
+        self._check_closed()
+        self._check_running()
+        self._bs_check_dispatch("run_forever")
+        session = self._bs_base._session("aio.EventLoop.run_forever")
+        self._bs_in_run = True
+        sel = self._selector
+        wake, sel.wake = sel.wake, None
+        sel.round = session.round
+        sel.last_poll = float("-inf")
+        try:
+            super().run_forever()
+        finally:
+            sel.round = None
+            session.end()
+            self._bs_in_run = False
+            if not self.is_closed():
+                sel.wake = wake
+                self._bs_rearm()
+
+    # -- attached mode
+
+    def _bs_attach(self) -> None:
+        if self._bs_tick is None:
+            self._bs_tick = obtain_event(self._bs_base, -1, 0, self._bs_on_tick)
+            self._selector.attach(self._bs_wake)
+            self._bs_rearm()
+
+    def _bs_wake(self) -> None:
+        """Readiness arrived while the attached loop is idle: run a tick after this round."""
+        if not self._bs_armed and not self._bs_in_run:
+            tick = self._bs_tick
+            if tick is not None:
+                self._bs_armed = True
+                tick.add(0)
+
+    def _bs_rearm(self) -> None:
+        """After a tick (or between runs): schedule the next one, for callbacks or the timer."""
+        tick = self._bs_tick
+        if tick is None or self._bs_in_run or self._bs_armed:
+            return  # not attached, run by run_forever(), or a tick is due this round anyway
+        if self._ready:
+            self._bs_armed = True
+            tick.add(0)
+        elif self._scheduled:
+            tick.add(max(0.0, self._scheduled[0].when() - self.time()))
+        else:
+            tick.delete()
+
+    def _bs_on_tick(self, _ev: LibEvent, _arg: object) -> None:
+        """One iteration of asyncio's loop, inside the base's dispatch (attached mode)."""
+        self._bs_armed = False
+        if self.is_closed() or self._bs_in_run or self._thread_id is not None:
+            return
+        sel = self._selector
+        previous = _get_running_loop()
+        self._thread_id = _get_ident()
+        _set_running_loop(self)
+        sel.collect_only = True
+        try:
+            self._run_once()
+        finally:
+            sel.collect_only = False
+            self._stopping = False  # stop() only ends run_forever()
+            self._thread_id = None
+            _set_running_loop(previous)
+            if not self.is_closed():
+                self._bs_rearm()
+
+    # -- the hot path: asyncio's own code, less what only debug mode needs
+
+    def call_soon(
+        self,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        if self._debug:
+            handle = super().call_soon(callback, *args, context=context)
+        else:
+            if self._closed:
+                raise RuntimeError("Event loop is closed")
+            handle = _Handle(callback, args, self, context)
+            self._ready.append(handle)
+        if self._bs_tick is not None and self._thread_id is None:
+            self._bs_rearm()
+        return handle
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if self._debug or when is None:
+            timer = super().call_at(when, callback, *args, context=context)
+        else:
+            if self._closed:
+                raise RuntimeError("Event loop is closed")
+            timer = _TimerHandle(when, callback, args, self, context)
+            _heappush(self._scheduled, timer)
+            timer._scheduled = True  # type: ignore[attr-defined]
+        if self._bs_tick is not None and self._thread_id is None:
+            self._bs_rearm()
+        return timer
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if delay is None or self._debug:
+            return super().call_later(delay, callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        timer = _TimerHandle(self.time() + delay, callback, args, self, context)
+        _heappush(self._scheduled, timer)
+        timer._scheduled = True  # type: ignore[attr-defined]
+        if self._bs_tick is not None and self._thread_id is None:
+            self._bs_rearm()
+        return timer
+
+    def _run_once(self) -> None:
+        """asyncio's ``BaseEventLoop._run_once``, the same steps with fewer attribute lookups."""
+        if self._debug:
+            super()._run_once()  # type: ignore[misc]
+            return
+        scheduled: list[Any] = self._scheduled
+        if scheduled:
+            n = len(scheduled)
+            if n > _MIN_SCHEDULED and self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION:
+                super()._run_once()  # type: ignore[misc]  # asyncio's own clean-up of many cancelled timers
+                return
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                _heappop(scheduled)._scheduled = False
+        ready: collections.deque[Any] = self._ready
+        if ready or self._stopping:
+            timeout: float | None = 0
+        elif scheduled:
+            timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAX_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        event_list: Any = self._selector.select(timeout)
+        if event_list:
+            self._process_events(event_list)
+            event_list = None
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                if scheduled[0]._when >= end_time:
+                    break
+                handle = _heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        popleft = ready.popleft
+        sel = self._selector
+        while True:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+            handle = None  # break cycles through a raised exception's frame
+            # More iterations in this call while the next would not poll anyway (the base was
+            # polled less than POLL_INTERVAL ago): what run_forever and the steps above would
+            # do, minus their overhead. Timers due are moved to the ready queue as above.
+            if self._stopping or sel.collect_only or _monotonic() - sel.last_poll >= _POLL_INTERVAL:
+                return
+            if scheduled:
+                if scheduled[0]._cancelled:
+                    return
+                end_time = self.time() + self._clock_resolution
+                while scheduled and scheduled[0]._when < end_time:
+                    handle = _heappop(scheduled)
+                    handle._scheduled = False
+                    ready.append(handle)
+                handle = None
+            if not ready:
+                return
+
+    # -- closing
+
+    def close(self) -> None:
+        """Close the loop; release its events; close the base if the loop made it.
+
+        An attached loop drops its pending callbacks and leaves the base to its owner.
+        """
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        forget, self._bs_forget_detach = self._bs_forget_detach, None
+        if forget is not None:
+            forget()
+        tick, self._bs_tick = self._bs_tick, None
+        try:
+            if self._bs_base.closed:
+                # The owner closed the base first: our events went with it.
+                self._selector._keys.clear()
+                self._selector._evs.clear()
+            super().close()
+        finally:
+            if tick is not None:
+                try:
+                    tick.close()
+                except ClosedError:
+                    pass
+            if self._bs_own:
+                self._bs_base.close()
+
+
+def attach(base: EventBase) -> EventLoop:
+    """An :class:`EventLoop` on ``base`` that runs whenever someone else dispatches ``base``.
+
+    Tasks created with ``loop.create_task()`` progress in the base's dispatch (a C host's, or
+    ``base.dispatch()`` from Python) with ``asyncio.get_running_loop()`` returning the loop; no
+    Python thread blocks. ``close()`` drops pending callbacks, releases the loop's events and
+    leaves the base open. ``run_until_complete`` / ``run_forever`` dispatch the base themselves
+    when nobody else is, and raise RuntimeError when the base is being dispatched.
+    """
+    loop = EventLoop(_check_base("aio.attach", base))
+    try:
+        loop._bs_attach()
+    except BaseException:
+        loop.close()
+        raise
+    loop._bs_forget_detach = _attach.at_detach(base.address, lambda: _detached(loop))
+    return loop
+
+
+def _detached(loop: EventLoop) -> None:
+    """The C host called ``bs_python_detach`` on the loop's base: cancel the loop's tasks, let
+    them finish when nobody dispatches the base (a host shutting down), then close the loop."""
+    loop._bs_forget_detach = None
+    if loop.is_closed():
+        return
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks and not loop.is_running():
+        try:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        except RuntimeError:  # the base is being dispatched: cancelled, not waited for
+            pass
+    if not loop.is_running():
+        loop.close()
+
+
+def new_event_loop(base: EventBase | None = None) -> EventLoop:
+    """A new :class:`EventLoop` (on its own base when ``base`` is None)."""
+    return EventLoop(base)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's Unix policy, with :class:`EventLoop` as its loops."""
+
+    def new_event_loop(self) -> EventLoop:
+        return EventLoop()
+
+
+def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
+    """Run ``main`` on a new :class:`EventLoop`, like ``asyncio.run``."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+# -- evhttp
+
+
+async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitable[Any]]) -> None:
+    """Serve ``evhttp`` until cancelled, running ``await handler(req)`` as a task per request.
+
+    The semantics of ``trio_guest.serve_http``: the handler replies itself, or returns a
+    bytes-like object (or SerializeData) sent as 200; an exception is logged at ERROR on
+    ``bitcoin_support.http`` and answered with 500, as is ``None`` without a reply. When the
+    client disconnects before the reply, the handler's task is cancelled. When ``serve_http`` is
+    cancelled, the handlers still running are cancelled and their clients get 503; so do
+    requests arriving afterwards, until another callback is set.
+
+    ``evhttp`` must be on the loop's base (or on a base whose dispatching thread may hand over
+    through ``call_soon_threadsafe``). Installs the generic callback for its duration.
+    """
+    if not isinstance(evhttp, EvHttp):
+        raise TypeError(f"serve_http: evhttp must be an EvHttp, not {_type_name(evhttp)}")
+    if not callable(handler):
+        raise TypeError(f"serve_http: handler must be callable, not {_type_name(handler)}")
+    loop = asyncio.get_running_loop()
+    loop_thread = _get_ident()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def start(req: EvHttpRequest) -> None:
+        task = loop.create_task(_serve_one(req, handler))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_request(req: EvHttpRequest, _arg: object) -> None:
+        # A libevent callback of the server's base. Returning without a reply defers the
+        # request; the evhttp layer holds it until the task answers or the connection closes.
+        if _get_ident() == loop_thread:
+            start(req)
+        else:
+            loop.call_soon_threadsafe(start, req)
+
+    evhttp.set_gencb(on_request)
+    try:
+        await loop.create_future()
+    finally:
+        try:
+            evhttp.set_gencb(_unavailable)
+        except ClosedError:
+            pass
+        running = list(tasks)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+
+def _unavailable(req: EvHttpRequest, _arg: object) -> None:
+    req.send_error(503)
+
+
+async def _serve_one(
+    req: EvHttpRequest, handler: Callable[[EvHttpRequest], Awaitable[Any]]
+) -> None:
+    """A request's task: run the handler, send what it returned; cancelled if the client leaves."""
+    if req.closed:  # the client left before the task started
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def on_gone() -> None:
+        nonlocal gone
+        gone = True
+        task.cancel()
+
+    # The evhttp layer calls this when the connection closes before the reply is complete; the
+    # request is closed by then, so the cancelled handler cannot answer it.
+    req._on_gone(on_gone)
+    try:
+        result = await handler(req)
+    except asyncio.CancelledError:
+        if gone:
+            return
+        _answer_error(req, 503)  # serve_http cancelled: shutting down
+        raise
+    except Exception as exc:
+        _http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
+        _answer_error(req, 500)
+        return
+    except BaseException:
+        _answer_error(req, 503)
+        raise
+    finally:
+        req._on_gone(None)
+    if req.closed:  # answered by the handler
+        return
+    if result is None:
+        _http_log.error(
+            "serve_http: handler returned None without replying (request id=%d)", req.id
+        )
+        _answer_error(req, 500)
+        return
+    try:
+        req.send_reply(200, body=result)
+    except (TypeError, ValueError) as exc:
+        _http_log.error(
+            "serve_http: handler returned %s, not a bytes-like body (request id=%d)",
+            _type_name(result),
+            req.id,
+            exc_info=exc,
+        )
+        _answer_error(req, 500)
+
+
+def _answer_error(req: EvHttpRequest, code: int) -> None:
+    """Answer ``code`` unless the request is already answered or its client gone."""
+    if not req.closed:
+        try:
+            req.send_error(code)
+        except (ClosedError, RuntimeError):
+            pass
