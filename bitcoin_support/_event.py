@@ -61,6 +61,7 @@ PyEventCallback = Callable[["LibEvent", Any], object]
 
 _ALL_EVENTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_PERSIST | EV_ET | EV_CLOSED
 _RESULTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_CLOSED
+_READD: Final[int] = lib.BS_EVENT_READD
 _IO: Final = EV_READ | EV_WRITE | EV_CLOSED
 _LOOP_FLAGS: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK | EVLOOP_NO_EXIT_ON_EMPTY
 # Flags active() may defer: every non-empty combination of the result flags.
@@ -680,9 +681,9 @@ class LibEvent(Finalized):
         """Activate now what active() deferred (another event is being activated after it)."""
         again = self._again
         if again:
-            self._again = 0
+            self._again = again & _READD  # a deferred re-add still waits for the trampoline
         self._st.deferred = None
-        if again and self._rec is not None:
+        if again and again & _RESULTS and self._rec is not None:
             lib.bs_event_active(self._rec, again & _RESULTS)
 
     # -- properties
@@ -714,9 +715,25 @@ class LibEvent(Finalized):
 
     # -- operations
 
-    @_guarded("LibEvent.add")
     def add(self, timeout: float | None = None) -> None:
-        """Make the event pending, with an optional timeout in seconds."""
+        """Make the event pending, with an optional timeout in seconds.
+
+        A timer re-armed from inside its own callback hands the re-add to the C trampoline,
+        which makes it when the callback returns, as ``active()`` does: one call into C fewer on
+        the path every periodic timer takes.
+        """
+        again = self._again
+        if again is not None and self._fd == -1 and self._handle is not None:
+            seconds = (
+                -1.0 if timeout is None else _seconds("LibEvent.add", "timeout", timeout, zero=True)
+            )
+            self._rec.readd = seconds
+            self._again = again | _READD
+            return
+        self._add(timeout)
+
+    @_guarded("LibEvent.add")
+    def _add(self, timeout: float | None) -> None:
         seconds = (
             -1.0 if timeout is None else _seconds("LibEvent.add", "timeout", timeout, zero=True)
         )
@@ -778,7 +795,10 @@ class LibEvent(Finalized):
             raise TypeError(f"LibEvent.pending: what must be an int, not {_type_name(what)}")
         if what & ~_RESULTS:
             raise ValueError(f"LibEvent.pending: what has unknown bits: {what:#x}")
-        return bool((self._again or 0) & what or lib.bs_event_pending(rec, what))
+        again = self._again or 0
+        if again & _READD and what & (self._events & _RESULTS | EV_TIMEOUT):
+            return True  # re-added when its callback returns
+        return bool(again & what or lib.bs_event_pending(rec, what))
 
 
 def obtain_event(

@@ -397,9 +397,12 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
     if (free_it) {
         bs_record_free(e, sizeof *e);
     } else if (e->ev != NULL) {
-        if (again != 0) {
+        if ((again & BS_EVENT_READD) && bs_event_add(e, e->readd) != 0 && e->py != NULL &&
+            !(again & EV_ALL_RESULTS))
+            bs_py_event_unheld(e->py); /* the re-add failed (no memory): not held any more */
+        if (again & EV_ALL_RESULTS) {
             event_active(e->ev, again & EV_ALL_RESULTS, 1);
-        } else if (e->c_cb != NULL && e->py != NULL &&
+        } else if (again == 0 && e->c_cb != NULL && e->py != NULL &&
                    (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) == 0) {
             bs_py_event_unheld(e->py); /* fired, not re-added: the base stops holding it */
         }

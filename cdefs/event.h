@@ -64,9 +64,14 @@ struct LibEvent {
     void *c_arg;
     void *py;                   /* ffi.new_handle of the Python LibEvent while it is held */
     int fired;                  /* flags of the current activation */
+    double readd;               /* timeout of a re-add its own callback asked for (< 0: none) */
     int running;                /* trampolines running its callback now (tree lock) */
     int dead;                   /* released while running: the trampoline frees it (tree lock) */
 };
+
+/* Returned by the Python event callback with the flags to activate: re-add the event with the
+   timeout in `readd` once the callback is over (LibEvent.add on a timer inside its callback). */
+enum { BS_EVENT_READD = 0x10000 };
 
 int bs_event_init(void);
 bs_base *bs_base_new(int dummy, int flags);

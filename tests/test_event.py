@@ -4,6 +4,7 @@ keep-alive, close, dummies, C callbacks and bad arguments."""
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -956,3 +957,88 @@ def test_add_of_a_closed_descriptor_raises_oserror(base: EventBase) -> None:
     b.close()
     with pytest.raises(OSError):
         ev.add()
+
+
+# ---------------------------------------------------------------- re-arming a timer in its callback
+
+
+def test_timer_re_added_from_its_own_callback_fires_each_time(base: EventBase) -> None:
+    seen: list[bool] = []
+
+    def tick(ev: LibEvent, arg: object) -> None:
+        seen.append(ev.pending())  # not pending: it fired
+        if len(seen) < 50:
+            ev.add(0)
+            assert ev.pending() and ev.pending(EV_TIMEOUT) and not ev.pending(EV_READ)
+
+    obtain_event(base, -1, 0, tick).add(0)
+    base.dispatch()
+    assert seen == [False] * 50
+
+
+def test_re_add_then_delete_or_close_in_the_callback_cancels_it(base: EventBase) -> None:
+    fired: list[str] = []
+
+    def once(ev: LibEvent, how: str) -> None:
+        fired.append(how)
+        ev.add(0)
+        if how == "delete":
+            ev.delete()
+            assert not ev.pending()
+        else:
+            ev.close()
+
+    for how in ("delete", "close"):
+        obtain_event(base, -1, 0, once, how).add(0)
+    base.dispatch()  # returns: neither is pending any more
+    assert sorted(fired) == ["close", "delete"]
+
+
+def test_re_add_with_a_timeout_waits_that_long(base: EventBase) -> None:
+    times: list[float] = []
+
+    def tick(ev: LibEvent, arg: object) -> None:
+        times.append(time.monotonic())
+        if len(times) < 3:
+            ev.add(0.05)
+
+    obtain_event(base, -1, 0, tick).add(0)
+    base.dispatch()
+    assert len(times) == 3 and all(b - a >= 0.045 for a, b in itertools.pairwise(times))
+
+
+def test_re_add_and_active_in_one_callback(base: EventBase) -> None:
+    fired: list[int] = []
+
+    def cb(ev: LibEvent, arg: object) -> None:
+        fired.append(ev.fired)
+        if len(fired) == 1:
+            ev.add(0.01)
+            ev.active(EV_READ)
+
+    obtain_event(base, -1, 0, cb).add(0)
+    base.dispatch()
+    # As outside the callback: a non-persistent event that runs is no longer pending, so the
+    # activation's run removes the re-added timeout.
+    assert fired == [EV_TIMEOUT, EV_READ]
+    outside: list[int] = []
+    ev = obtain_event(base, -1, 0, lambda e, a: outside.append(e.fired))
+    ev.add(0.01)
+    ev.active(EV_READ)
+    base.dispatch()
+    assert outside == [EV_READ]
+
+
+def test_bad_re_add_timeout_inside_the_callback_raises(base: EventBase) -> None:
+    errors: list[BaseException] = []
+
+    def cb(ev: LibEvent, arg: object) -> None:
+        for bad in (-1, float("nan"), "1", True):
+            try:
+                ev.add(bad)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                errors.append(exc)
+
+    obtain_event(base, -1, 0, cb).add(0)
+    base.dispatch()
+    assert len(errors) == 4
