@@ -121,6 +121,7 @@ typedef struct bs_http_route {
 typedef struct bs_evhttp {
     bs_node node;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
+    bs_http_route_t fallback; /* the generic callback until one is set: 404 */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
@@ -142,6 +143,7 @@ bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port);
 void bs_evconn_release(bs_evconn *c, int later);
 
 void bs_http_server_cb(struct evhttp_request *r, void *arg);
+int bs_http_framing_refused(struct evhttp_request *r);
 int bs_http_ignore_sigpipe(void);
 bs_http_req_t *bs_http_client_new(void *py);
 int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri);

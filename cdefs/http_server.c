@@ -84,12 +84,82 @@ static void bs_closed_server_cb(struct evhttp_request *r, void *arg)
     evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
 }
 
+/*
+ * Request smuggling: framings that strict parsers (llhttp) refuse and libevent 2.1 accepts, each
+ * read one way by libevent and another by a proxy in front of it. libevent 2.1.12 has no hook
+ * between the headers and the body (evhttp_set_newreqcb came with 2.2), so the check runs here,
+ * after libevent has framed the request its own way and before any callback sees it: the
+ * request gets 400 with "Connection: close", so whatever libevent would read next on that
+ * connection (the bytes a proxy took for body, or the other way round) is never served.
+ */
+static int is_token_char(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int plain_decimal(const char *v)
+{
+    if (*v == '\0')
+        return 0;
+    for (; *v; v++)
+        if (*v < '0' || *v > '9')
+            return 0;
+    return 1;
+}
+
+/* 1 when the request's framing is ambiguous (see above). */
+BS_EXPORT int bs_http_framing_refused(struct evhttp_request *r)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(r);
+    const char *length = NULL;
+    int chunked = 0;
+    for (struct evkeyval *kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
+        const unsigned char *k = (const unsigned char *)kv->key;
+        if (*k == '\0')
+            return 1;
+        for (; *k; k++)
+            if (!is_token_char(*k))
+                return 1; /* RFC 9110 field names are tokens */
+        if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
+            if (!plain_decimal(kv->value) || (length != NULL && strcmp(length, kv->value) != 0))
+                return 1;
+            length = kv->value;
+        } else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            /* libevent reads a body as chunked only for exactly this value, once */
+            if (chunked || evutil_ascii_strcasecmp(kv->value, "chunked") != 0)
+                return 1;
+            chunked = 1;
+        }
+    }
+    if (length != NULL && chunked)
+        return 1;
+    /* libevent reads no body for HEAD and TRACE: announced body bytes would be a next request */
+    enum evhttp_cmd_type type = evhttp_request_get_command(r);
+    if ((type == EVHTTP_REQ_HEAD || type == EVHTTP_REQ_TRACE) &&
+        (chunked || (length != NULL && strspn(length, "0") != strlen(length))))
+        return 1;
+    return 0;
+}
+
+/* The generic callback until one is set: 404 like libevent's, after the framing check. */
+static void not_found_cb(EvHttpRequest *r, void *arg)
+{
+    (void)arg;
+    evhttp_send_error((struct evhttp_request *)r, HTTP_NOTFOUND, NULL);
+}
+
 /* Every request callback, Python or C, runs through here: the server knows when it is inside
    one of its own callbacks, where it must not be freed (bs_evhttp_release). */
 BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_route_t *route = arg;
     bs_evhttp *h = route->h;
+    if (bs_http_framing_refused(r)) {
+        evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* adds "Connection: close" */
+        return;
+    }
     bs_base *b = h->node.owner; /* linked while libevent can call the server's routes */
     if (b != NULL)
         bs_base_enter(b);
@@ -355,6 +425,10 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
             bs_record_free(h, sizeof *h);
             return NULL;
         }
+        /* Requests no route matches go through the trampoline too (framing check, then 404). */
+        h->fallback.c_cb = not_found_cb;
+        h->fallback.h = h;
+        evhttp_set_gencb(h->http, bs_http_server_cb, &h->fallback);
     }
     if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
         if (h->http != NULL)
