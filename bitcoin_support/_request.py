@@ -291,9 +291,14 @@ class EvHttpRequest(Handle):
         """Start a chunked reply (server requests)."""
         raise _not_for("send_reply_start", "server request can be answered")
 
-    def send_reply_chunk(self, data: Any) -> None:
-        """Send one chunk of a started reply (server requests)."""
+    def send_reply_chunk(self, data: Any, on_sent: Callable[[], object] | None = None) -> None:
+        """Send one chunk of a started reply, ``on_sent()`` once written (server requests)."""
         raise _not_for("send_reply_chunk", "server request can be answered")
+
+    @property
+    def output_buffered(self) -> int:
+        """Reply bytes queued on the connection, not yet written (server requests)."""
+        raise _not_for("output_buffered", "server request has a reply to write")
 
     def send_reply_end(self) -> None:
         """Finish a chunked reply (server requests)."""
@@ -302,6 +307,10 @@ class EvHttpRequest(Handle):
     def set_body(self, data: Any) -> None:
         """The body to send, before make_request (client requests)."""
         raise _not_for("set_body", "client request has a body to send")
+
+    def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
+        """Private hook of the ``send_chunk`` helpers (server requests, see ``_server.py``)."""
+        raise _not_for("send_chunk", "server request has a reply to write")
 
     def _on_gone(self, cb: Callable[[], object] | None) -> None:
         """Private hook of the ``serve_http`` helpers: ``cb()`` runs once if the connection of a

@@ -9,6 +9,7 @@ when is told in the README's "Lifetimes" chapter.
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import socket
 from collections.abc import Callable
@@ -50,7 +51,7 @@ class _ServerRequest(EvHttpRequest):
     record uses to tell us when the connection goes away.
     """
 
-    __slots__ = ("_gone", "_handle", "_http")
+    __slots__ = ("_gone", "_handle", "_http", "_sent")
 
     _http: EvHttp
     _handle: Any
@@ -193,17 +194,110 @@ class _ServerRequest(EvHttpRequest):
         creason = _NULL if reason is None else _text_arg("send_reply_start", "reason", reason)
         self._reply_rc("send_reply_start", lib.bs_http_reply_start(rec, code, creason))
 
-    def send_reply_chunk(self, data: Any) -> None:
-        """Send one chunk of a started reply (an empty chunk is skipped)."""
+    def send_reply_chunk(self, data: Any, on_sent: Callable[[], object] | None = None) -> None:
+        """Send one chunk of a started reply (an empty chunk is skipped).
+
+        ``on_sent()``, when given, runs in the loop once this chunk (and everything queued
+        before it) has been written to the socket, even after ``send_reply_end()``; it never
+        runs if the connection closes first. Callbacks run in the order of their chunks.
+        """
         rec = self._server_rec("send_reply_chunk")
         ptr, n = _body_arg("EvHttpRequest.send_reply_chunk", data)
-        self._reply_rc("send_reply_chunk", lib.bs_http_reply_chunk(rec, ptr, n))
+        if on_sent is not None and not callable(on_sent):
+            raise TypeError(
+                f"EvHttpRequest.send_reply_chunk: on_sent must be callable, not "
+                f"{_type_name(on_sent)}"
+            )
+        end = lib.bs_http_reply_chunk(rec, ptr, n)
+        if end < 0:
+            self._reply_rc("send_reply_chunk", end)
+        if on_sent is not None:
+            self._sent_queue().arm(rec, end, on_sent, False)
+
+    @property
+    def output_buffered(self) -> int:
+        """Bytes of the reply queued on the connection and not yet written to the socket."""
+        rec = self._server_rec("output_buffered")
+        n = lib.bs_http_output_buffered(rec)
+        if n < 0:
+            raise ClosedError("EvHttpRequest.output_buffered: the connection is gone")
+        return int(n)
+
+    def _sent_queue(self) -> _SentQueue:
+        q: _SentQueue | None = getattr(self, "_sent", None)
+        if q is None:
+            q = self._sent = _SentQueue(self._st)
+        return q
+
+    def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
+        """Private hook of the ``send_chunk`` helpers: False when ``output_buffered`` is below
+        ``high_water`` already; otherwise True, and ``cb(gone)`` runs once in the loop when it
+        drops below (``gone=False``) or the connection closes first (``gone=True``)."""
+        rec = self._server_rec("send_chunk")
+        n = lib.bs_http_output_buffered(rec)
+        if n < 0:
+            raise ClosedError("EvHttpRequest.send_chunk: the connection is gone")
+        if n < high_water:
+            return False
+        if rec.state != _STARTED:
+            raise RuntimeError("EvHttpRequest.send_chunk: no chunked reply is in progress")
+        at = int(rec.out_added) - high_water + 1  # written so far >= at: fewer left queued
+        self._sent_queue().arm(rec, at, cb, True)
+        return True
 
     def send_reply_end(self) -> None:
         """Finish a chunked reply; the request is closed afterwards."""
         rec = self._server_rec("send_reply_end")
         self._reply_rc("send_reply_end", lib.bs_http_reply_end(rec))
         self._released()
+
+
+@final
+class _SentQueue:
+    """The on_sent callbacks of one chunked reply, by the count of written reply bytes each one
+    waits for. Kept alive in ``_sending`` while it has callbacks: the last ones run after the
+    request is closed (its reply complete). ``cdefs/http_server.c`` counts the bytes."""
+
+    __slots__ = ("handle", "heap", "seq", "st")
+
+    def __init__(self, st: _LoopState | None) -> None:
+        self.heap: list[tuple[int, int, Callable[..., object], bool]] = []
+        self.seq = 0
+        self.st = st
+        self.handle = ffi.new_handle(self)
+
+    def arm(self, rec: Any, at: int, cb: Callable[..., object], waiter: bool) -> None:
+        rc = lib.bs_http_sent_arm(rec, at, self.handle)
+        if rc == -1:
+            raise ClosedError("EvHttpRequest.send_reply_chunk: the connection is gone")
+        if rc != 0:
+            raise MemoryError("EvHttpRequest.send_reply_chunk: out of memory")
+        heapq.heappush(self.heap, (at, self.seq, cb, waiter))
+        self.seq += 1
+        _sending.add(self)
+
+    def run(self, drained: int, gone: bool) -> int:
+        heap = self.heap
+        while heap and (gone or heap[0][0] <= drained):
+            _, _, cb, waiter = heapq.heappop(heap)
+            if gone and not waiter:
+                continue  # never written: an on_sent does not run
+            try:
+                if waiter:
+                    cb(gone)
+                else:
+                    cb()
+            except BaseException as exc:
+                http_log.error("on_sent callback raised", exc_info=exc)
+                if not isinstance(exc, Exception) and self.st is not None:
+                    self.st.fail(exc)
+        if not heap:
+            _sending.discard(self)
+            return 0
+        return heap[0][0]
+
+
+_sending: set[_SentQueue] = set()
 
 
 @final
@@ -586,3 +680,10 @@ def _bs_http_on_gone(handle: Any) -> None:
     if gone is not None:
         req._gone = None
         gone()
+
+
+@ffi.def_extern(onerror=lambda *a: http_log.error("on_sent dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
+def _bs_http_on_sent(handle: Any, drained: int, gone: int) -> int:
+    """Reply bytes were written, or the connection closed: run the callbacks that are due."""
+    q: _SentQueue = _from_handle(handle)
+    return q.run(int(drained), bool(gone))

@@ -29,6 +29,9 @@ void bs_py_release_probe(void *record, size_t size);
 int _bs_http_on_request(struct bs_http_req *rec, void *route);
 /* _server.py: the connection of a deferred request closed. */
 void _bs_http_on_gone(void *py);
+/* _server.py: reply bytes were written (drained: the count so far), or the connection closed
+   (gone) with on_sent callbacks pending; returns the next threshold to wait for, 0: none. */
+unsigned long long _bs_http_on_sent(void *py, unsigned long long drained, int gone);
 /* _client.py: a client request completed or failed. */
 void _bs_http_on_response(void *py);
 

@@ -24,6 +24,7 @@ struct evhttp_connection;
 struct evhttp_bound_socket;
 struct evhttp_uri;
 struct evbuffer;
+struct evbuffer_cb_entry;
 struct evkeyvalq;
 struct evkeyval { char *key; char *value; ...; };
 struct timeval { long tv_sec; long tv_usec; ...; };
@@ -91,6 +92,15 @@ typedef struct bs_http_req {
     int state;
     int error;                       /* client: enum evhttp_request_error + 1, or 0 */
     int sys_errno;                   /* client: errno seen when the request failed */
+    /* server, chunked replies: written-byte counting and on_sent (see http_server.c) */
+    struct evbuffer *out;            /* the connection's output while its bytes are counted */
+    struct evbuffer_cb_entry *out_cb;
+    struct event *sent_ev;           /* runs the on_sent callbacks in the loop */
+    void *sent_py;                   /* ffi handle of Python's queue of them, while SENT holds */
+    unsigned long long out_added;    /* reply bytes queued since send_reply_start */
+    unsigned long long out_drained;  /* of those, written to the socket */
+    unsigned long long sent_next;    /* the oldest threshold Python waits for; 0: none */
+    int sent_gone;                   /* the connection closed with callbacks pending */
 } bs_http_req_t;
 
 
@@ -154,7 +164,9 @@ int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason, const c
 int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype);
 int bs_http_send_error(bs_http_req_t *rec, int code, const char *reason);
 int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reason);
-int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);
+long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);
+long long bs_http_output_buffered(bs_http_req_t *rec);
+int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py);
 int bs_http_reply_end(bs_http_req_t *rec);
 int bs_http_defer(bs_http_req_t *rec, void *py);
 int bs_http_finish_callback(bs_http_req_t *rec, int failed);
@@ -172,10 +184,13 @@ int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port
 /* Holders of a record. */
 #define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
 #define BS_HOLD_EV 0x02u /* libevent may still call back with it */
+#define BS_HOLD_SENT 0x04u /* on_sent callbacks pending: sent_ev will run (http_server.c) */
 extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
 bs_http_req_t *bs_rec_new(int state, unsigned holds);
 void bs_rec_enter(bs_http_req_t *rec, int state);
 void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
+void bs_rec_hold(bs_http_req_t *rec, unsigned hold);
+void bs_stop_counting(bs_http_req_t *rec); /* http_server.c */
 void bs_rec_enter_call(bs_http_req_t *rec);
 void bs_rec_leave_call(bs_http_req_t *rec);
 void bs_rec_fatal(const char *what);

@@ -22,6 +22,7 @@ static void on_complete(struct evhttp_request *r, void *arg)
 {
     bs_http_req_t *rec = arg;
     (void)r;
+    bs_stop_counting(rec); /* all written: the last drain armed the on_sent run, if any */
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
     rec->req = NULL;
@@ -47,6 +48,17 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
     rec->evcon = NULL;
     bs_rec_enter(rec, BS_REQ_GONE);
     bs_stop_watch(rec);
+    bs_stop_counting(rec); /* before libevent frees the connection's output buffer */
+    if (rec->holds & BS_HOLD_SENT) {
+        rec->sent_gone = 1; /* the pending on_sent callbacks are dropped on the next round */
+        if (bs_in_orphan) {
+            rec->sent_py = NULL;
+            rec->sent_next = 0;
+            bs_rec_drop(rec, BS_HOLD_SENT); /* EV still holds it */
+        } else {
+            event_active(rec->sent_ev, EV_TIMEOUT, 1);
+        }
+    }
     if ((rec->holds & BS_HOLD_PY) && rec->py != NULL && !bs_in_orphan) {
         void *py = rec->py;
         bs_rec_enter_call(rec);
@@ -92,13 +104,6 @@ static void bs_closed_server_cb(struct evhttp_request *r, void *arg)
  * request gets 400 with "Connection: close", so whatever libevent would read next on that
  * connection (the bytes a proxy took for body, or the other way round) is never served.
  */
-static int is_token_char(unsigned char c)
-{
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
 static int plain_decimal(const char *v)
 {
     if (*v == '\0')
@@ -116,12 +121,8 @@ BS_EXPORT int bs_http_framing_refused(struct evhttp_request *r)
     const char *length = NULL;
     int chunked = 0;
     for (struct evkeyval *kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
-        const unsigned char *k = (const unsigned char *)kv->key;
-        if (*k == '\0')
-            return 1;
-        for (; *k; k++)
-            if (!is_token_char(*k))
-                return 1; /* RFC 9110 field names are tokens */
+        if (bs_http_header_check(kv->key, strlen(kv->key), "", 0) != 0)
+            return 1; /* RFC 9110 field names are tokens */
         if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
             if (!plain_decimal(kv->value) || (length != NULL && strcmp(length, kv->value) != 0))
                 return 1;
@@ -239,6 +240,95 @@ BS_EXPORT int bs_http_defer(bs_http_req_t *rec, void *py)
     return 0;
 }
 
+/*
+ * Written bytes of a chunked reply. From send_reply_start until the reply is written
+ * (on_complete) or its connection closes (on_close), a callback on the connection's output
+ * buffer counts the bytes queued and drained; libevent calls it inside its own writes, so it
+ * only counts, and when the oldest on_sent threshold is reached it activates the record's
+ * sent_ev, whose callback runs Python in the loop. While on_sent callbacks are pending the
+ * record has the SENT holder: it outlives the request (the last chunk's callback comes after
+ * on_complete) and is let go by sent_cb once Python's queue is empty, or dropped when the
+ * connection closed first (Python discards the callbacks without running them).
+ */
+static void out_counted(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    (void)buf;
+    rec->out_added += info->n_added;
+    rec->out_drained += info->n_deleted;
+    if (info->n_deleted != 0 && rec->sent_next != 0 && rec->out_drained >= rec->sent_next &&
+        rec->sent_ev != NULL)
+        event_active(rec->sent_ev, EV_TIMEOUT, 1);
+}
+
+static void start_counting(bs_http_req_t *rec)
+{
+    struct bufferevent *bev = rec->evcon ? evhttp_connection_get_bufferevent(rec->evcon) : NULL;
+    if (bev == NULL || rec->out_cb != NULL)
+        return;
+    rec->out = bufferevent_get_output(bev);
+    rec->out_added = evbuffer_get_length(rec->out); /* the status line and headers */
+    rec->out_drained = 0;
+    rec->out_cb = evbuffer_add_cb(rec->out, out_counted, rec);
+}
+
+void bs_stop_counting(bs_http_req_t *rec)
+{
+    if (rec->out_cb != NULL) {
+        evbuffer_remove_cb_entry(rec->out, rec->out_cb);
+        rec->out_cb = NULL;
+        rec->out = NULL;
+    }
+}
+
+static void sent_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    (void)fd;
+    (void)what;
+    if (!(rec->holds & BS_HOLD_SENT))
+        return;
+    int gone = rec->sent_gone;
+    bs_rec_enter_call(rec); /* on_sent may close the request, its connection, its server */
+    unsigned long long next = _bs_http_on_sent(rec->sent_py, rec->out_drained, gone);
+    if (gone || next == 0) {
+        rec->sent_next = 0;
+        rec->sent_py = NULL;
+        bs_rec_drop(rec, BS_HOLD_SENT);
+    } else {
+        rec->sent_next = next;
+        if (rec->sent_gone || rec->out_drained >= next)
+            event_active(rec->sent_ev, EV_TIMEOUT, 1);
+    }
+    bs_rec_leave_call(rec);
+}
+
+/*
+ * Python waits until `at` reply bytes are written (an on_sent callback, or a helper waiting
+ * for output_buffered to drop); py is the handle of its queue. 0, or -1 when the reply is not
+ * being counted (not started, complete, or its connection gone), -4 out of memory.
+ */
+BS_EXPORT int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py)
+{
+    if (rec->out_cb == NULL || rec->evcon == NULL || rec->sent_gone)
+        return -1;
+    if (rec->sent_ev == NULL) {
+        rec->sent_ev = event_new(evhttp_connection_get_base(rec->evcon), -1, 0, sent_cb, rec);
+        if (rec->sent_ev == NULL)
+            return -4;
+    }
+    if (!(rec->holds & BS_HOLD_SENT)) {
+        bs_rec_hold(rec, BS_HOLD_SENT);
+        rec->sent_py = py;
+        rec->sent_next = at;
+    } else if (at < rec->sent_next || rec->sent_next == 0) {
+        rec->sent_next = at;
+    }
+    if (rec->out_drained >= at)
+        event_active(rec->sent_ev, EV_TIMEOUT, 1);
+    return 0;
+}
+
 /* Reply state checks shared by the reply calls: -1 closed, -2 already answered. */
 static int can_reply(bs_http_req_t *rec)
 {
@@ -345,25 +435,40 @@ BS_EXPORT int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reas
         bs_add_date(out);
     bs_rec_enter(rec, BS_REQ_STARTED);
     evhttp_send_reply_start(rec->req, code, reason);
+    start_counting(rec);
     return 0;
 }
 
-BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
+/* Queue a chunk; returns the reply's byte count once it is written (its on_sent threshold),
+   or -1 closed, -2 not started, -4 out of memory. An empty chunk is skipped (it would end the
+   chunked body) and returns the count queued so far. */
+BS_EXPORT long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
 {
     int rc = can_chunk(rec);
     if (rc != 0)
         return rc;
-    if (len == 0)
-        return 0; /* an empty chunk would end the chunked body */
-    struct evbuffer *buf = evbuffer_new();
-    if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
-        if (buf != NULL)
-            evbuffer_free(buf);
-        return -4;
+    if (len != 0) {
+        struct evbuffer *buf = evbuffer_new();
+        if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
+            if (buf != NULL)
+                evbuffer_free(buf);
+            return -4;
+        }
+        /* libevent's own callback slot fires only when the whole output has drained, and each
+           chunk replaces the last one's: per-chunk notification counts written bytes instead */
+        evhttp_send_reply_chunk_with_cb(rec->req, buf, NULL, NULL);
+        evbuffer_free(buf);
     }
-    evhttp_send_reply_chunk(rec->req, buf);
-    evbuffer_free(buf);
-    return 0;
+    return rec->out_cb != NULL ? (long long)rec->out_added : 0;
+}
+
+/* Bytes of reply queued on the request's connection and not yet written; -1 once closed. */
+BS_EXPORT long long bs_http_output_buffered(bs_http_req_t *rec)
+{
+    if (rec->req == NULL || rec->evcon == NULL)
+        return -1;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
+    return bev != NULL ? (long long)evbuffer_get_length(bufferevent_get_output(bev)) : -1;
 }
 
 BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
