@@ -13,6 +13,7 @@ a trio task.
 - :func:`start` only starts trio, for hosts that run the loop themselves, C hosts included.
 - :func:`wait_event` waits for a libevent event from trio code.
 - :func:`serve_http` serves an evhttp server with one trio task per request.
+- :func:`send_chunk` streams a chunked reply with back-pressure.
 
 Signals: ``KeyboardInterrupt`` behaves as under ``trio.run`` (trio installs its SIGINT handler on
 the main thread when Python's default one is in place, and delivers the interrupt to the main
@@ -35,7 +36,7 @@ from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, ob
 from ._request import EvHttpRequest
 from ._server import EvHttp
 
-__all__ = ["run", "serve_http", "start", "wait_event"]
+__all__ = ["run", "send_chunk", "serve_http", "start", "wait_event"]
 
 T = TypeVar("T")
 
@@ -251,6 +252,42 @@ async def _serve_one(
                 exc_info=exc,
             )
             _answer_error(req, 500)
+
+
+async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> None:
+    """Queue ``data`` as a chunk of ``req``'s started reply and return once fewer than
+    ``high_water`` reply bytes are queued on the connection (``req.output_buffered``).
+
+    So a producer awaiting it holds about ``high_water`` bytes in memory whatever the client's
+    speed. Raises ClosedError if the connection closes while waiting; cancellable (the chunk
+    stays queued).
+    """
+    if isinstance(high_water, bool) or not isinstance(high_water, int) or high_water < 1:
+        raise ValueError(f"send_chunk: high_water must be a positive int, got {high_water!r}")
+    await trio.lowlevel.checkpoint_if_cancelled()
+    req.send_reply_chunk(data)
+    task = trio.lowlevel.current_task()
+    waiting = True
+
+    def ready(gone: bool) -> None:
+        # Runs in the loop, between trio ticks on trio's thread (see wait_event).
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            trio.lowlevel.reschedule(task, outcome.Value(gone))
+
+    if not req._when_below(high_water, ready):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+
+    def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+        nonlocal waiting
+        waiting = False  # the waiter stays armed in C and runs as a no-op
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    gone: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+    if gone:
+        raise ClosedError("send_chunk: the connection closed before the reply was written")
 
 
 def _answer_error(req: EvHttpRequest, code: int) -> None:
