@@ -14,6 +14,7 @@ a trio task.
 - :func:`wait_event` waits for a libevent event from trio code.
 - :func:`serve_http` serves an evhttp server with one trio task per request.
 - :func:`send_chunk` streams a chunked reply with back-pressure.
+- :func:`iter_body` reads a ``stream_body`` request's body piece by piece.
 
 Signals: ``KeyboardInterrupt`` behaves as under ``trio.run`` (trio installs its SIGINT handler on
 the main thread when Python's default one is in place, and delivers the interrupt to the main
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import outcome
@@ -36,7 +38,7 @@ from ._event import EV_PERSIST, EVLOOP_NO_EXIT_ON_EMPTY, EventBase, LibEvent, ob
 from ._request import EvHttpRequest
 from ._server import EvHttp
 
-__all__ = ["run", "send_chunk", "serve_http", "start", "wait_event"]
+__all__ = ["iter_body", "run", "send_chunk", "serve_http", "start", "wait_event"]
 
 T = TypeVar("T")
 
@@ -288,6 +290,66 @@ async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> 
     gone: bool = await trio.lowlevel.wait_task_rescheduled(abort)
     if gone:
         raise ClosedError("send_chunk: the connection closed before the reply was written")
+
+
+_BODY_HIGH: Final = 256 * 1024  # pieces iter_body holds before it pauses the body
+
+
+async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
+    """The pieces of a ``stream_body`` request's body, as they are read (no empty piece).
+
+    Ends at the body's end; raises ClosedError if the body is refused (over the server's body
+    limit: the client got 413) or the connection closes first. While the consumer is behind,
+    reading pauses (the client's sending stalls) instead of the pieces piling up.
+    """
+    pieces: deque[bytes] = deque()
+    held = 0
+    status = 0
+    task: trio.lowlevel.Task | None = None
+
+    def wake() -> None:
+        nonlocal task
+        if task is not None:
+            t, task = task, None
+            trio.lowlevel.reschedule(t)
+
+    def piece(_req: EvHttpRequest, chunk: bytes) -> None:
+        nonlocal held, status
+        if chunk:
+            pieces.append(chunk)
+            held += len(chunk)
+            if held >= _BODY_HIGH:
+                sink.pause(True)
+        else:
+            status = 1
+        wake()
+
+    def failed(code: int) -> None:
+        nonlocal status
+        status = code
+        wake()
+
+    def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+        nonlocal task
+        task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    sink = req._stream_body(piece, failed)
+    while True:
+        if pieces:
+            chunk = pieces.popleft()
+            held -= len(chunk)
+            if held < _BODY_HIGH // 4:
+                sink.pause(False)
+            yield chunk
+            continue
+        if status == 1:
+            return
+        if status != 0:
+            what = "refused (413)" if status == 413 else "refused" if status > 0 else "cut short"
+            raise ClosedError(f"iter_body: the request body was {what}")
+        task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _answer_error(req: EvHttpRequest, code: int) -> None:

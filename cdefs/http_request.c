@@ -11,7 +11,8 @@
  * back with the record (EV), and, for a chunked reply with on_sent callbacks pending, the
  * record's own sent_ev (SENT, http_server.c: it outlives the request, whose last chunk is
  * written after the reply completed, and lets go once Python's queue is empty or the
- * connection closed); besides, `calls` counts our own calls in progress that may run
+ * connection closed), and, for a stream_body request, its body_ev while the body's end, refusal
+ * or loss is still to be told (BODY, http_stream.c: a body may go on after the reply); besides, `calls` counts our own calls in progress that may run
  * Python (rec_enter_call): so whatever the Python code does (close the request, its connection,
  * its server), the record that the trampoline reads afterwards is still there.
  *
@@ -165,8 +166,13 @@ static void rec_free_if_unheld(bs_http_req_t *rec)
     if (rec->holds == 0 && rec->calls == 0) {
         bs_stop_watch(rec);
         bs_stop_counting(rec);
+        bs_stream_unlink(rec);
         if (rec->sent_ev != NULL)
             event_free(rec->sent_ev);
+        if (rec->body_ev != NULL)
+            event_free(rec->body_ev);
+        if (rec->body_in != NULL)
+            evbuffer_free(rec->body_in);
         bs_conn_unlink(rec);
         rec_free(rec);
     }

@@ -23,6 +23,7 @@ static void on_complete(struct evhttp_request *r, void *arg)
     bs_http_req_t *rec = arg;
     (void)r;
     bs_stop_counting(rec); /* all written: the last drain armed the on_sent run, if any */
+    bs_stream_reply_done(rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
     rec->req = NULL;
@@ -37,6 +38,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
     evhttp_connection_set_closecb(evcon, NULL, NULL);
     if (rec == NULL || !(rec->holds & BS_HOLD_EV))
         return;
+    bs_stream_unlink(rec); /* a body still streaming is cut short */
     if (rec->req != NULL) {
         /* Detached by a read error or timeout: libevent will not free it, so we do. */
         if (evhttp_request_get_connection(rec->req) == NULL) {
@@ -165,7 +167,9 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
     if (b != NULL)
         bs_base_enter(b);
     h->running++;
-    if (route->c_cb != NULL)
+    if (h->streams != NULL && !route->stream && bs_stream_offered(h, r))
+        evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* its body went elsewhere: never served */
+    else if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
     else
         py_request(r, route);
@@ -186,6 +190,13 @@ static void py_request(struct evhttp_request *r, bs_http_route_t *route)
     evhttp_request_set_on_complete_cb(r, on_complete, rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, on_close, rec);
+    if (route->stream && (rec->evcon == NULL || bs_stream_claim(route->h, rec, r) != 0)) {
+        bs_rec_enter(rec, BS_REQ_SENT); /* out of memory */
+        rec->py = NULL;
+        bs_rec_drop(rec, BS_HOLD_PY);
+        evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+        return;
+    }
     bs_rec_enter_call(rec);
     int failed = _bs_http_on_request(rec, route->py);
     bs_http_finish_callback(rec, failed);
@@ -491,6 +502,7 @@ static void evhttp_free_now(bs_evhttp *h)
         h->http = NULL;
         evhttp_free(http); /* closes every connection: on_close() tells Python */
     }
+    bs_stream_server_gone(h); /* their filters are freed later, without it */
 }
 
 static void evhttp_orphan(bs_node *n)

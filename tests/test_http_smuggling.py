@@ -11,7 +11,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from http_helpers import LoopThread, open_fds, request, wait_for
+from http_helpers import LoopThread, open_fds, wait_for
+from http_helpers import request as http_request
 
 from bitcoin_support import EvHttpRequest
 
@@ -23,14 +24,30 @@ def handler(req: EvHttpRequest, srv: LoopThread) -> None:
     req.send_reply(200, body=req.body)
 
 
-@pytest.fixture(scope="module")
-def srv() -> Iterator[LoopThread]:
+def stream_handler(req: EvHttpRequest, srv: LoopThread) -> None:
+    srv.seen.append(req.path)  # type: ignore[attr-defined]
+    got: list[bytes] = []
+
+    def piece(r: EvHttpRequest, chunk: bytes) -> None:
+        got.append(chunk)
+        if not chunk:
+            r.send_reply(200, body=b"".join(got))
+
+    req.on_body(piece)
+
+
+@pytest.fixture(scope="module", params=["whole", "stream_body"])
+def srv(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
+    """The plain server, and one whose connections go through the stream_body framing."""
     s = LoopThread()
     s.seen = []  # type: ignore[attr-defined]
-    s.http.set_gencb(handler, s)
+    if request.param == "whole":
+        s.http.set_gencb(handler, s)
+    else:
+        s.http.set_gencb(stream_handler, s, stream_body=True)
     s.http.set_timeout(2.0)
     s.start()
-    assert request(s.port)[0] == 200
+    assert http_request(s.port)[0] == 200
     yield s
     s.stop()
 
@@ -42,7 +59,7 @@ def still_serving(srv: LoopThread) -> Iterator[None]:
     before = open_fds()
     srv.seen.clear()  # type: ignore[attr-defined]
     yield
-    status, _, body = request(srv.port, "POST", "/after", b"still here")
+    status, _, body = http_request(srv.port, "POST", "/after", b"still here")
     assert (status, body) == (200, b"still here")
     assert wait_for(lambda: open_fds() <= before, 5), (open_fds(), before)
     assert srv.error is None
