@@ -169,7 +169,12 @@ async def wait_event(
     return result
 
 
-async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitable[Any]]) -> None:
+async def serve_http(
+    evhttp: EvHttp,
+    handler: Callable[[EvHttpRequest], Awaitable[Any]],
+    *,
+    stream_body: bool = False,
+) -> None:
     """Serve ``evhttp`` until cancelled, running ``await handler(req)`` as a trio task per request.
 
     The handler replies itself, or returns a bytes-like object (or SerializeData) that is sent
@@ -181,7 +186,8 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
     arriving afterwards get 503 too, until another callback is set.
 
     ``evhttp`` must be on the base trio runs on. Installs the server's generic callback for its
-    duration; paths set with ``set_cb`` keep their own callbacks.
+    duration; paths set with ``set_cb`` keep their own callbacks. With ``stream_body=True`` the
+    handler starts once a request's headers are in and reads its body with :func:`iter_body`.
     """
     if not isinstance(evhttp, EvHttp):
         raise TypeError(f"serve_http: evhttp must be an EvHttp, not {_type_name(evhttp)}")
@@ -200,7 +206,7 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
             else:  # an evhttp on another thread's base: hand over through trio's token
                 token.run_sync_soon(nursery.start_soon, _serve_one, req, handler)
 
-        evhttp.set_gencb(on_request)
+        evhttp.set_gencb(on_request, stream_body=stream_body)
         try:
             await trio.sleep_forever()
         finally:
