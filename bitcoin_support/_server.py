@@ -637,6 +637,17 @@ class EvHttp(Finalized):
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_headers_size(http, n)
 
+    @_guarded("EvHttp.set_strict_framing")
+    def set_strict_framing(self, on: bool = True) -> None:
+        """Read new connections through the package's own strict framing (as ``stream_body``
+        routes do): bare-LF line ends, folded headers and chunk sizes that libevent 2.1 takes
+        but llhttp's strict mode refuses get 400 (413 for a chunk size) and a closed
+        connection. Costs some speed; see the README's conformance table."""
+        self._http("set_strict_framing")
+        if not isinstance(on, bool):
+            raise TypeError(f"EvHttp.set_strict_framing: on must be a bool, not {_type_name(on)}")
+        lib.bs_evhttp_strict(self._rec, 1 if on else 0)
+
     @_guarded("EvHttp.set_timeout")
     def set_timeout(self, seconds: float) -> None:
         """Close connections idle (or stuck mid-request) for ``seconds``."""

@@ -152,6 +152,7 @@ typedef struct bs_evhttp {
     struct bs_stream_conn *streams; /* connections read through the framing filter */
     struct bs_stream_route *routes; /* set_cb paths and whether they stream (http_stream.c) */
     int gen_stream;                 /* the generic callback streams */
+    int strict;                     /* set_strict_framing: every connection is framed */
     unsigned long long max_body;    /* set_max_body_size, for streamed bodies; 0: none */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
@@ -191,6 +192,7 @@ int bs_http_on_body(bs_http_req_t *rec, void *py);
 void bs_http_body_pause(bs_http_req_t *rec, int paused);
 int bs_evhttp_route_stream(bs_evhttp *h, const char *path, int stream);
 int bs_evhttp_gen_stream(bs_evhttp *h, int stream);
+int bs_evhttp_strict(bs_evhttp *h, int on);
 void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n);
 int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py);
 int bs_http_reply_end(bs_http_req_t *rec);

@@ -123,8 +123,8 @@ BS_EXPORT int bs_http_framing_refused(struct evhttp_request *r)
     const char *length = NULL;
     int chunked = 0;
     for (struct evkeyval *kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
-        if (bs_http_header_check(kv->key, strlen(kv->key), "", 0) != 0)
-            return 1; /* RFC 9110 field names are tokens */
+        if (bs_http_header_check(kv->key, strlen(kv->key), kv->value, strlen(kv->value)) != 0)
+            return 1; /* RFC 9110 field names are tokens; no control characters in values */
         if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
             if (!plain_decimal(kv->value) || (length != NULL && strcmp(length, kv->value) != 0))
                 return 1;

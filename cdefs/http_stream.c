@@ -317,7 +317,7 @@ static char *trim_dup(const char *v, size_t n)
 
 /*
  * Frame one head at the front of src. 0: need more; 1: passed (c->mode set for its body);
- * -1: not framed exactly: TRANSPARENT (nothing consumed).
+ * -1: not framed exactly: TRANSPARENT (nothing consumed); -2: refused (see refuse_head).
  */
 static int frame_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst)
 {
@@ -337,6 +337,8 @@ static int frame_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *
         lines[nlines][0] = (size_t)at.pos;
         lines[nlines][1] = (size_t)(e.pos - at.pos);
         eols[nlines] = eol;
+        if (eol != 2)
+            return -2; /* a bare LF ends a line for libevent, not for a strict parser */
         nlines++;
         if (e.pos == at.pos)
             break; /* the empty line */
@@ -372,14 +374,16 @@ static int frame_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *
         const char *k = p + lines[i][0];
         size_t n = lines[i][1];
         const char *colon = memchr(k, ':', n);
+        if (*k == ' ' || *k == '\t')
+            return -2; /* obs-fold: libevent joins it to the previous header */
         if (colon == NULL || colon == k)
-            return -1;
+            return -2;
         for (const char *q = k; q < colon; q++)
             if (!tchar((unsigned char)*q))
-                return -1;
+                return -2;
         for (const char *q = colon + 1; q < k + n; q++)
             if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
-                return -1;
+                return -2;
         size_t klen = (size_t)(colon - k);
         const char *v = colon + 1;
         size_t vlen = n - klen - 1;
@@ -586,10 +590,15 @@ static int body_step(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *d
     }
     return 1;
 broken:
-    if (c->stream)
+    if (c->stream) {
         body_refuse(c, 400);
-    else
-        c->mode = M_TRANSPARENT; /* libevent reads the rest its way; it refuses it or not */
+    } else {
+        /* a chunk size libevent refuses: it fails the request (413, its code for any broken
+           chunk) and closes; the rest is dropped */
+        evbuffer_add(dst, "x\r\n", 3);
+        *moved = 1;
+        c->mode = M_DEAD;
+    }
     return 1;
 }
 
@@ -619,10 +628,16 @@ static enum bufferevent_filter_result stream_filter(struct evbuffer *src, struct
             r = frame_head(c, src, dst);
             if (r == 0)
                 goto out;
-            if (r < 0)
-                c->mode = M_TRANSPARENT;
-            else
+            if (r == -2) {
+                /* a request line libevent refuses: it answers 400 and closes */
+                evbuffer_add(dst, "BAD\r\n\r\n", 7);
+                c->mode = M_DEAD;
                 moved = 1;
+            } else if (r < 0) {
+                c->mode = M_TRANSPARENT;
+            } else {
+                moved = 1;
+            }
             continue;
         default:
             if (!body_step(c, src, dst, &moved))
@@ -843,6 +858,13 @@ BS_EXPORT int bs_evhttp_gen_stream(bs_evhttp *h, int stream)
     return bs_stream_update(h);
 }
 
+/* Frame every new connection (refusing what llhttp's strict mode refuses), streamed or not. */
+BS_EXPORT int bs_evhttp_strict(bs_evhttp *h, int on)
+{
+    h->strict = on;
+    return bs_stream_update(h);
+}
+
 BS_EXPORT void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n)
 {
     h->max_body = n;
@@ -851,7 +873,7 @@ BS_EXPORT void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n)
 /* New connections are filtered while some route streams (the others are not). */
 int bs_stream_update(bs_evhttp *h)
 {
-    int any = h->gen_stream;
+    int any = h->gen_stream || h->strict;
     for (bs_stream_route *r = h->routes; r != NULL && !any; r = r->next)
         any = r->stream;
     if (h->http != NULL)
