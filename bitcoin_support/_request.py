@@ -200,16 +200,24 @@ class EvHttpRequest(Handle):
             h = self._out = _OutputHeaders(self, True)
         return h
 
+    def _whole_body(self, what: str) -> Any:
+        r = self._live_req(what)
+        if self._rec.streaming:
+            raise RuntimeError(
+                f"EvHttpRequest.{what}: a stream_body request has no whole body (use on_body)"
+            )
+        return r
+
     @property
     def body_length(self) -> int:
         """Bytes of body received."""
-        r = self._live_req("body_length")
+        r = self._whole_body("body_length")
         return int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
 
     @property
     def body(self) -> bytes:
         """The body received, as bytes (a copy)."""
-        r = self._live_req("body")
+        r = self._whole_body("body")
         n = ffi.new("size_t *")
         p = lib.bs_http_body(r, n)
         return b"" if p == _NULL else ffi.unpack(p, n[0])
@@ -220,7 +228,7 @@ class EvHttpRequest(Handle):
         No intermediate ``bytes`` is made, so a secret body never lands in unwipeable memory.
         A writable buffer receives at most its own size.
         """
-        r = self._live_req("read_body")
+        r = self._whole_body("read_body")
         n = int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
         if isinstance(into, SerializeData):
             into._check()
@@ -291,17 +299,38 @@ class EvHttpRequest(Handle):
         """Start a chunked reply (server requests)."""
         raise _not_for("send_reply_start", "server request can be answered")
 
-    def send_reply_chunk(self, data: Any) -> None:
-        """Send one chunk of a started reply (server requests)."""
+    def send_reply_chunk(self, data: Any, on_sent: Callable[[], object] | None = None) -> None:
+        """Send one chunk of a started reply, ``on_sent()`` once written (server requests)."""
         raise _not_for("send_reply_chunk", "server request can be answered")
+
+    @property
+    def output_buffered(self) -> int:
+        """Reply bytes queued on the connection, not yet written (server requests)."""
+        raise _not_for("output_buffered", "server request has a reply to write")
 
     def send_reply_end(self) -> None:
         """Finish a chunked reply (server requests)."""
         raise _not_for("send_reply_end", "server request can be answered")
 
+    def on_body(self, fn: Callable[[EvHttpRequest, bytes], object]) -> None:
+        """Receive a stream_body request's body in pieces (server requests)."""
+        raise _not_for("on_body", "server request has a body to stream")
+
+    def _stream_body(
+        self,
+        fn: Callable[[EvHttpRequest, bytes], object],
+        on_error: Callable[[int], object] | None,
+    ) -> Any:
+        """Private hook of the ``iter_body`` helpers (server requests, see ``_server.py``)."""
+        raise _not_for("on_body", "server request has a body to stream")
+
     def set_body(self, data: Any) -> None:
         """The body to send, before make_request (client requests)."""
         raise _not_for("set_body", "client request has a body to send")
+
+    def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
+        """Private hook of the ``send_chunk`` helpers (server requests, see ``_server.py``)."""
+        raise _not_for("send_chunk", "server request has a reply to write")
 
     def _on_gone(self, cb: Callable[[], object] | None) -> None:
         """Private hook of the ``serve_http`` helpers: ``cb()`` runs once if the connection of a

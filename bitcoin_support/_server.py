@@ -9,6 +9,7 @@ when is told in the README's "Lifetimes" chapter.
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import socket
 import weakref
@@ -87,7 +88,7 @@ class _ServerRequest(EvHttpRequest):
     record uses to tell us when the connection goes away.
     """
 
-    __slots__ = ("_gone", "_handle", "_http")
+    __slots__ = ("_gone", "_handle", "_http", "_sent")
 
     _http: EvHttp
     _handle: Any
@@ -218,17 +219,182 @@ class _ServerRequest(EvHttpRequest):
         creason = _NULL if reason is None else _text_arg("send_reply_start", "reason", reason)
         self._reply_rc("send_reply_start", lib.bs_http_reply_start(rec, code, creason))
 
-    def send_reply_chunk(self, data: Any) -> None:
-        """Send one chunk of a started reply (an empty chunk is skipped)."""
+    def send_reply_chunk(self, data: Any, on_sent: Callable[[], object] | None = None) -> None:
+        """Send one chunk of a started reply (an empty chunk is skipped).
+
+        ``on_sent()``, when given, runs in the loop once this chunk (and everything queued
+        before it) has been written to the socket, even after ``send_reply_end()``; it never
+        runs if the connection closes first. Callbacks run in the order of their chunks.
+        """
         rec = self._server_rec("send_reply_chunk")
         ptr, n = _body_arg("EvHttpRequest.send_reply_chunk", data)
-        self._reply_rc("send_reply_chunk", lib.bs_http_reply_chunk(rec, ptr, n))
+        if on_sent is not None and not callable(on_sent):
+            raise TypeError(
+                f"EvHttpRequest.send_reply_chunk: on_sent must be callable, not "
+                f"{_type_name(on_sent)}"
+            )
+        end = lib.bs_http_reply_chunk(rec, ptr, n)
+        if end < 0:
+            self._reply_rc("send_reply_chunk", end)
+        if on_sent is not None:
+            self._sent_queue().arm(rec, end, on_sent, False)
+
+    @property
+    def output_buffered(self) -> int:
+        """Bytes of the reply queued on the connection and not yet written to the socket."""
+        rec = self._server_rec("output_buffered")
+        n = lib.bs_http_output_buffered(rec)
+        if n < 0:
+            raise ClosedError("EvHttpRequest.output_buffered: the connection is gone")
+        return int(n)
+
+    def _sent_queue(self) -> _SentQueue:
+        q: _SentQueue | None = getattr(self, "_sent", None)
+        if q is None:
+            q = self._sent = _SentQueue(self._st)
+        return q
+
+    def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
+        """Private hook of the ``send_chunk`` helpers: False when ``output_buffered`` is below
+        ``high_water`` already; otherwise True, and ``cb(gone)`` runs once in the loop when it
+        drops below (``gone=False``) or the connection closes first (``gone=True``)."""
+        rec = self._server_rec("send_chunk")
+        n = lib.bs_http_output_buffered(rec)
+        if n < 0:
+            raise ClosedError("EvHttpRequest.send_chunk: the connection is gone")
+        if n < high_water:
+            return False
+        if rec.state != _STARTED:
+            raise RuntimeError("EvHttpRequest.send_chunk: no chunked reply is in progress")
+        at = int(rec.out_added) - high_water + 1  # written so far >= at: fewer left queued
+        self._sent_queue().arm(rec, at, cb, True)
+        return True
+
+    def on_body(self, fn: Callable[[EvHttpRequest, bytes], object]) -> None:
+        """On a ``stream_body`` request: ``fn(req, chunk)`` runs in the loop for each piece of
+        the body as it is read, then once with ``b""`` at its end (pieces read before this call
+        are kept for ``fn``). Past the body limit the client gets 413 and ``fn`` sees no more
+        pieces; nor when the connection closes first. ``fn`` may run after the reply is sent
+        (the request is closed by then)."""
+        self._stream_body(fn, None)
+
+    def _stream_body(
+        self,
+        fn: Callable[[EvHttpRequest, bytes], object],
+        on_error: Callable[[int], object] | None,
+    ) -> _BodySink:
+        """``on_body`` with private hooks for the ``iter_body`` helpers: ``on_error(status)``
+        runs once if the body is refused (413, 400) or cut short (-1); the returned sink's
+        ``pause(bool)`` holds the pieces back while the consumer is behind."""
+        rec = self._server_rec("on_body")
+        if not callable(fn):
+            raise TypeError(f"EvHttpRequest.on_body: fn must be callable, not {_type_name(fn)}")
+        if not rec.streaming:
+            raise RuntimeError("EvHttpRequest.on_body: only a stream_body request has pieces")
+        sink = _BodySink(self, fn, on_error)
+        if lib.bs_http_on_body(rec, sink.handle) != 0:
+            raise RuntimeError("EvHttpRequest.on_body: already set, or the body was dropped")
+        _bodies.add(sink)
+        return sink
 
     def send_reply_end(self) -> None:
         """Finish a chunked reply; the request is closed afterwards."""
         rec = self._server_rec("send_reply_end")
         self._reply_rc("send_reply_end", lib.bs_http_reply_end(rec))
         self._released()
+
+
+@final
+class _SentQueue:
+    """The on_sent callbacks of one chunked reply, by the count of written reply bytes each one
+    waits for. Kept alive in ``_sending`` while it has callbacks: the last ones run after the
+    request is closed (its reply complete). ``cdefs/http_server.c`` counts the bytes."""
+
+    __slots__ = ("handle", "heap", "seq", "st")
+
+    def __init__(self, st: _LoopState | None) -> None:
+        self.heap: list[tuple[int, int, Callable[..., object], bool]] = []
+        self.seq = 0
+        self.st = st
+        self.handle = ffi.new_handle(self)
+
+    def arm(self, rec: Any, at: int, cb: Callable[..., object], waiter: bool) -> None:
+        rc = lib.bs_http_sent_arm(rec, at, self.handle)
+        if rc == -1:
+            raise ClosedError("EvHttpRequest.send_reply_chunk: the connection is gone")
+        if rc != 0:
+            raise MemoryError("EvHttpRequest.send_reply_chunk: out of memory")
+        heapq.heappush(self.heap, (at, self.seq, cb, waiter))
+        self.seq += 1
+        _sending.add(self)
+
+    def run(self, drained: int, gone: bool) -> int:
+        heap = self.heap
+        while heap and (gone or heap[0][0] <= drained):
+            _, _, cb, waiter = heapq.heappop(heap)
+            if gone and not waiter:
+                continue  # never written: an on_sent does not run
+            try:
+                if waiter:
+                    cb(gone)
+                else:
+                    cb()
+            except BaseException as exc:
+                http_log.error("on_sent callback raised", exc_info=exc)
+                if not isinstance(exc, Exception) and self.st is not None:
+                    self.st.fail(exc)
+        if not heap:
+            _sending.discard(self)
+            return 0
+        return heap[0][0]
+
+
+_sending: set[_SentQueue] = set()
+
+
+@final
+class _BodySink:
+    """Where the pieces of a streamed body go (``on_body``); kept in ``_bodies`` until the
+    body's end, refusal or loss, which may come after the request closed."""
+
+    __slots__ = ("fn", "handle", "on_error", "rec", "req", "st")
+
+    def __init__(
+        self,
+        req: _ServerRequest,
+        fn: Callable[[EvHttpRequest, bytes], object],
+        on_error: Callable[[int], object] | None,
+    ) -> None:
+        self.req = req
+        self.rec = req._rec  # held (BODY) until the final status comes
+        self.fn = fn
+        self.on_error = on_error
+        self.st = req._st
+        self.handle = ffi.new_handle(self)
+
+    def pause(self, paused: bool) -> None:
+        """Stop (or resume) the pieces: they wait in C, which stops reading past a limit."""
+        if self.rec is not None:
+            lib.bs_http_body_pause(self.rec, 1 if paused else 0)
+
+    def deliver(self, data: Any, n: int, status: int) -> None:
+        try:
+            if status == 0:
+                self.fn(self.req, ffi.unpack(data, n))
+                return
+            _bodies.discard(self)
+            self.rec = None
+            if status == 1:
+                self.fn(self.req, b"")
+            elif self.on_error is not None:
+                self.on_error(status)
+        except BaseException as exc:
+            http_log.error("on_body callback raised (request id=%d)", self.req._id, exc_info=exc)
+            if not isinstance(exc, Exception) and self.st is not None:
+                self.st.fail(exc)
+
+
+_bodies: set[_BodySink] = set()
 
 
 @final
@@ -255,6 +421,20 @@ class _Route:
             crec.c_arg = c_arg
         else:
             self.handle = crec.py = ffi.new_handle(self)
+
+
+def _make_route(
+    http: EvHttp, where: str, cb: Any, arg: Any, ccb: Any, carg: Any, is_c: bool, stream: object
+) -> _Route:
+    if not isinstance(stream, bool):
+        raise TypeError(f"{where}: stream_body must be a bool, not {_type_name(stream)}")
+    if is_c:
+        if stream:
+            raise ValueError(f"{where}: stream_body needs a Python callback")
+        return _Route(http, cb, arg, ccb, carg)
+    route = _Route(http, cb, arg)
+    route.crec.stream = 1 if stream else 0
+    return route
 
 
 def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
@@ -498,24 +678,35 @@ class EvHttp(Finalized):
     # -- callbacks
 
     @_guarded("EvHttp.set_gencb")
-    def set_gencb(self, cb: PyRequestCallback | Any, arg: Any = None) -> None:
-        """The callback for requests that no ``set_cb`` path matches (default: 404)."""
+    def set_gencb(
+        self, cb: PyRequestCallback | Any, arg: Any = None, *, stream_body: bool = False
+    ) -> None:
+        """The callback for requests that no ``set_cb`` path matches (default: 404).
+
+        ``stream_body=True``: the callback runs once the headers are in; see ``on_body``.
+        """
         http = self._http("set_gencb")
         ccb, carg, is_c = _callback_args("EvHttp.set_gencb", cb, arg)
-        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
+        route = _make_route(self, "EvHttp.set_gencb", cb, arg, ccb, carg, is_c, stream_body)
         lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
         self._routes[None] = route
+        lib.bs_evhttp_gen_stream(self._rec, 1 if stream_body else 0)
 
     @_guarded("EvHttp.set_cb")
-    def set_cb(self, path: str, cb: PyRequestCallback | Any, arg: Any = None) -> None:
+    def set_cb(
+        self, path: str, cb: PyRequestCallback | Any, arg: Any = None, *, stream_body: bool = False
+    ) -> None:
         """The callback for requests whose path is exactly ``path`` (replaces an earlier one).
 
         ``path`` is a str; an ASCII ``bytes`` path names the same route as its str.
+        ``stream_body=True``: the callback runs once the headers are in; see ``on_body``.
         """
         http = self._http("set_cb")
         key, cpath = _path_arg("EvHttp.set_cb", path)
         ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
-        route = _Route(self, cb, arg, ccb, carg) if is_c else _Route(self, cb, arg)
+        route = _make_route(self, "EvHttp.set_cb", cb, arg, ccb, carg, is_c, stream_body)
+        if lib.bs_evhttp_route_stream(self._rec, cpath, 1 if stream_body else 0) != 0:
+            raise MemoryError("EvHttp.set_cb: out of memory")
         if self._address is None or key in self._routes:  # never a host's callback
             lib.evhttp_del_cb(http, cpath)
         rc = lib.evhttp_set_cb(http, cpath, lib.bs_http_server_cb, route.crec)
@@ -536,6 +727,7 @@ class EvHttp(Finalized):
         if lib.evhttp_del_cb(http, cpath) != 0:
             raise ValueError(f"EvHttp.del_cb: no callback for path {path!r}")
         self._routes.pop(key, None)
+        lib.bs_evhttp_route_stream(self._rec, cpath, -1)
 
     # -- limits
 
@@ -545,6 +737,7 @@ class EvHttp(Finalized):
         http = self._http("set_max_body_size")
         _check_int("EvHttp.set_max_body_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_body_size(http, n)
+        lib.bs_evhttp_set_max_body(self._rec, n)  # streamed bodies are counted in C
 
     @_guarded("EvHttp.set_max_headers_size")
     def set_max_headers_size(self, n: int) -> None:
@@ -552,6 +745,17 @@ class EvHttp(Finalized):
         http = self._http("set_max_headers_size")
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_headers_size(http, n)
+
+    @_guarded("EvHttp.set_strict_framing")
+    def set_strict_framing(self, on: bool = True) -> None:
+        """Read new connections through the package's own strict framing (as ``stream_body``
+        routes do): bare-LF line ends, folded headers and chunk sizes that libevent 2.1 takes
+        but llhttp's strict mode refuses get 400 (413 for a chunk size) and a closed
+        connection. Costs some speed; see the README's conformance table."""
+        self._http("set_strict_framing")
+        if not isinstance(on, bool):
+            raise TypeError(f"EvHttp.set_strict_framing: on must be a bool, not {_type_name(on)}")
+        lib.bs_evhttp_strict(self._rec, 1 if on else 0)
 
     @_guarded("EvHttp.set_timeout")
     def set_timeout(self, seconds: float) -> None:
@@ -696,3 +900,17 @@ def _bs_http_on_gone(handle: Any) -> None:
     if gone is not None:
         req._gone = None
         gone()
+
+
+@ffi.def_extern(onerror=lambda *a: http_log.error("on_sent dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
+def _bs_http_on_sent(handle: Any, drained: int, gone: int) -> int:
+    """Reply bytes were written, or the connection closed: run the callbacks that are due."""
+    q: _SentQueue = _from_handle(handle)
+    return q.run(int(drained), bool(gone))
+
+
+@ffi.def_extern(onerror=lambda *a: http_log.error("on_body dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
+def _bs_http_on_body(handle: Any, data: Any, n: int, status: int) -> None:
+    """A piece of a streamed body, or its end, refusal or loss."""
+    sink: _BodySink = _from_handle(handle)
+    sink.deliver(data, int(n), int(status))

@@ -13,6 +13,8 @@ a trio task.
 - :func:`start` only starts trio, for hosts that run the loop themselves, C hosts included.
 - :func:`wait_event` waits for a libevent event from trio code.
 - :func:`serve_http` serves an evhttp server with one trio task per request.
+- :func:`send_chunk` streams a chunked reply with back-pressure.
+- :func:`iter_body` reads a ``stream_body`` request's body piece by piece.
 
 Signals: ``KeyboardInterrupt`` behaves as under ``trio.run`` (trio installs its SIGINT handler on
 the main thread when Python's default one is in place, and delivers the interrupt to the main
@@ -24,7 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import outcome
@@ -44,7 +47,7 @@ from ._event import (
 from ._request import EvHttpRequest
 from ._server import EvHttp
 
-__all__ = ["run", "serve_http", "start", "wait_event"]
+__all__ = ["iter_body", "run", "send_chunk", "serve_http", "start", "wait_event"]
 
 T = TypeVar("T")
 
@@ -235,7 +238,12 @@ async def wait_event(
     return result
 
 
-async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitable[Any]]) -> None:
+async def serve_http(
+    evhttp: EvHttp,
+    handler: Callable[[EvHttpRequest], Awaitable[Any]],
+    *,
+    stream_body: bool = False,
+) -> None:
     """Serve ``evhttp`` until cancelled, running ``await handler(req)`` as a trio task per request.
 
     The handler replies itself, or returns a bytes-like object (or SerializeData) that is sent
@@ -247,7 +255,8 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
     arriving afterwards get 503 too, until another callback is set.
 
     ``evhttp`` must be on the base trio runs on. Installs the server's generic callback for its
-    duration; paths set with ``set_cb`` keep their own callbacks.
+    duration; paths set with ``set_cb`` keep their own callbacks. With ``stream_body=True`` the
+    handler starts once a request's headers are in and reads its body with :func:`iter_body`.
     """
     if not isinstance(evhttp, EvHttp):
         raise TypeError(f"serve_http: evhttp must be an EvHttp, not {_type_name(evhttp)}")
@@ -266,7 +275,7 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
             else:  # an evhttp on another thread's base: hand over through trio's token
                 token.run_sync_soon(nursery.start_soon, _serve_one, req, handler)
 
-        evhttp.set_gencb(on_request)
+        evhttp.set_gencb(on_request, stream_body=stream_body)
         try:
             await trio.sleep_forever()
         finally:
@@ -320,6 +329,102 @@ async def _serve_one(
                 exc_info=exc,
             )
             _answer_error(req, 500)
+
+
+async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> None:
+    """Queue ``data`` as a chunk of ``req``'s started reply and return once fewer than
+    ``high_water`` reply bytes are queued on the connection (``req.output_buffered``).
+
+    So a producer awaiting it holds about ``high_water`` bytes in memory whatever the client's
+    speed. Raises ClosedError if the connection closes while waiting; cancellable (the chunk
+    stays queued).
+    """
+    if isinstance(high_water, bool) or not isinstance(high_water, int) or high_water < 1:
+        raise ValueError(f"send_chunk: high_water must be a positive int, got {high_water!r}")
+    await trio.lowlevel.checkpoint_if_cancelled()
+    req.send_reply_chunk(data)
+    task = trio.lowlevel.current_task()
+    waiting = True
+
+    def ready(gone: bool) -> None:
+        # Runs in the loop, between trio ticks on trio's thread (see wait_event).
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            trio.lowlevel.reschedule(task, outcome.Value(gone))
+
+    if not req._when_below(high_water, ready):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+
+    def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+        nonlocal waiting
+        waiting = False  # the waiter stays armed in C and runs as a no-op
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    gone: bool = await trio.lowlevel.wait_task_rescheduled(abort)
+    if gone:
+        raise ClosedError("send_chunk: the connection closed before the reply was written")
+
+
+_BODY_HIGH: Final = 256 * 1024  # pieces iter_body holds before it pauses the body
+
+
+async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
+    """The pieces of a ``stream_body`` request's body, as they are read (no empty piece).
+
+    Ends at the body's end; raises ClosedError if the body is refused (over the server's body
+    limit: the client got 413) or the connection closes first. While the consumer is behind,
+    reading pauses (the client's sending stalls) instead of the pieces piling up.
+    """
+    pieces: deque[bytes] = deque()
+    held = 0
+    status = 0
+    task: trio.lowlevel.Task | None = None
+
+    def wake() -> None:
+        nonlocal task
+        if task is not None:
+            t, task = task, None
+            trio.lowlevel.reschedule(t)
+
+    def piece(_req: EvHttpRequest, chunk: bytes) -> None:
+        nonlocal held, status
+        if chunk:
+            pieces.append(chunk)
+            held += len(chunk)
+            if held >= _BODY_HIGH:
+                sink.pause(True)
+        else:
+            status = 1
+        wake()
+
+    def failed(code: int) -> None:
+        nonlocal status
+        status = code
+        wake()
+
+    def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+        nonlocal task
+        task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    sink = req._stream_body(piece, failed)
+    while True:
+        if pieces:
+            chunk = pieces.popleft()
+            held -= len(chunk)
+            if held < _BODY_HIGH // 4:
+                sink.pause(False)
+            yield chunk
+            continue
+        if status == 1:
+            return
+        if status != 0:
+            what = "refused (413)" if status == 413 else "refused" if status > 0 else "cut short"
+            raise ClosedError(f"iter_body: the request body was {what}")
+        task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _answer_error(req: EvHttpRequest, code: int) -> None:

@@ -24,6 +24,7 @@ struct evhttp_connection;
 struct evhttp_bound_socket;
 struct evhttp_uri;
 struct evbuffer;
+struct evbuffer_cb_entry;
 struct evkeyvalq;
 struct evkeyval { char *key; char *value; ...; };
 
@@ -108,6 +109,24 @@ typedef struct bs_http_req {
     int state;
     int error;                       /* client: enum evhttp_request_error + 1, or 0 */
     int sys_errno;                   /* client: errno seen when the request failed */
+    /* server, chunked replies: written-byte counting and on_sent (see http_server.c) */
+    struct evbuffer *out;            /* the connection's output while its bytes are counted */
+    struct evbuffer_cb_entry *out_cb;
+    struct event *sent_ev;           /* runs the on_sent callbacks in the loop */
+    void *sent_py;                   /* ffi handle of Python's queue of them, while SENT holds */
+    unsigned long long out_added;    /* reply bytes queued since send_reply_start */
+    unsigned long long out_drained;  /* of those, written to the socket */
+    unsigned long long sent_next;    /* the oldest threshold Python waits for; 0: none */
+    int sent_gone;                   /* the connection closed with callbacks pending */
+    /* server, stream_body requests (see http_stream.c) */
+    struct bs_stream_conn *body_conn; /* its connection's filter, while linked */
+    struct evbuffer *body_in;        /* pieces read, not yet given to Python */
+    struct event *body_ev;           /* gives them to Python in the loop */
+    void *body_py;                   /* ffi handle of Python's sink, once on_body was called */
+    int body_status;                 /* 0 reading, 1 ended, 413/400 refused, -1 cut short */
+    int body_refused;                /* the refusal was answered */
+    int body_paused;                 /* Python's sink is full: pieces wait */
+    int streaming;                   /* a stream_body request: no whole body */
 } bs_http_req_t;
 
 
@@ -129,15 +148,29 @@ enum {
 /* The arg of the server trampoline for one path or the generic callback. */
 typedef struct bs_http_route {
     void *py;                   /* ffi handle of the Python route, or NULL for a C callback */
+    int stream;                 /* stream_body: the callback runs once the headers are in */
     EvHttpRequestCallback c_cb; /* a C callback, called through bs_http_server_cb too */
     void *c_arg;
     struct bs_evhttp *h;        /* the server: counts the callbacks running on it */
 } bs_http_route_t;
 
+struct bs_stream_conn;
+typedef struct bs_stream_route {
+    struct bs_stream_route *next;
+    char *path;
+    int stream;
+} bs_stream_route;
+
 /* The EvHttp and EvHttpConnection handle records: linked to their base like every handle. */
 typedef struct bs_evhttp {
     bs_node node;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
+    bs_http_route_t fallback; /* the generic callback until one is set: 404 */
+    struct bs_stream_conn *streams; /* connections read through the framing filter */
+    struct bs_stream_route *routes; /* set_cb paths and whether they stream (http_stream.c) */
+    int gen_stream;                 /* the generic callback streams */
+    int strict;                     /* set_strict_framing: every connection is framed */
+    unsigned long long max_body;    /* set_max_body_size, for streamed bodies; 0: none */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
@@ -167,6 +200,7 @@ void bs_evconn_release(bs_evconn *c, int later);
 void bs_evconn_set_timeout(bs_evconn *c, double seconds);
 
 void bs_http_server_cb(struct evhttp_request *r, void *arg);
+int bs_http_framing_refused(struct evhttp_request *r);
 int bs_http_ignore_sigpipe(void);
 bs_http_req_t *bs_http_client_new(void *py);
 int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri);
@@ -177,7 +211,15 @@ int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason, const c
 int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype);
 int bs_http_send_error(bs_http_req_t *rec, int code, const char *reason);
 int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reason);
-int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);
+long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);
+long long bs_http_output_buffered(bs_http_req_t *rec);
+int bs_http_on_body(bs_http_req_t *rec, void *py);
+void bs_http_body_pause(bs_http_req_t *rec, int paused);
+int bs_evhttp_route_stream(bs_evhttp *h, const char *path, int stream);
+int bs_evhttp_gen_stream(bs_evhttp *h, int stream);
+int bs_evhttp_strict(bs_evhttp *h, int on);
+void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n);
+int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py);
 int bs_http_reply_end(bs_http_req_t *rec);
 int bs_http_defer(bs_http_req_t *rec, void *py);
 int bs_http_finish_callback(bs_http_req_t *rec, int failed);
@@ -195,10 +237,21 @@ int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port
 /* Holders of a record. */
 #define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
 #define BS_HOLD_EV 0x02u /* libevent may still call back with it */
+#define BS_HOLD_SENT 0x04u /* on_sent callbacks pending: sent_ev will run (http_server.c) */
+#define BS_HOLD_BODY 0x08u /* a streamed body's end is still to be told (http_stream.c) */
 extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
 bs_http_req_t *bs_rec_new(int state, unsigned holds);
 void bs_rec_enter(bs_http_req_t *rec, int state);
 void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
+void bs_rec_hold(bs_http_req_t *rec, unsigned hold);
+void bs_stop_counting(bs_http_req_t *rec); /* http_server.c */
+/* http_stream.c */
+int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r);
+int bs_stream_offered(bs_evhttp *h, struct evhttp_request *r);
+void bs_stream_reply_done(bs_http_req_t *rec);
+void bs_stream_unlink(bs_http_req_t *rec);
+void bs_stream_server_gone(bs_evhttp *h);
+int bs_stream_update(bs_evhttp *h);
 void bs_rec_enter_call(bs_http_req_t *rec);
 void bs_rec_leave_call(bs_http_req_t *rec);
 void bs_rec_fatal(const char *what);

@@ -7,8 +7,12 @@
  * ---------------
  * A record (bs_http_req_t) has holders, one bit each in `holds`; the holder that lets go last
  * wipes and frees it (rec_drop), and a holder never lets go twice (that aborts: it would be a
- * double free). The holders are Python's wrapper (PY) and libevent while it may still call us
- * back with the record (EV); besides, `calls` counts our own calls in progress that may run
+ * double free). The holders are Python's wrapper (PY), libevent while it may still call us
+ * back with the record (EV), and, for a chunked reply with on_sent callbacks pending, the
+ * record's own sent_ev (SENT, http_server.c: it outlives the request, whose last chunk is
+ * written after the reply completed, and lets go once Python's queue is empty or the
+ * connection closed), and, for a stream_body request, its body_ev while the body's end, refusal
+ * or loss is still to be told (BODY, http_stream.c: a body may go on after the reply); besides, `calls` counts our own calls in progress that may run
  * Python (rec_enter_call): so whatever the Python code does (close the request, its connection,
  * its server), the record that the trampoline reads afterwards is still there.
  *
@@ -161,6 +165,14 @@ static void rec_free_if_unheld(bs_http_req_t *rec)
 {
     if (rec->holds == 0 && rec->calls == 0) {
         bs_stop_watch(rec);
+        bs_stop_counting(rec);
+        bs_stream_unlink(rec);
+        if (rec->sent_ev != NULL)
+            event_free(rec->sent_ev);
+        if (rec->body_ev != NULL)
+            event_free(rec->body_ev);
+        if (rec->body_in != NULL)
+            evbuffer_free(rec->body_in);
         bs_conn_unlink(rec);
         rec_free(rec);
     }
@@ -175,6 +187,14 @@ void bs_rec_drop(bs_http_req_t *rec, unsigned hold)
     if (hold & BS_HOLD_PY)
         atomic_fetch_sub_explicit(&py_holds, 1, memory_order_relaxed);
     rec_free_if_unheld(rec);
+}
+
+/* A holder takes hold (SENT, after the record was made); holding twice is a bug. */
+void bs_rec_hold(bs_http_req_t *rec, unsigned hold)
+{
+    if (rec->state == BS_REQ_FREE || (rec->holds & hold))
+        bs_rec_fatal("a holder took hold twice");
+    rec->holds |= hold;
 }
 
 /* Around a call that may run Python (which may close anything): the record outlives it. */

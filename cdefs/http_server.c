@@ -23,6 +23,8 @@ static void on_complete(struct evhttp_request *r, void *arg)
 {
     bs_http_req_t *rec = arg;
     (void)r;
+    bs_stop_counting(rec); /* all written: the last drain armed the on_sent run, if any */
+    bs_stream_reply_done(rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
     rec->req = NULL;
@@ -37,6 +39,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
     evhttp_connection_set_closecb(evcon, NULL, NULL);
     if (rec == NULL || !(rec->holds & BS_HOLD_EV))
         return;
+    bs_stream_unlink(rec); /* a body still streaming is cut short */
     if (rec->req != NULL) {
         /* Detached by a read error or timeout: libevent will not free it, so we do. */
         if (evhttp_request_get_connection(rec->req) == NULL) {
@@ -48,6 +51,17 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
     rec->evcon = NULL;
     bs_rec_enter(rec, BS_REQ_GONE);
     bs_stop_watch(rec);
+    bs_stop_counting(rec); /* before libevent frees the connection's output buffer */
+    if (rec->holds & BS_HOLD_SENT) {
+        rec->sent_gone = 1; /* the pending on_sent callbacks are dropped on the next round */
+        if (bs_in_orphan) {
+            rec->sent_py = NULL;
+            rec->sent_next = 0;
+            bs_rec_drop(rec, BS_HOLD_SENT); /* EV still holds it */
+        } else {
+            event_active(rec->sent_ev, EV_TIMEOUT, 1);
+        }
+    }
     if ((rec->holds & BS_HOLD_PY) && rec->py != NULL && !bs_in_orphan) {
         void *py = rec->py;
         bs_rec_enter_call(rec);
@@ -85,17 +99,78 @@ static void bs_closed_server_cb(struct evhttp_request *r, void *arg)
     evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
 }
 
+/*
+ * Request smuggling: framings that strict parsers (llhttp) refuse and libevent 2.1 accepts, each
+ * read one way by libevent and another by a proxy in front of it. libevent 2.1.12 has no hook
+ * between the headers and the body (evhttp_set_newreqcb came with 2.2), so the check runs here,
+ * after libevent has framed the request its own way and before any callback sees it: the
+ * request gets 400 with "Connection: close", so whatever libevent would read next on that
+ * connection (the bytes a proxy took for body, or the other way round) is never served.
+ */
+static int plain_decimal(const char *v)
+{
+    if (*v == '\0')
+        return 0;
+    for (; *v; v++)
+        if (*v < '0' || *v > '9')
+            return 0;
+    return 1;
+}
+
+/* 1 when the request's framing is ambiguous (see above). */
+BS_EXPORT int bs_http_framing_refused(struct evhttp_request *r)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(r);
+    const char *length = NULL;
+    int chunked = 0;
+    for (struct evkeyval *kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
+        if (bs_http_header_check(kv->key, strlen(kv->key), kv->value, strlen(kv->value)) != 0)
+            return 1; /* RFC 9110 field names are tokens; no control characters in values */
+        if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
+            if (!plain_decimal(kv->value) || (length != NULL && strcmp(length, kv->value) != 0))
+                return 1;
+            length = kv->value;
+        } else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            /* libevent reads a body as chunked only for exactly this value, once */
+            if (chunked || evutil_ascii_strcasecmp(kv->value, "chunked") != 0)
+                return 1;
+            chunked = 1;
+        }
+    }
+    if (length != NULL && chunked)
+        return 1;
+    /* libevent reads no body for HEAD and TRACE: announced body bytes would be a next request */
+    enum evhttp_cmd_type type = evhttp_request_get_command(r);
+    if ((type == EVHTTP_REQ_HEAD || type == EVHTTP_REQ_TRACE) &&
+        (chunked || (length != NULL && strspn(length, "0") != strlen(length))))
+        return 1;
+    return 0;
+}
+
+/* The generic callback until one is set: 404 like libevent's, after the framing check. */
+static void not_found_cb(EvHttpRequest *r, void *arg)
+{
+    (void)arg;
+    evhttp_send_error((struct evhttp_request *)r, HTTP_NOTFOUND, NULL);
+}
+
 /* Every request callback, Python or C, runs through here: the server knows when it is inside
    one of its own callbacks, where it must not be freed (bs_evhttp_release). */
 BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
     bs_http_route_t *route = arg;
     bs_evhttp *h = route->h;
+    if (bs_http_framing_refused(r)) {
+        evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* adds "Connection: close" */
+        return;
+    }
     bs_base *b = h->node.owner; /* linked while libevent can call the server's routes */
     if (b != NULL)
         bs_base_enter(b);
     h->running++;
-    if (route->c_cb != NULL)
+    if (h->streams != NULL && !route->stream && bs_stream_offered(h, r))
+        evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* its body went elsewhere: never served */
+    else if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
     else if (h->gate == NULL || h->gate((EvHttpRequest *)r, h->gate_arg) == 0)
         py_request(r, route); /* a host's gate that answered keeps Python out */
@@ -116,6 +191,13 @@ static void py_request(struct evhttp_request *r, bs_http_route_t *route)
     evhttp_request_set_on_complete_cb(r, on_complete, rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, on_close, rec);
+    if (route->stream && (rec->evcon == NULL || bs_stream_claim(route->h, rec, r) != 0)) {
+        bs_rec_enter(rec, BS_REQ_SENT); /* out of memory */
+        rec->py = NULL;
+        bs_rec_drop(rec, BS_HOLD_PY);
+        evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+        return;
+    }
     bs_rec_enter_call(rec);
     int failed = _bs_http_on_request(rec, route->py);
     bs_http_finish_callback(rec, failed);
@@ -167,6 +249,95 @@ BS_EXPORT int bs_http_defer(bs_http_req_t *rec, void *py)
                 event_add(rec->watch, NULL);
         }
     }
+    return 0;
+}
+
+/*
+ * Written bytes of a chunked reply. From send_reply_start until the reply is written
+ * (on_complete) or its connection closes (on_close), a callback on the connection's output
+ * buffer counts the bytes queued and drained; libevent calls it inside its own writes, so it
+ * only counts, and when the oldest on_sent threshold is reached it activates the record's
+ * sent_ev, whose callback runs Python in the loop. While on_sent callbacks are pending the
+ * record has the SENT holder: it outlives the request (the last chunk's callback comes after
+ * on_complete) and is let go by sent_cb once Python's queue is empty, or dropped when the
+ * connection closed first (Python discards the callbacks without running them).
+ */
+static void out_counted(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    (void)buf;
+    rec->out_added += info->n_added;
+    rec->out_drained += info->n_deleted;
+    if (info->n_deleted != 0 && rec->sent_next != 0 && rec->out_drained >= rec->sent_next &&
+        rec->sent_ev != NULL)
+        event_active(rec->sent_ev, EV_TIMEOUT, 1);
+}
+
+static void start_counting(bs_http_req_t *rec)
+{
+    struct bufferevent *bev = rec->evcon ? evhttp_connection_get_bufferevent(rec->evcon) : NULL;
+    if (bev == NULL || rec->out_cb != NULL)
+        return;
+    rec->out = bufferevent_get_output(bev);
+    rec->out_added = evbuffer_get_length(rec->out); /* the status line and headers */
+    rec->out_drained = 0;
+    rec->out_cb = evbuffer_add_cb(rec->out, out_counted, rec);
+}
+
+void bs_stop_counting(bs_http_req_t *rec)
+{
+    if (rec->out_cb != NULL) {
+        evbuffer_remove_cb_entry(rec->out, rec->out_cb);
+        rec->out_cb = NULL;
+        rec->out = NULL;
+    }
+}
+
+static void sent_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_http_req_t *rec = arg;
+    (void)fd;
+    (void)what;
+    if (!(rec->holds & BS_HOLD_SENT))
+        return;
+    int gone = rec->sent_gone;
+    bs_rec_enter_call(rec); /* on_sent may close the request, its connection, its server */
+    unsigned long long next = _bs_http_on_sent(rec->sent_py, rec->out_drained, gone);
+    if (gone || next == 0) {
+        rec->sent_next = 0;
+        rec->sent_py = NULL;
+        bs_rec_drop(rec, BS_HOLD_SENT);
+    } else {
+        rec->sent_next = next;
+        if (rec->sent_gone || rec->out_drained >= next)
+            event_active(rec->sent_ev, EV_TIMEOUT, 1);
+    }
+    bs_rec_leave_call(rec);
+}
+
+/*
+ * Python waits until `at` reply bytes are written (an on_sent callback, or a helper waiting
+ * for output_buffered to drop); py is the handle of its queue. 0, or -1 when the reply is not
+ * being counted (not started, complete, or its connection gone), -4 out of memory.
+ */
+BS_EXPORT int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py)
+{
+    if (rec->out_cb == NULL || rec->evcon == NULL || rec->sent_gone)
+        return -1;
+    if (rec->sent_ev == NULL) {
+        rec->sent_ev = event_new(evhttp_connection_get_base(rec->evcon), -1, 0, sent_cb, rec);
+        if (rec->sent_ev == NULL)
+            return BS_HTTP_NO_MEMORY;
+    }
+    if (!(rec->holds & BS_HOLD_SENT)) {
+        bs_rec_hold(rec, BS_HOLD_SENT);
+        rec->sent_py = py;
+        rec->sent_next = at;
+    } else if (at < rec->sent_next || rec->sent_next == 0) {
+        rec->sent_next = at;
+    }
+    if (rec->out_drained >= at)
+        event_active(rec->sent_ev, EV_TIMEOUT, 1);
     return 0;
 }
 
@@ -276,25 +447,40 @@ BS_EXPORT int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reas
         bs_add_date(out);
     bs_rec_enter(rec, BS_REQ_STARTED);
     evhttp_send_reply_start(rec->req, code, reason);
+    start_counting(rec);
     return 0;
 }
 
-BS_EXPORT int bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
+/* Queue a chunk; returns the reply's byte count once it is written (its on_sent threshold),
+   or -1 closed, -2 not started, -4 out of memory. An empty chunk is skipped (it would end the
+   chunked body) and returns the count queued so far. */
+BS_EXPORT long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len)
 {
     int rc = can_chunk(rec);
     if (rc != 0)
         return rc;
-    if (len == 0)
-        return 0; /* an empty chunk would end the chunked body */
-    struct evbuffer *buf = evbuffer_new();
-    if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
-        if (buf != NULL)
-            evbuffer_free(buf);
-        return BS_HTTP_NO_MEMORY;
+    if (len != 0) {
+        struct evbuffer *buf = evbuffer_new();
+        if (buf == NULL || evbuffer_add(buf, data, len) != 0) {
+            if (buf != NULL)
+                evbuffer_free(buf);
+            return BS_HTTP_NO_MEMORY;
+        }
+        /* libevent's own callback slot fires only when the whole output has drained, and each
+           chunk replaces the last one's: per-chunk notification counts written bytes instead */
+        evhttp_send_reply_chunk_with_cb(rec->req, buf, NULL, NULL);
+        evbuffer_free(buf);
     }
-    evhttp_send_reply_chunk(rec->req, buf);
-    evbuffer_free(buf);
-    return 0;
+    return rec->out_cb != NULL ? (long long)rec->out_added : 0;
+}
+
+/* Bytes of reply queued on the request's connection and not yet written; -1 once closed. */
+BS_EXPORT long long bs_http_output_buffered(bs_http_req_t *rec)
+{
+    if (rec->req == NULL || rec->evcon == NULL)
+        return -1;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
+    return bev != NULL ? (long long)evbuffer_get_length(bufferevent_get_output(bev)) : -1;
 }
 
 BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
@@ -319,6 +505,7 @@ static void evhttp_free_now(bs_evhttp *h)
             evhttp_free(http); /* closes every connection: on_close() tells Python */
         /* a host's evhttp (bs_evhttp_wrap) is the host's to free: Python removed its routes */
     }
+    bs_stream_server_gone(h); /* their filters are freed later, without it */
 }
 
 static void evhttp_orphan(bs_node *n)
@@ -358,6 +545,10 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
             bs_record_free(h, sizeof *h);
             return NULL;
         }
+        /* Requests no route matches go through the trampoline too (framing check, then 404). */
+        h->fallback.c_cb = not_found_cb;
+        h->fallback.h = h;
+        evhttp_set_gencb(h->http, bs_http_server_cb, &h->fallback);
     }
     h->owned = 1;
     if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {

@@ -243,11 +243,13 @@ def test_incomplete_headers_closed_by_timeout(srv: LoopThread) -> None:
 
 
 def test_head_with_a_body(srv: LoopThread) -> None:
+    # libevent reads no body for HEAD: the announced bytes would be read as the next request,
+    # so the request is refused as smuggling (tests/test_http_smuggling.py).
     raw = exchange(
         srv.port,
         b"HEAD /h HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
     )
-    assert status_of(raw) == 200
+    assert status_of(raw) == 400
     _, _, rest = raw.partition(b"\r\n\r\n")
     assert b"hello" not in rest
 
