@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from ._args import _address_arg, _c_callback, _oserror, _seconds
+from ._args import MAX_SECONDS, _address_arg, _c_callback, _oserror, _seconds
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._handles import Finalized, Handle, live_counts
@@ -62,6 +62,7 @@ PyEventCallback = Callable[["LibEvent", Any], object]
 _ALL_EVENTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_PERSIST | EV_ET | EV_CLOSED
 _RESULTS: Final = EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_CLOSED
 _READD: Final[int] = lib.BS_EVENT_READD
+_MAX_S: Final = MAX_SECONDS
 _IO: Final = EV_READ | EV_WRITE | EV_CLOSED
 _LOOP_FLAGS: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK | EVLOOP_NO_EXIT_ON_EMPTY
 # Flags active() may defer: every non-empty combination of the result flags.
@@ -724,9 +725,12 @@ class LibEvent(Finalized):
         """
         again = self._again
         if again is not None and self._fd == -1 and self._handle is not None:
-            seconds = (
-                -1.0 if timeout is None else _seconds("LibEvent.add", "timeout", timeout, zero=True)
-            )
+            if timeout is None:
+                seconds = -1.0
+            elif (type(timeout) is int or type(timeout) is float) and 0 <= timeout <= _MAX_S:
+                seconds = timeout  # _seconds' checks, inlined on the re-arm path
+            else:
+                seconds = _seconds("LibEvent.add", "timeout", timeout, zero=True)  # raises
             self._rec.readd = seconds
             self._again = again | _READD
             return

@@ -27,7 +27,8 @@ import logging
 import threading
 import time
 from asyncio import events as _events
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
 from . import EvHttp, EvHttpRequest, _attach
@@ -41,8 +42,10 @@ __all__ = [
     "EventLoop",
     "EventLoopPolicy",
     "attach",
+    "iter_body",
     "new_event_loop",
     "run",
+    "send_chunk",
     "serve_http",
 ]
 
@@ -440,7 +443,12 @@ def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
 # -- evhttp
 
 
-async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitable[Any]]) -> None:
+async def serve_http(
+    evhttp: EvHttp,
+    handler: Callable[[EvHttpRequest], Awaitable[Any]],
+    *,
+    stream_body: bool = False,
+) -> None:
     """Serve ``evhttp`` until cancelled, running ``await handler(req)`` as a task per request.
 
     The semantics of ``trio_guest.serve_http``: the handler replies itself, or returns a
@@ -451,7 +459,9 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
     requests arriving afterwards, until another callback is set.
 
     ``evhttp`` must be on the loop's base (or on a base whose dispatching thread may hand over
-    through ``call_soon_threadsafe``). Installs the generic callback for its duration.
+    through ``call_soon_threadsafe``). Installs the generic callback for its duration; with
+    ``stream_body=True`` the handler starts when the headers are in and reads the body with
+    :func:`iter_body`.
     """
     if not isinstance(evhttp, EvHttp):
         raise TypeError(f"serve_http: evhttp must be an EvHttp, not {_type_name(evhttp)}")
@@ -474,7 +484,7 @@ async def serve_http(evhttp: EvHttp, handler: Callable[[EvHttpRequest], Awaitabl
         else:
             loop.call_soon_threadsafe(start, req)
 
-    evhttp.set_gencb(on_request)
+    evhttp.set_gencb(on_request, stream_body=stream_body)
     try:
         await loop.create_future()
     finally:
@@ -554,3 +564,93 @@ def _answer_error(req: EvHttpRequest, code: int) -> None:
             req.send_error(code)
         except (ClosedError, RuntimeError):
             pass
+
+
+# -- streaming (SPEC section 4): the asyncio twins of trio_guest.send_chunk and iter_body
+
+
+async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> None:
+    """Queue ``data`` as a chunk of ``req``'s started reply and return once fewer than
+    ``high_water`` reply bytes are queued on the connection (``req.output_buffered``).
+
+    A producer awaiting it holds about ``high_water`` bytes whatever the client's speed. Raises
+    ClosedError if the connection closes while waiting; cancellable (the chunk stays queued).
+    """
+    if isinstance(high_water, bool) or not isinstance(high_water, int) or high_water < 1:
+        raise ValueError(f"send_chunk: high_water must be a positive int, got {high_water!r}")
+    loop = asyncio.get_running_loop()
+    req.send_reply_chunk(data)
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def ready(gone: bool) -> None:  # runs in the libevent loop of the request's base
+        def settle() -> None:
+            if not done.done():
+                done.set_result(gone)
+
+        loop.call_soon_threadsafe(settle)  # from whichever thread dispatches the base
+
+    if not req._when_below(high_water, ready):
+        return
+    if await done:
+        raise ClosedError("send_chunk: the connection closed before the reply was written")
+
+
+_BODY_HIGH: Final = 256 * 1024  # bytes iter_body holds before it pauses the body
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
+    """The pieces of a ``stream_body`` request's body, as they are read (no empty piece).
+
+    Ends at the body's end; raises ClosedError if the body is refused (over the server's body
+    limit: the client got 413) or the connection closes first. While the consumer is behind,
+    reading pauses instead of the pieces piling up.
+    """
+    loop = asyncio.get_running_loop()
+    pieces: deque[bytes] = deque()
+    held = 0
+    status = 0
+    waiter: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        nonlocal waiter
+        if waiter is not None:
+            w, waiter = waiter, None
+            loop.call_soon_threadsafe(_settle, w)
+
+    def piece(_req: EvHttpRequest, chunk: bytes) -> None:
+        nonlocal held, status
+        if chunk:
+            pieces.append(chunk)
+            held += len(chunk)
+            if held >= _BODY_HIGH:
+                sink.pause(True)
+        else:
+            status = 1
+        wake()
+
+    def failed(code: int) -> None:
+        nonlocal status
+        status = code
+        wake()
+
+    sink = req._stream_body(piece, failed)
+    while True:
+        if pieces:
+            chunk = pieces.popleft()
+            held -= len(chunk)
+            if held < _BODY_HIGH // 4:
+                sink.pause(False)
+            yield chunk
+            continue
+        if status == 1:
+            return
+        if status != 0:
+            what = "refused (413)" if status == 413 else "refused" if status > 0 else "cut short"
+            raise ClosedError(f"iter_body: the request body was {what}")
+        waiter = loop.create_future()
+        await waiter
