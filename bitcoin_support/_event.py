@@ -159,6 +159,16 @@ class _LoopState:
         # The event whose own callback, running now, deferred its re-activation (LibEvent.active).
         self.deferred: LibEvent | None = None
 
+    def reraise(self) -> None:
+        """Raise the first error a callback stored, with its traceback, and forget it."""
+        err = self.error
+        if err is not None:
+            self.error = None
+            try:
+                raise err
+            finally:
+                err = None
+
     def fail(self, exc: BaseException) -> None:
         """A callback raised: store the first error and break the loop, log the others."""
         if self.running:
@@ -365,13 +375,7 @@ class EventBase(Finalized):
                 other = signal.set_wakeup_fd(-1)
                 if other != fd:  # set meanwhile by a callback (asyncio's add_signal_handler)
                     signal.set_wakeup_fd(other, warn_on_full_buffer=False)
-        err = st.error
-        if err is not None:
-            st.error = None
-            try:
-                raise err
-            finally:
-                err = None
+        st.reraise()
         if rc < 0:
             raise RuntimeError("EventBase.loop: event_base_loop failed")
         return rc
@@ -492,14 +496,7 @@ class _Session:
     def round(self, flags: int) -> int:
         """One ``event_base_loop(flags)``; re-raises the first error of its callbacks."""
         rc: int = lib.bs_base_loop(self.rec, flags)
-        st = self.st
-        err = st.error
-        if err is not None:
-            st.error = None
-            try:
-                raise err
-            finally:
-                err = None
+        self.st.reraise()
         if rc < 0:
             raise RuntimeError("EventBase.loop: event_base_loop failed")
         return rc

@@ -23,11 +23,9 @@ import asyncio
 import collections
 import contextvars
 import heapq
-import logging
 import threading
 import time
 from asyncio import events as _events
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
@@ -37,6 +35,7 @@ from ._aio_selector import LibeventSelector
 from ._errors import ClosedError, DummyHandleError
 from ._errors import type_name as _type_name
 from ._event import EventBase, LibEvent, obtain_event, obtain_event_base
+from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
 
 __all__ = [
     "EventLoop",
@@ -61,7 +60,6 @@ _MIN_CANCELLED_FRACTION: Final = 0.5
 _MAX_SELECT_TIMEOUT: Final = 24 * 3600
 Ts = TypeVarTuple("Ts")
 
-_http_log: Final = logging.getLogger("bitcoin_support.http")
 _get_ident: Final = threading.get_ident
 _get_running_loop: Final = _events._get_running_loop
 _set_running_loop: Final = _events._set_running_loop
@@ -489,7 +487,7 @@ async def serve_http(
         await loop.create_future()
     finally:
         try:
-            evhttp.set_gencb(_unavailable)
+            evhttp.set_gencb(unavailable)
         except ClosedError:
             pass
         running = list(tasks)
@@ -497,10 +495,6 @@ async def serve_http(
             task.cancel()
         if running:
             await asyncio.wait(running)
-
-
-def _unavailable(req: EvHttpRequest, _arg: object) -> None:
-    req.send_error(503)
 
 
 async def _serve_one(
@@ -526,44 +520,17 @@ async def _serve_one(
     except asyncio.CancelledError:
         if gone:
             return
-        _answer_error(req, 503)  # serve_http cancelled: shutting down
+        answer_error(req, 503)  # serve_http cancelled: shutting down
         raise
     except Exception as exc:
-        _http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
-        _answer_error(req, 500)
+        handler_raised(req, exc)
         return
     except BaseException:
-        _answer_error(req, 503)
+        answer_error(req, 503)
         raise
     finally:
         req._on_gone(None)
-    if req.closed:  # answered by the handler
-        return
-    if result is None:
-        _http_log.error(
-            "serve_http: handler returned None without replying (request id=%d)", req.id
-        )
-        _answer_error(req, 500)
-        return
-    try:
-        req.send_reply(200, body=result)
-    except (TypeError, ValueError) as exc:
-        _http_log.error(
-            "serve_http: handler returned %s, not a bytes-like body (request id=%d)",
-            _type_name(result),
-            req.id,
-            exc_info=exc,
-        )
-        _answer_error(req, 500)
-
-
-def _answer_error(req: EvHttpRequest, code: int) -> None:
-    """Answer ``code`` unless the request is already answered or its client gone."""
-    if not req.closed:
-        try:
-            req.send_error(code)
-        except (ClosedError, RuntimeError):
-            pass
+    answer_result(req, result)
 
 
 # -- streaming (SPEC section 4): the asyncio twins of trio_guest.send_chunk and iter_body
@@ -595,9 +562,6 @@ async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> 
         raise ClosedError("send_chunk: the connection closed before the reply was written")
 
 
-_BODY_HIGH: Final = 256 * 1024  # bytes iter_body holds before it pauses the body
-
-
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -611,46 +575,21 @@ async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
     reading pauses instead of the pieces piling up.
     """
     loop = asyncio.get_running_loop()
-    pieces: deque[bytes] = deque()
-    held = 0
-    status = 0
     waiter: asyncio.Future[None] | None = None
 
     def wake() -> None:
         nonlocal waiter
         if waiter is not None:
             w, waiter = waiter, None
-            loop.call_soon_threadsafe(_settle, w)
+            loop.call_soon_threadsafe(_settle, w)  # from whichever thread dispatches the base
 
-    def piece(_req: EvHttpRequest, chunk: bytes) -> None:
-        nonlocal held, status
-        if chunk:
-            pieces.append(chunk)
-            held += len(chunk)
-            if held >= _BODY_HIGH:
-                sink.pause(True)
-        else:
-            status = 1
-        wake()
-
-    def failed(code: int) -> None:
-        nonlocal status
-        status = code
-        wake()
-
-    sink = req._stream_body(piece, failed)
+    pieces = BodyPieces(req, wake)
     while True:
-        if pieces:
-            chunk = pieces.popleft()
-            held -= len(chunk)
-            if held < _BODY_HIGH // 4:
-                sink.pause(False)
+        chunk = pieces.take()
+        if chunk is None:
+            waiter = loop.create_future()
+            await waiter
+        elif chunk:
             yield chunk
-            continue
-        if status == 1:
+        else:
             return
-        if status != 0:
-            what = "refused (413)" if status == 413 else "refused" if status > 0 else "cut short"
-            raise ClosedError(f"iter_body: the request body was {what}")
-        waiter = loop.create_future()
-        await waiter

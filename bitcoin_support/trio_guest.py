@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -46,6 +45,7 @@ from ._event import (
 )
 from ._request import EvHttpRequest
 from ._server import EvHttp
+from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
 
 __all__ = ["iter_body", "run", "send_chunk", "serve_http", "start", "wait_event"]
 
@@ -281,13 +281,9 @@ async def serve_http(
         finally:
             # Requests from now on find no nursery: answer them 503 until someone else serves.
             try:
-                evhttp.set_gencb(_unavailable)
+                evhttp.set_gencb(unavailable)
             except ClosedError:
                 pass
-
-
-def _unavailable(req: EvHttpRequest, _arg: object) -> None:
-    req.send_error(503)
 
 
 async def _serve_one(
@@ -303,32 +299,14 @@ async def _serve_one(
         try:
             result = await handler(req)
         except Exception as exc:
-            _http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
-            _answer_error(req, 500)
+            handler_raised(req, exc)
             return
         except BaseException:
-            _answer_error(req, 503)  # serve_http cancelled (or KeyboardInterrupt): shutting down
+            answer_error(req, 503)  # serve_http cancelled (or KeyboardInterrupt): shutting down
             raise
         finally:
             req._on_gone(None)
-        if req.closed:  # answered by the handler
-            return
-        if result is None:
-            _http_log.error(
-                "serve_http: handler returned None without replying (request id=%d)", req.id
-            )
-            _answer_error(req, 500)
-            return
-        try:
-            req.send_reply(200, body=result)
-        except (TypeError, ValueError) as exc:
-            _http_log.error(
-                "serve_http: handler returned %s, not a bytes-like body (request id=%d)",
-                _type_name(result),
-                req.id,
-                exc_info=exc,
-            )
-            _answer_error(req, 500)
+        answer_result(req, result)
 
 
 async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> None:
@@ -367,9 +345,6 @@ async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> 
         raise ClosedError("send_chunk: the connection closed before the reply was written")
 
 
-_BODY_HIGH: Final = 256 * 1024  # pieces iter_body holds before it pauses the body
-
-
 async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
     """The pieces of a ``stream_body`` request's body, as they are read (no empty piece).
 
@@ -377,9 +352,6 @@ async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
     limit: the client got 413) or the connection closes first. While the consumer is behind,
     reading pauses (the client's sending stalls) instead of the pieces piling up.
     """
-    pieces: deque[bytes] = deque()
-    held = 0
-    status = 0
     task: trio.lowlevel.Task | None = None
 
     def wake() -> None:
@@ -388,49 +360,18 @@ async def iter_body(req: EvHttpRequest) -> AsyncIterator[bytes]:
             t, task = task, None
             trio.lowlevel.reschedule(t)
 
-    def piece(_req: EvHttpRequest, chunk: bytes) -> None:
-        nonlocal held, status
-        if chunk:
-            pieces.append(chunk)
-            held += len(chunk)
-            if held >= _BODY_HIGH:
-                sink.pause(True)
-        else:
-            status = 1
-        wake()
-
-    def failed(code: int) -> None:
-        nonlocal status
-        status = code
-        wake()
-
     def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
         nonlocal task
         task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    sink = req._stream_body(piece, failed)
+    pieces = BodyPieces(req, wake)
     while True:
-        if pieces:
-            chunk = pieces.popleft()
-            held -= len(chunk)
-            if held < _BODY_HIGH // 4:
-                sink.pause(False)
+        chunk = pieces.take()
+        if chunk is None:
+            task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        elif chunk:
             yield chunk
-            continue
-        if status == 1:
+        else:
             return
-        if status != 0:
-            what = "refused (413)" if status == 413 else "refused" if status > 0 else "cut short"
-            raise ClosedError(f"iter_body: the request body was {what}")
-        task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(abort)
-
-
-def _answer_error(req: EvHttpRequest, code: int) -> None:
-    """Answer ``code`` unless the request is already answered or its client gone."""
-    if not req.closed:
-        try:
-            req.send_error(code)
-        except (ClosedError, RuntimeError):
-            pass  # the handler started a reply, or the connection closed meanwhile

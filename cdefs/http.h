@@ -162,8 +162,20 @@ typedef struct bs_stream_route {
 } bs_stream_route;
 
 /* The EvHttp and EvHttpConnection handle records: linked to their base like every handle. */
+/*
+ * The head of the EvHttp and EvHttpConnection records: the node that links them to their base,
+ * and what freeing them later needs (closed inside one of their own callbacks: a zero-delay
+ * timer frees them on the next round, or their base's release does if it comes first).
+ */
+typedef struct bs_later {
+    bs_node node;                        /* first: the record is linked to its base through it */
+    struct event *free_later;            /* the timer, while the record waits to be freed */
+    void (*free_now)(struct bs_later *); /* frees the record's libevent object */
+    size_t size;                         /* the whole record, for its wipe */
+} bs_later;
+
 typedef struct bs_evhttp {
-    bs_node node;
+    bs_later head;
     struct evhttp *http; /* owned; NULL for a dummy and once orphaned */
     bs_http_route_t fallback; /* the generic callback until one is set: 404 */
     struct bs_stream_conn *streams; /* connections read through the framing filter */
@@ -172,7 +184,6 @@ typedef struct bs_evhttp {
     int strict;                     /* set_strict_framing: every connection is framed */
     unsigned long long max_body;    /* set_max_body_size, for streamed bodies; 0: none */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
-    struct event *free_later; /* released inside its own callback: frees it next round */
     int running;              /* request callbacks (Python or C) of this server running now */
     int owned;                /* 0 for EvHttp.from_address(): the host's, never freed here */
     BsRequestGate gate;       /* the host's check before Python's routes, or NULL */
@@ -180,11 +191,10 @@ typedef struct bs_evhttp {
 } bs_evhttp;
 
 typedef struct bs_evconn {
-    bs_node node;
+    bs_later head;
     struct evhttp_connection *evcon; /* owned; NULL for a dummy and once orphaned */
     struct event_base *base;
     bs_http_req_t *reqs;       /* made requests libevent still holds (client records) */
-    struct event *free_later;  /* released inside its own callback: frees it next round */
 } bs_evconn;
 
 bs_evhttp *bs_evhttp_new(bs_base *b);
@@ -259,8 +269,12 @@ void bs_stop_watch(bs_http_req_t *rec);
 void bs_conn_link(bs_http_req_t *rec, bs_evconn *c);
 void bs_conn_unlink(bs_http_req_t *rec);
 void bs_add_date(struct evkeyvalq *out);
-int bs_free_later(struct event_base *base, struct event **slot, event_callback_fn fn, void *arg);
-void bs_timer_free(struct event **slot);
+/* Link a server or connection record to its base (-1: the base is closing). */
+int bs_later_attach(bs_base *b, bs_later *l, void (*free_now)(bs_later *), size_t size);
+/* Free it on the next loop round (-1 when that cannot be arranged: free it now instead). */
+int bs_later_schedule(bs_later *l, struct event_base *base);
+/* Unlink it, free its libevent object, wipe and free it. */
+void bs_later_free(bs_later *l);
 struct evconnlistener;
 void bs_guards_free(bs_evhttp *h, struct evconnlistener *lev); /* http_accept.c */
 

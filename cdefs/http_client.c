@@ -38,7 +38,7 @@ static void client_cb(struct evhttp_request *r, void *arg)
     if (rec->sys_errno == 0)
         rec->sys_errno = saved;
     /* r is NULL when libevent already freed the request (error path); else it frees r after. */
-    bs_base *b = rec->conn != NULL ? rec->conn->node.owner : NULL;
+    bs_base *b = rec->conn != NULL ? rec->conn->head.node.owner : NULL;
     bs_rec_enter(rec, BS_REQ_RESPONDING);
     bs_conn_unlink(rec);
     rec->req = r;
@@ -73,7 +73,7 @@ BS_EXPORT bs_http_req_t *bs_http_client_new(void *py)
 /* 0 made (its callback may already have run), -1 refused by libevent, -2 not a new request. */
 BS_EXPORT int bs_http_make_request(bs_http_req_t *rec, bs_evconn *c, int type, const char *uri)
 {
-    if (rec->state != BS_REQ_NEW || rec->req == NULL || c->evcon == NULL || c->free_later)
+    if (rec->state != BS_REQ_NEW || rec->req == NULL || c->evcon == NULL || c->head.free_later)
         return -2;
     struct evhttp_request *r = rec->req;
     bs_rec_enter(rec, BS_REQ_MADE);
@@ -130,29 +130,9 @@ static void conn_free_now(bs_evconn *c)
     }
 }
 
-static void evconn_orphan(bs_node *n)
+static void conn_free_head(bs_later *l)
 {
-    bs_evconn *c = (bs_evconn *)n;
-    int released = c->free_later != NULL;
-    bs_timer_free(&c->free_later);
-    bs_in_orphan = 1;
-    conn_free_now(c);
-    bs_in_orphan = 0;
-    if (released)
-        bs_record_free(c, sizeof *c);
-}
-
-static void evconn_free_later_cb(evutil_socket_t fd, short what, void *arg)
-{
-    bs_evconn *c = arg;
-    (void)fd;
-    (void)what;
-    bs_tree_lock();
-    bs_node_detach_locked(&c->node);
-    bs_tree_unlock();
-    bs_timer_free(&c->free_later);
-    conn_free_now(c);
-    bs_record_free(c, sizeof *c);
+    conn_free_now((bs_evconn *)l);
 }
 
 BS_EXPORT bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port)
@@ -170,7 +150,7 @@ BS_EXPORT bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port)
             return NULL;
         }
     }
-    if (bs_node_attach(b, &c->node, evconn_orphan) != 0) {
+    if (bs_later_attach(b, &c->head, conn_free_head, sizeof *c) != 0) {
         if (c->evcon != NULL)
             evhttp_connection_free(c->evcon);
         bs_record_free(c, sizeof *c);
@@ -188,19 +168,9 @@ BS_EXPORT bs_evconn *bs_evconn_new(bs_base *b, const char *host, int port)
 BS_EXPORT void bs_evconn_release(bs_evconn *c, int later)
 {
     conn_cancel_all(c);
-    if (later && c->evcon != NULL) {
-        bs_tree_lock();
-        int ok = c->node.owner != NULL &&
-                 bs_free_later(c->base, &c->free_later, evconn_free_later_cb, c) == 0;
-        bs_tree_unlock();
-        if (ok)
-            return;
-    }
-    bs_tree_lock();
-    bs_node_detach_locked(&c->node);
-    bs_tree_unlock();
-    conn_free_now(c);
-    bs_record_free(c, sizeof *c);
+    if (later && c->evcon != NULL && bs_later_schedule(&c->head, c->base) == 0)
+        return;
+    bs_later_free(&c->head);
 }
 
 BS_EXPORT void bs_evconn_set_timeout(bs_evconn *c, double seconds)

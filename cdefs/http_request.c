@@ -388,28 +388,62 @@ void bs_conn_unlink(bs_http_req_t *rec)
  * first, its orphan function frees it instead. Either way the record goes with it: Python let
  * go of it already.
  */
-int bs_free_later(struct event_base *base, struct event **slot, event_callback_fn fn,
-                      void *arg)
+static void later_timer_free(bs_later *l)
+{
+    if (l->free_later != NULL) {
+        event_free(l->free_later);
+        l->free_later = NULL;
+    }
+}
+
+static void later_orphan(bs_node *n)
+{
+    bs_later *l = (bs_later *)n; /* the node is the head's first member */
+    int released = l->free_later != NULL;
+    later_timer_free(l);
+    bs_in_orphan = 1;
+    l->free_now(l);
+    bs_in_orphan = 0;
+    if (released)
+        bs_record_free(l, l->size);
+}
+
+static void later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bs_later_free(arg);
+}
+
+int bs_later_attach(bs_base *b, bs_later *l, void (*free_now)(bs_later *), size_t size)
+{
+    l->free_now = free_now;
+    l->size = size;
+    return bs_node_attach(b, &l->node, later_orphan);
+}
+
+int bs_later_schedule(bs_later *l, struct event_base *base)
 {
     struct timeval zero = {0, 0};
-    if (base == NULL)
-        return -1;
-    *slot = evtimer_new(base, fn, arg);
-    if (*slot == NULL)
-        return -1;
-    if (evtimer_add(*slot, &zero) != 0) {
-        event_free(*slot);
-        *slot = NULL;
-        return -1;
+    int rc = -1;
+    bs_tree_lock();
+    if (l->node.owner != NULL && base != NULL && l->free_later == NULL) {
+        l->free_later = evtimer_new(base, later_cb, l);
+        if (l->free_later != NULL && evtimer_add(l->free_later, &zero) == 0)
+            rc = 0;
+        else
+            later_timer_free(l);
     }
-    return 0;
+    bs_tree_unlock();
+    return rc;
 }
 
-void bs_timer_free(struct event **slot)
+void bs_later_free(bs_later *l)
 {
-    if (*slot != NULL) {
-        event_free(*slot);
-        *slot = NULL;
-    }
+    bs_tree_lock();
+    bs_node_detach_locked(&l->node);
+    bs_tree_unlock();
+    later_timer_free(l);
+    l->free_now(l);
+    bs_record_free(l, l->size);
 }
-

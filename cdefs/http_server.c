@@ -164,7 +164,7 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
         evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* adds "Connection: close" */
         return;
     }
-    bs_base *b = h->node.owner; /* linked while libevent can call the server's routes */
+    bs_base *b = h->head.node.owner; /* linked while libevent can call the server's routes */
     if (b != NULL)
         bs_base_enter(b);
     h->running++;
@@ -508,29 +508,9 @@ static void evhttp_free_now(bs_evhttp *h)
     bs_stream_server_gone(h); /* their filters are freed later, without it */
 }
 
-static void evhttp_orphan(bs_node *n)
+static void evhttp_free_head(bs_later *l)
 {
-    bs_evhttp *h = (bs_evhttp *)n;
-    int released = h->free_later != NULL;
-    bs_timer_free(&h->free_later);
-    bs_in_orphan = 1;
-    evhttp_free_now(h);
-    bs_in_orphan = 0;
-    if (released)
-        bs_record_free(h, sizeof *h);
-}
-
-static void evhttp_free_later_cb(evutil_socket_t fd, short what, void *arg)
-{
-    bs_evhttp *h = arg;
-    (void)fd;
-    (void)what;
-    bs_tree_lock();
-    bs_node_detach_locked(&h->node);
-    bs_tree_unlock();
-    bs_timer_free(&h->free_later);
-    evhttp_free_now(h);
-    bs_record_free(h, sizeof *h);
+    evhttp_free_now((bs_evhttp *)l);
 }
 
 BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
@@ -551,7 +531,7 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
         evhttp_set_gencb(h->http, bs_http_server_cb, &h->fallback);
     }
     h->owned = 1;
-    if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
+    if (bs_later_attach(b, &h->head, evhttp_free_head, sizeof *h) != 0) {
         if (h->http != NULL)
             evhttp_free(h->http);
         bs_record_free(h, sizeof *h);
@@ -577,7 +557,7 @@ BS_EXPORT bs_evhttp *bs_evhttp_wrap(bs_base *b, struct evhttp *http)
         return NULL;
     bs_http_ignore_sigpipe();
     h->http = http;
-    if (bs_node_attach(b, &h->node, evhttp_orphan) != 0) {
+    if (bs_later_attach(b, &h->head, evhttp_free_head, sizeof *h) != 0) {
         bs_record_free(h, sizeof *h);
         errno = EPIPE;
         return NULL;
@@ -622,18 +602,11 @@ BS_EXPORT void bs_evhttp_release(bs_evhttp *h, int later)
         bs_guards_free(h, NULL);
         if (h->owned) /* a host's server keeps serving its own routes */
             evhttp_set_gencb(h->http, bs_closed_server_cb, NULL);
-        bs_tree_lock();
-        int ok = h->node.owner != NULL &&
-                 bs_free_later(h->node.owner->base, &h->free_later, evhttp_free_later_cb, h) == 0;
-        bs_tree_unlock();
-        if (ok)
+        bs_base *b = h->head.node.owner;
+        if (b != NULL && bs_later_schedule(&h->head, b->base) == 0)
             return;
     }
-    bs_tree_lock();
-    bs_node_detach_locked(&h->node);
-    bs_tree_unlock();
-    evhttp_free_now(h);
-    bs_record_free(h, sizeof *h);
+    bs_later_free(&h->head);
 }
 
 

@@ -1,0 +1,106 @@
+"""What the ``serve_http`` and streaming helpers of trio (``trio_guest``) and asyncio (``aio``)
+share, apart from waiting, which is each framework's: answering a handler's outcome, and the
+queue of a streamed body's pieces."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from ._errors import ClosedError
+from ._errors import type_name as _type_name
+from ._request import EvHttpRequest
+
+http_log: Final = logging.getLogger("bitcoin_support.http")
+
+
+def unavailable(req: EvHttpRequest, _arg: object) -> None:
+    """The generic callback once a ``serve_http`` is over: 503."""
+    req.send_error(503)
+
+
+def answer_error(req: EvHttpRequest, code: int) -> None:
+    """Answer ``code`` unless the request is already answered or its client gone."""
+    if not req.closed:
+        try:
+            req.send_error(code)
+        except (ClosedError, RuntimeError):
+            pass  # the handler started a reply, or the connection closed meanwhile
+
+
+def answer_result(req: EvHttpRequest, result: Any) -> None:
+    """Send what a handler returned: 200 with a bytes-like body; 500 (logged) for ``None``
+    without a reply or a body that is not bytes-like. Nothing when the handler replied."""
+    if req.closed:  # answered by the handler
+        return
+    if result is None:
+        http_log.error("serve_http: handler returned None without replying (request id=%d)", req.id)
+        answer_error(req, 500)
+        return
+    try:
+        req.send_reply(200, body=result)
+    except (TypeError, ValueError) as exc:
+        http_log.error(
+            "serve_http: handler returned %s, not a bytes-like body (request id=%d)",
+            _type_name(result),
+            req.id,
+            exc_info=exc,
+        )
+        answer_error(req, 500)
+
+
+def handler_raised(req: EvHttpRequest, exc: BaseException) -> None:
+    """A handler raised: log it at ERROR and answer 500."""
+    http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
+    answer_error(req, 500)
+
+
+BODY_HIGH: Final = 256 * 1024  # bytes of a streamed body held before its reading pauses
+
+
+class BodyPieces:
+    """The pieces of a ``stream_body`` request's body, for an ``iter_body`` helper: kept in
+    order, the reading paused while more than ``BODY_HIGH`` bytes wait; ``wake()`` (the
+    framework's) runs whenever there is something new to take."""
+
+    __slots__ = ("held", "pieces", "sink", "status", "wake")
+
+    def __init__(self, req: EvHttpRequest, wake: Callable[[], object]) -> None:
+        self.pieces: deque[bytes] = deque()
+        self.held = 0
+        self.status = 0  # 1: the body ended; 413, 400: refused; -1: cut short
+        self.wake = wake
+        self.sink = req._stream_body(self._piece, self._failed)
+
+    def _piece(self, _req: EvHttpRequest, chunk: bytes) -> None:
+        if chunk:
+            self.pieces.append(chunk)
+            self.held += len(chunk)
+            if self.held >= BODY_HIGH:
+                self.sink.pause(True)
+        else:
+            self.status = 1
+        self.wake()
+
+    def _failed(self, code: int) -> None:
+        self.status = code
+        self.wake()
+
+    def take(self) -> bytes | None:
+        """The next piece, ``b""`` at the body's end, None when nothing is ready yet; raises
+        ClosedError when the body was refused or cut short."""
+        if self.pieces:
+            chunk = self.pieces.popleft()
+            self.held -= len(chunk)
+            if self.held < BODY_HIGH // 4:
+                self.sink.pause(False)
+            return chunk
+        if self.status == 1:
+            return b""
+        if self.status != 0:
+            code = self.status
+            what = "refused (413)" if code == 413 else "refused" if code > 0 else "cut short"
+            raise ClosedError(f"iter_body: the request body was {what}")
+        return None
