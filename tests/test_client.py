@@ -22,22 +22,6 @@ from bitcoin_support import (
 )
 
 
-def echo_cb(req: EvHttpRequest, arg: Any) -> None:
-    req.send_reply(200, body=req.body, content_type=req.input_headers.get("Content-Type"))
-
-
-@pytest.fixture
-def server() -> Any:
-    srv = LoopThread()
-    yield srv
-    if srv._thread.is_alive() or not srv.http.closed:
-        srv.stop()
-
-
-# -- the server object
-# -- client
-
-
 def _client_round(
     base: Any, port: int, method: str = "GET", body: bytes | None = None, **conn_opts: Any
 ) -> dict[str, Any]:

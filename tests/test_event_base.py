@@ -8,9 +8,9 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
 
 import pytest
+from event_helpers import nothing, run_until
 
 import bitcoin_support as bs
 from bitcoin_support import (
@@ -30,36 +30,6 @@ from bitcoin_support import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def nothing(ev: LibEvent, arg: object) -> None:
-    """A callback that does nothing."""
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def guard(base: EventBase, seconds: float = 5.0) -> LibEvent:
-    """A timer that stops the loop if a test's event never comes."""
-    ev = obtain_event(base, -1, 0, lambda ev, arg: base.loopbreak())
-    ev.add(seconds)
-    return ev
-
-
-def run_until(base: EventBase, done: Callable[[], object], seconds: float = 5.0) -> None:
-    """Run loop rounds until done() is true, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    g = guard(base, seconds)
-    while not done() and time.monotonic() < deadline:
-        base.loop(EVLOOP_ONCE)
-    g.close()
 
 
 # ---------------------------------------------------------------- the base
