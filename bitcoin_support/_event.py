@@ -675,6 +675,13 @@ class LibEvent(Finalized):
             self._st.deferred = None
         self._base._keep.discard(self)
 
+    def _own_turn(self) -> bool:
+        """Called from the thread running this event's callback (``_again`` is set only while
+        it runs): only then may a call be deferred to the trampoline. Another thread goes the
+        guarded way, which tells it the thread rule. (A loop a C host runs records no thread.)"""
+        thread = self._st.guard.thread
+        return thread is None or thread == _get_ident()
+
     def _flush(self) -> None:
         """Activate now what active() deferred (another event is being activated after it)."""
         again = self._again
@@ -721,7 +728,7 @@ class LibEvent(Finalized):
         the path every periodic timer takes.
         """
         again = self._again
-        if again is not None and self._fd == -1 and self._handle is not None:
+        if again is not None and self._fd == -1 and self._handle is not None and self._own_turn():
             if timeout is None:
                 seconds = -1.0
             elif (type(timeout) is int or type(timeout) is float) and 0 <= timeout <= _MAX_S:
@@ -763,7 +770,11 @@ class LibEvent(Finalized):
         sees the activations in the order they were made.
         """
         again = self._again
-        if again is not None and what in _DEFERRABLE:
+        if (
+            again is not None
+            and what in _DEFERRABLE
+            and ((thread := self._st.guard.thread) is None or thread == _get_ident())
+        ):  # _own_turn(), inlined on the hottest path
             try:
                 self._again = again | what
             except TypeError:  # 1.0 and the like compare equal to an int flag

@@ -129,3 +129,31 @@ def test_a_foreign_thread_is_told_the_rule_for_http_handles(base: EventBase) -> 
     assert all("call_soon_threadsafe" in str(e) for e in seen)
     assert box[0][0] == 200 and box[0][2] == b"from the loop"
     assert not http.closed and not conn.closed
+
+
+def test_another_thread_cannot_slip_into_an_events_own_callback_deferrals(base: EventBase) -> None:
+    # Inside its own callback an event defers active() and a timer's add() to the trampoline.
+    # Another thread calling them then must get the thread rule, not a share of that deferral:
+    # a write landing after the trampoline took it would leave the event deferring for ever.
+    seen: list[BaseException] = []
+    fired: list[int] = []
+
+    def other(ev: bs.LibEvent) -> None:
+        for fn in (ev.active, lambda: ev.add(0)):
+            try:
+                fn()
+            except RuntimeError as exc:
+                seen.append(exc)
+
+    def cb(ev: bs.LibEvent, arg: Any) -> None:
+        fired.append(ev.fired)
+        if len(fired) == 1:
+            t = threading.Thread(target=other, args=(ev,))
+            t.start()
+            t.join(10)
+            ev.active()  # the loop's own thread still defers as before
+
+    obtain_event(base, -1, 0, cb).add(0)
+    base.dispatch()
+    assert len(seen) == 2 and all("call_soon_threadsafe" in str(e) for e in seen)
+    assert fired == [bs.EV_TIMEOUT, bs.EV_TIMEOUT]
