@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._client import EvHttpConnection as EvHttpConnection
 from ._client import obtain_evhttp_connection_base as obtain_evhttp_connection_base
 from ._client import obtain_evhttp_request as obtain_evhttp_request
+from ._errors import BitcoinSupportError as BitcoinSupportError
 from ._errors import ClosedError as ClosedError
 from ._errors import DummyHandleError as DummyHandleError
 from ._event import EV_CLOSED as EV_CLOSED
@@ -54,6 +55,7 @@ __all__ = [
     "EV_TIMEOUT",
     "EV_WRITE",
     "TRACE",
+    "BitcoinSupportError",
     "Block",
     "ClosedError",
     "DummyHandleError",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bitcoin_support as bs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +96,17 @@ def test_evutil_socket_is_int_and_exceptions_subclass_the_builtins() -> None:
     assert bs.EvutilSocket is int
     assert issubclass(bs.ClosedError, ValueError)
     assert issubclass(bs.DummyHandleError, RuntimeError)
+
+
+def test_package_errors_share_one_base() -> None:
+    for exc in (bs.ClosedError, bs.DummyHandleError):
+        assert issubclass(exc, bs.BitcoinSupportError)
+    block = bs.ZeroAfterFreeAllocator().allocate(8)
+    block.free()
+    with pytest.raises(bs.BitcoinSupportError), block.view():
+        pass
+    with bs.obtain_event_base(dummy=True) as base, pytest.raises(bs.BitcoinSupportError):
+        base.dispatch()
 
 
 def test_trio_guest_is_a_public_submodule() -> None:
