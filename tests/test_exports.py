@@ -4,6 +4,7 @@ one clear line when libevent's headers are missing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,10 @@ def test_build_without_pkg_config_stops_with_the_same_line(tmp_path: Path) -> No
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "libevent-dev" in lines[0]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", bs.__version__)
+    assert version("bitcoin_support") == bs.__version__
