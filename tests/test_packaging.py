@@ -116,3 +116,36 @@ def test_installed_echo_server_answers_a_request(venv: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=15)
+
+
+USER_CODE = """\
+import bitcoin_support as bs
+
+base = bs.obtain_event_base()
+http = bs.obtain_evhttp(base)
+port: int = http.bind("127.0.0.1", 0)
+http.set_timeout(5.0)
+conn = bs.obtain_evhttp_connection_base(base, "127.0.0.1", port)
+conn.set_timeout(2.5)
+base.loopexit(0.1)
+http.bind(123, "not a port")  # wrong
+base.loopexit("soon")  # wrong
+conn.make_request("GET", "/")  # wrong
+name: str = http.bind()  # wrong
+"""
+
+
+def test_mypy_strict_checks_user_code_against_the_installed_package(
+    venv: Path, tmp_path: Path
+) -> None:
+    # The mypy of the test environment, reading packages from the clean venv (PEP 561: the
+    # package's py.typed), from a folder that holds nothing of this checkout.
+    (tmp_path / "user.py").write_text(USER_CODE)
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+    cmd += ["--python-executable", str(venv / "bin" / "python"), "user.py"]
+    env = {k: v for k, v in clean_env().items() if k != "MYPYPATH"}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    flagged = {int(n) for n in re.findall(r"^user\.py:(\d+): error", out.stdout, re.M)}
+    wrong = {i for i, line in enumerate(USER_CODE.splitlines(), 1) if line.endswith("# wrong")}
+    assert flagged == wrong, out.stdout
+    assert out.returncode == 1
