@@ -94,6 +94,21 @@ def test_installed_metadata_license_and_version(venv: Path) -> None:
     assert out.stdout.strip().startswith(str(site)), out
 
 
+def test_trio_guest_without_the_extra_names_it(venv: Path) -> None:
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from bitcoin_support import trio_guest"],
+        cwd=venv,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: bitcoin_support.trio_guest needs trio"), out.stderr
+    assert last.endswith("pip install 'bitcoin_support[trio]'")
+
+
 def test_installed_echo_server_answers_a_request(venv: Path) -> None:
     proc = subprocess.Popen(
         [str(venv / "bin" / "python"), "-m", "bitcoin_support.echo", "--port", "0"],
