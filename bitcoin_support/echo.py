@@ -274,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(listen_error(prog, args.host, args.port, exc), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the stop handlers were in place: nothing to answer
+        return 0
 
 
 if __name__ == "__main__":

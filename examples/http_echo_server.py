@@ -38,8 +38,6 @@ def serve_here(host: str, port: int, max_body: int) -> int:
     with base, http:
         http.set_max_body_size(max_body)
         http.set_gencb(handle)
-        bound = http.bind(host, port)
-        print(f"listening on http://{host}:{bound}/", flush=True)
 
         def stop(signum: int, frame: object) -> None:
             http.stop_accepting()  # no new connections; replies already queued still go out
@@ -47,6 +45,8 @@ def serve_here(host: str, port: int, max_body: int) -> int:
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        bound = http.bind(host, port)
+        print(f"listening on http://{host}:{bound}/", flush=True)  # a stop signal is handled now
         base.dispatch()
     return 0
 
