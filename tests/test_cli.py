@@ -4,9 +4,11 @@ says the version and what can be run. (The C host's are in test_c_host.py.)"""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +122,31 @@ def test_python_m_bitcoin_support_version_and_bad_option() -> None:
     assert one_line(out) == (
         "python -m bitcoin_support: error: unrecognized arguments: --bogus (see --help)"
     )
+
+
+@pytest.mark.parametrize("after", [0.0, 0.5], ids=["at-once", "while-serving"])
+def test_trio_example_stops_cleanly_on_ctrl_c(after: float) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "trio_guest.py"), "--seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening on http://127.0.0.1:")
+        time.sleep(after)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=15)
+    assert (proc.returncode, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == "stopped by Ctrl-C"
+    counts = dict(line.split(": ") for line in lines[1:])
+    assert set(counts) == {"trio ticks", "client round trips", "libevent ticks"}
+    if after:
+        assert all(int(v) > 0 for v in counts.values()), out
