@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"bitcoin_support {__version__}")
     parser.parse_args(argv)
-    print(about())
+    try:
+        print(about(), flush=True)
+    except BrokenPipeError:  # e.g. piped into `head -1`: the reader has what it wanted
+        # Point stdout at /dev/null so that the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

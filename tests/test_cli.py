@@ -150,3 +150,19 @@ def test_trio_example_stops_cleanly_on_ctrl_c(after: float) -> None:
     assert set(counts) == {"trio ticks", "client round trips", "libevent ticks"}
     if after:
         assert all(int(v) > 0 for v in counts.values()), out
+
+
+def test_python_m_bitcoin_support_into_a_closed_pipe_is_quiet() -> None:
+    # The reader is gone before the package has even been imported (as `| head -1` can be).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitcoin_support"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=30)
+    assert err == ""
+    assert proc.returncode == 1  # as Python's own documentation advises on EPIPE
