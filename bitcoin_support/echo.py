@@ -261,7 +261,10 @@ def parse_args(
 
 def listen_error(prog: str, host: str, port: int, exc: OSError) -> str:
     """The one line that says why the server could not start, naming the address."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if isinstance(exc, socket.gaierror) or not exc.errno:  # gaierror's errno is an EAI_ code
+        reason = exc.strerror or str(exc)
+    else:  # the plain reason: EvHttp.bind's own message already names the address
+        reason = os.strerror(exc.errno)
     return f"{prog}: error: cannot listen on {_url_host(host)}:{port}: {reason}"
 
 
