@@ -15,6 +15,7 @@ did.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import trio
@@ -78,7 +79,15 @@ def main() -> int:
     try:
         with obtain_event_base() as base:
             http = obtain_evhttp(base)
-            port = http.bind("127.0.0.1", args.port)
+            try:
+                port = http.bind("127.0.0.1", args.port)
+            except OSError as exc:  # e.g. the port is taken: one line, not a traceback
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                print(
+                    f"{parser.prog}: error: cannot listen on 127.0.0.1:{args.port}: {reason}",
+                    file=sys.stderr,
+                )
+                return 1
             print(f"listening on http://127.0.0.1:{port}/", flush=True)
 
             def libevent_tick(ev: LibEvent, arg: object) -> None:

@@ -166,3 +166,11 @@ def test_python_m_bitcoin_support_into_a_closed_pipe_is_quiet() -> None:
     _, err = proc.communicate(timeout=30)
     assert err == ""
     assert proc.returncode == 1  # as Python's own documentation advises on EPIPE
+
+
+def test_trio_example_port_in_use_is_one_line(taken_port: int) -> None:
+    out = run([sys.executable, str(ROOT / "examples" / "trio_guest.py"), "--port", str(taken_port)])
+    assert out.returncode == 1
+    assert one_line(out) == (
+        f"trio_guest.py: error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+    )
