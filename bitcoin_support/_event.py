@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import signal
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final
 
 from ._args import MAX_SECONDS, _address_arg, _c_callback, _oserror, _seconds
 from ._errors import ClosedError
@@ -118,11 +119,30 @@ class _Guard:
                 return
 
 
-def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the method under the base's thread rule (see ``_Guard``)."""
+class _OnBase(Protocol):
+    """What a ``_guarded`` method's owner has: the loop state of its base."""
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
-        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+    _st: _LoopState
+
+
+_S = TypeVar("_S", bound=_OnBase)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    what: str,
+) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Run the method under the base's thread rule (see ``_Guard``).
+
+    The wrapper keeps the method's parameters and return type (``ParamSpec``) and its name,
+    docstring and ``__wrapped__`` (``functools.wraps``), so type checkers, ``help()`` and
+    ``inspect.signature`` see the real method.
+    """
+
+    def wrap(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             guard: _Guard = self._st.guard
             if not guard.lock.acquire(False):
                 guard.wait(what)
@@ -131,9 +151,6 @@ def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             finally:
                 guard.lock.release()
 
-        guarded.__name__ = method.__name__
-        guarded.__qualname__ = method.__qualname__
-        guarded.__doc__ = method.__doc__
         return guarded
 
     return wrap
