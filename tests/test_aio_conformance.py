@@ -26,6 +26,7 @@ EXPECTED_NOT_PASSED: dict[str, dict[str, str]] = {
     "buffered_proto": {},
     "sendfile": {},
     "subprocess": {},
+    "subprocess_pidfd": {},
     "streams": {},
 }
 
@@ -37,6 +38,7 @@ EXPECTED_RUN_311 = {
     "buffered_proto": 1,
     "sendfile": 20,
     "subprocess": 29,
+    "subprocess_pidfd": 29,
     "streams": 67,
 }
 
@@ -50,7 +52,8 @@ except ImportError:
 
 @pytest.mark.skipif(
     not HAVE_TESTS,
-    reason="this Python has no test.test_asyncio (Debian: apt-get install libpython3.11-testsuite)",
+    reason="this Python has no test.test_asyncio (Debian: apt-get install "
+    f"libpython{sys.version_info[0]}.{sys.version_info[1]}-testsuite)",
 )
 @pytest.mark.timeout(660)
 @pytest.mark.parametrize("mixin", sorted(EXPECTED_NOT_PASSED))
