@@ -6,31 +6,41 @@
 # the checkout in, installs it in the venv and runs pytest with this script's arguments.
 # Where that cannot be done (not root, no debootstrap, no network) it says why in one line and
 # exits 0: that pass is then skipped, as the README says.
+# BITCOIN_SUPPORT_DEBIAN=sid does the same with Debian unstable's Python (3.14 at the time of
+# writing), by hand: the test command runs only the 3.13 pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$(pwd)
+release="${BITCOIN_SUPPORT_DEBIAN:-trixie}"
+case $release in
+trixie) py=3.13 ;;
+sid) py=3.14 ;;
+*)
+    echo "BITCOIN_SUPPORT_DEBIAN: trixie (Python 3.13) or sid (3.14), not $release" >&2
+    exit 2
+    ;;
+esac
 cache="${BITCOIN_SUPPORT_CACHE:-/var/cache/bitcoin_support}"
-root="$cache/trixie"
+root="$cache/$release"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# What the suite needs (see scripts/setup.sh), plus Python 3.13 and CPython's own tests.
-packages="python3,python3-venv,python3-dev,libpython3.13-testsuite,libevent-dev,pkg-config"
+# What the suite needs (see scripts/setup.sh), plus the release's Python and CPython's own tests.
+packages="python3,python3-venv,python3-dev,libpython$py-testsuite,libevent-dev,pkg-config"
 packages+=",gcc,g++,make,binutils,util-linux,valgrind,ca-certificates"
 
 skip() {
-    echo "== Python 3.13 pass skipped: $*"
+    echo "== Python $py pass skipped: $*"
     exit 0
 }
 
-if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 13))' 2>/dev/null)" = True ]; then
-    skip "this machine's python3 is 3.13, which the main pass already runs"
+if [ "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$py" ]; then
+    skip "this machine's python3 is $py, which the main pass already runs"
 fi
-[ "$(id -u)" -eq 0 ] || skip "making a Debian 13 root needs root (debootstrap, chroot, mount)"
+[ "$(id -u)" -eq 0 ] || skip "making a Debian root needs root (debootstrap, chroot, mount)"
 if ! command -v debootstrap >/dev/null; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } \
         >/dev/null 2>&1 || skip "debootstrap is not installed and apt-get could not install it"
 fi
 mkdir -p "$cache"
-exec 9>"$cache/trixie.lock"
+exec 9>"$cache/$release.lock"
 flock 9 # one run at a time uses the root
 
 mounted=()
@@ -49,15 +59,15 @@ awk -v r="$root/" -v n="$root.new/" 'index($2, r) == 1 || index($2, n) == 1 { pr
 # The root: made once; remade if a run was cut short (no stamp) or the package list changed.
 stamp="$root/.bitcoin_support-packages"
 if [ ! -f "$stamp" ]; then
-    echo "== making a Debian 13 root in $root (once; a few minutes)"
+    echo "== making a Debian $release root in $root (once; a few minutes)"
     rm -rf --one-file-system "$root.new"
     log=$(mktemp)
-    if ! debootstrap --variant=minbase --include="$packages" trixie "$root.new" "$mirror" \
+    if ! debootstrap --variant=minbase --include="$packages" "$release" "$root.new" "$mirror" \
         >"$log" 2>&1; then
         tail -n 5 "$log" | sed 's/^/   /'
         rm -f "$log"
         rm -rf --one-file-system "$root.new"
-        skip "debootstrap of Debian 13 failed (no network or mirror?), see above"
+        skip "debootstrap of Debian $release failed (no network or mirror?), see above"
     fi
     rm -f "$log"
     rm -rf --one-file-system "$root"
@@ -104,5 +114,5 @@ if ! in_root sh -c 'cd /src && { [ -x /venv/bin/python ] || python3 -m venv /ven
     exit 1
 fi
 rm -f "$log"
-echo "== the same suite under $(in_root /venv/bin/python -c 'import sys; print("Python", sys.version.split()[0])') (Debian 13 root in $root)"
+echo "== the same suite under $(in_root /venv/bin/python -c 'import sys; print("Python", sys.version.split()[0])') (Debian $release root in $root)"
 in_root sh -c 'cd /src && exec /venv/bin/python -m pytest -p no:cacheprovider "$@"' pytest "$@"
