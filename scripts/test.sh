@@ -12,3 +12,4 @@ bash scripts/setup.sh
 echo "== the same suite against the ASan+UBSan build of the shim"
 bash scripts/sanitize.sh "$@"
 bash scripts/newest_cffi.sh "$@"
+bash scripts/py313.sh "$@"
