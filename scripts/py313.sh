@@ -64,10 +64,10 @@ if [ ! -f "$stamp" ]; then
     log=$(mktemp)
     if ! debootstrap --variant=minbase --include="$packages" "$release" "$root.new" "$mirror" \
         >"$log" 2>&1; then
-        tail -n 5 "$log" | sed 's/^/   /'
+        why=$(grep -E '^(E|W):' "$log" | tail -n 1)
         rm -f "$log"
         rm -rf --one-file-system "$root.new"
-        skip "debootstrap of Debian $release failed (no network or mirror?), see above"
+        skip "debootstrap of Debian $release failed (no network to $mirror?): ${why:-see debootstrap}"
     fi
     rm -f "$log"
     rm -rf --one-file-system "$root"
@@ -88,10 +88,12 @@ fi
 for m in proc sys dev dev/pts dev/shm; do
     mkdir -p "$root/$m"
     case $m in
-    proc) mount -t proc proc "$root/proc" ;;
-    sys) mount -t sysfs sysfs "$root/sys" ;;
-    *) mount --bind "/$m" "$root/$m" ;;
+    proc) how=(-t proc proc) ;;
+    sys) how=(-t sysfs sysfs) ;;
+    *) how=(--bind "/$m") ;;
     esac
+    mount "${how[@]}" "$root/$m" 2>/dev/null ||
+        skip "could not mount /$m in the Debian root (a container without mount rights?)"
     mounted+=("$root/$m")
 done
 
