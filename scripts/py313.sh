@@ -70,6 +70,7 @@ if [ ! -f "$stamp" ]; then
         skip "debootstrap of Debian $release failed (no network to $mirror?): ${why:-see debootstrap}"
     fi
     rm -f "$log"
+    rm -f "$root.new"/var/cache/apt/archives/*.deb # installed; only disk space from here on
     rm -rf --one-file-system "$root"
     mv "$root.new" "$root"
     echo "$packages" >"$stamp"
