@@ -91,7 +91,16 @@ def build(name: str, kind: str) -> type[unittest.TestCase]:
     if name == "events":
         from test.test_asyncio import test_events
 
-        class Tests(test_events.UnixEventLoopTestsMixin, test_utils.TestCase):  # type: ignore[name-defined]
+        # As CPython's SelectEventLoopTests: the event loop tests (up to 3.13 through the Unix
+        # mixin that installs a child watcher; 3.14 has no watchers, and no such mixin) and the
+        # subprocess ones.
+        if sys.version_info >= (3, 14):
+            events_mixin = test_events.EventLoopTestsMixin
+        else:
+            events_mixin = test_events.UnixEventLoopTestsMixin
+        mixins = (events_mixin, test_events.SubprocessTestsMixin)
+
+        class Tests(*mixins, test_utils.TestCase):  # type: ignore[misc, name-defined]
             def create_event_loop(self) -> Any:
                 return factory()
 
