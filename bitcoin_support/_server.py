@@ -802,8 +802,13 @@ def _listening_tcp_port(where: str, fd: int) -> int:
     if fd < 0:
         raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
     try:
-        s = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError as exc:
+        raise ValueError(f"{where}: sock must be an open descriptor ({exc.strerror})") from None
+    try:
+        s = socket.socket(fileno=dup)  # refuses what is not a socket: a pipe, a file
+    except OSError as exc:
+        os.close(dup)  # not adopted by a socket object: ours to close
         raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
     try:
         ok = (

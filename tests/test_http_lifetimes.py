@@ -361,7 +361,6 @@ def _refused_objects(tmp_path: pathlib.Path) -> Iterator[tuple[str, Any, list[An
     yield "closed descriptor", closed_r, []
 
 
-@pytest.mark.xfail(reason="the descriptor duplicated for the check is not closed yet")
 def test_accept_socket_leaves_no_descriptor_behind_when_it_refuses(
     base: EventBase, tmp_path: pathlib.Path
 ) -> None:
