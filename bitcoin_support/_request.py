@@ -231,12 +231,10 @@ class EvHttpRequest(Handle):
         r = self._whole_body("read_body")
         n = int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
         if isinstance(into, SerializeData):
-            into._check()
-            into._check_resizable()
-            into._ensure(into._len + n)
-            got = int(lib.bs_http_copyout(r, ffi.cast("char *", into._ptr + into._len), n))
-            into._len += got
-            return got
+            # Under into's lock: another thread cannot grow or close it under the copy.
+            return into._append_from(
+                n, lambda ptr, k: int(lib.bs_http_copyout(r, ffi.cast("char *", ptr), k))
+            )
         try:
             dst = ffi.from_buffer("char[]", into, require_writable=True)
         except (TypeError, BufferError):  # not a buffer, or a read-only one

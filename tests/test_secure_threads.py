@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 
 SCENARIOS = Path(__file__).with_name("secure_scenarios.py")
-# The races below crash or damage memory until the wipe pins what it wipes; how often a run
-# meets the race depends on the machine's load.
-UNPINNED = pytest.mark.xfail(strict=False, reason="the wipe does not pin what it wipes yet")
 
 
 def run_scenario(*args: str, timeout: float = 120) -> None:
@@ -40,25 +37,21 @@ def run_scenario(*args: str, timeout: float = 120) -> None:
         pytest.param("heap", str(1 << 20), "1.0", id="heap-1MiB"),
     ],
 )
-@UNPINNED
 def test_memory_cleanse_of_a_block_while_another_thread_frees_it(
     kind: str, size: str, seconds: str
 ) -> None:
     run_scenario("cleanse_free", kind, size, seconds)
 
 
-@UNPINNED
 def test_a_wipe_in_flight_never_reaches_the_chunk_handed_out_next() -> None:
     run_scenario("cleanse_reuse", "1.0")
 
 
-@UNPINNED
 @pytest.mark.parametrize("op", ["grow", "clear", "close"])
 def test_memory_cleanse_of_serialize_data_while_another_thread_resizes_it(op: str) -> None:
     run_scenario("cleanse_resize", op, "1.0")
 
 
-@UNPINNED
 @pytest.mark.parametrize("kind", ["serialize", "securestring"])
 def test_every_container_method_while_another_thread_resizes_and_closes(kind: str) -> None:
     run_scenario("methods", kind, "1.5", "3")
