@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for this project: libevent headers, pkg-config, compilers, wrk
-# and valgrind from apt (as root, only what is missing), then .venv with the package installed
-# in editable mode.
+# and valgrind from apt (and python3-venv, python3-dev for Debian's own python3), as root, only
+# what is missing; then .venv with the package installed in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libevent-dev pkg-config gcc g++ binutils util-linux wrk valgrind; do
+pkgs=(libevent-dev pkg-config gcc g++ binutils util-linux wrk valgrind)
+# Debian's own python3, when there is one, gets a run of its own (scripts/debian_python.sh): it
+# needs venv and the headers to build the package.
+[ -x /usr/bin/python3 ] && pkgs+=(python3-venv python3-dev)
+for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
