@@ -14,7 +14,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Final, ParamSpec, TypeVar, final
 
 from ._args import MAX_SECONDS, _address_arg, _c_callback, _oserror, _seconds
 from ._errors import ClosedError
@@ -86,6 +86,8 @@ _release_probe: Callable[[bytes], object] | None = None
 
 
 _get_ident = threading.get_ident
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class _Guard:
@@ -135,6 +137,38 @@ def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         guarded.__qualname__ = method.__qualname__
         guarded.__doc__ = method.__doc__
         return guarded
+
+    return wrap
+
+
+def _on_turn(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """The thread rule for the methods of an HTTP request and its headers (``self._st``: the
+    loop state of its base, or None while a client request is not made): on the thread that
+    dispatches the base, one comparison (``loop()`` holds the guard already); from any other
+    thread, the method runs holding the guard (RuntimeError while another thread dispatches).
+    Holding it, no other thread can close the request, its server or its base, or start
+    dispatching (when libevent may free it), while a C call on the request lets go of the GIL.
+    """
+
+    def wrap(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        def on_turn(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            st = args[0]._st  # type: ignore[attr-defined]
+            if st is None:
+                return method(*args, **kwargs)
+            guard: _Guard = st.guard
+            if guard.thread == _get_ident():
+                return method(*args, **kwargs)
+            if not guard.lock.acquire(False):
+                guard.wait(f"EvHttpRequest.{what}")
+            try:
+                return method(*args, **kwargs)
+            finally:
+                guard.lock.release()
+
+        on_turn.__name__ = method.__name__
+        on_turn.__qualname__ = method.__qualname__
+        on_turn.__doc__ = method.__doc__
+        return on_turn
 
     return wrap
 
