@@ -55,3 +55,43 @@ def test_memory_cleanse_of_serialize_data_while_another_thread_resizes_it(op: st
 @pytest.mark.parametrize("kind", ["serialize", "securestring"])
 def test_every_container_method_while_another_thread_resizes_and_closes(kind: str) -> None:
     run_scenario("methods", kind, "1.5", "3")
+
+
+FORK_DURING_A_WIPE_CHILD = r"""
+import os, signal, time
+import bitcoin_support._secure as secure
+from bitcoin_support import SecureAllocator
+
+block = SecureAllocator().allocate(1 << 20)
+secure._in_call[-1] = block  # as a wipe running on another thread at the moment of fork()
+pid = os.fork()
+if pid == 0:
+    try:
+        block.free()  # that thread does not exist here: free() must not wait for it
+    finally:
+        os._exit(0)
+for _ in range(200):  # up to 10 s, then the child is taken as hung and killed
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print(os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    print("hung")
+del secure._in_call[-1]
+block.free()
+"""
+
+
+def test_a_child_forked_during_a_wipe_on_another_thread_can_free_the_block() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_A_WIPE_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0", proc.stdout
