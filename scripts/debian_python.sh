@@ -15,6 +15,10 @@ if [ ! -x "$DEBIAN_PYTHON" ]; then
     echo "== no $DEBIAN_PYTHON: the Debian Python run is skipped"
     exit 0
 fi
+if ! "$DEBIAN_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "== $DEBIAN_PYTHON is older than Python 3.11: the Debian Python run is skipped"
+    exit 0
+fi
 venv="$root/.venv-debian"
 work=$(mktemp -d /tmp/bitcoin_support-debian.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -34,7 +38,7 @@ fi
 rm -f "$log"
 find "$work/bitcoin_support" -mindepth 1 -maxdepth 1 ! -name include -exec rm -rf {} +
 rm -rf "$work/build"
-echo "== tests/test_c_host.py and tests/test_pool_c.py under $("$DEBIAN_PYTHON" --version) ($DEBIAN_PYTHON)"
+echo "== the C host and pool tests under $DEBIAN_PYTHON ($("$DEBIAN_PYTHON" --version))"
 cd "$work/tests"
 "$venv/bin/python" -m pytest -p no:cacheprovider --rootdir "$work" \
     test_c_host.py test_pool_c.py "$@"
