@@ -103,6 +103,51 @@ def cleanse_free(kind: str, size: str, seconds: str = "1.0") -> None:
     assert sum(racer.calls for racer in racers) > 0
 
 
+def block_methods(kind: str, seconds: str = "1.0", threads: str = "3") -> None:
+    """Threads calling every method of a block in a loop while the main thread frees it (and
+    allocates the next): each call works or raises ClosedError, or BufferError for free()
+    while a view is open."""
+    sys.setswitchinterval(1e-5)
+    alloc = ALLOCATORS[kind]
+    n = 1 << 20  # a mapping of its own: a write after the unmap would crash
+    current: list[bs.Block] = [alloc.allocate(n)]
+
+    def view() -> None:
+        with current[0].view() as mv:
+            mv[0] = 1
+            mv[-1] = 2
+            bytes(mv[:16])
+
+    calls: list[Callable[[], object]] = [
+        view,
+        lambda: memory_cleanse(current[0]),
+        lambda: memory_cleanse(current[0], 64),
+        lambda: current[0].address,
+        lambda: current[0].cdata,
+        lambda: current[0].closed,
+        lambda: repr(current[0]),
+    ]
+    racers = [
+        Racer(lambda i=i: calls[(i + int(time.monotonic_ns() // 1000)) % len(calls)](), DEFINED)
+        for i in range(int(threads))
+    ]
+    for racer in racers:
+        racer.start()
+    deadline = time.monotonic() + float(seconds)
+    rounds = refused = 0
+    while time.monotonic() < deadline or rounds < 3:
+        block = current[0]
+        time.sleep(0.0005)
+        refused += free_retrying(block.free)  # refused only while a view is open
+        assert block.closed
+        current[0] = alloc.allocate(n)
+        rounds += 1
+    for racer in racers:
+        racer.finish()
+    current[0].free()
+    assert sum(racer.calls for racer in racers) > 0
+
+
 def cleanse_reuse(seconds: str = "1.0") -> None:
     """A pooled block freed while another thread wipes it: the chunk, handed out again at
     once, must keep what its new owner writes."""

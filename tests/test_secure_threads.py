@@ -43,6 +43,11 @@ def test_memory_cleanse_of_a_block_while_another_thread_frees_it(
     run_scenario("cleanse_free", kind, size, seconds)
 
 
+@pytest.mark.parametrize("kind", ["secure", "heap"])
+def test_every_block_method_while_another_thread_frees_it(kind: str) -> None:
+    run_scenario("block_methods", kind, "1.0", "3")
+
+
 def test_a_wipe_in_flight_never_reaches_the_chunk_handed_out_next() -> None:
     run_scenario("cleanse_reuse", "1.0")
 
