@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._client import EvHttpConnection as EvHttpConnection
 from ._client import obtain_evhttp_connection_base as obtain_evhttp_connection_base
 from ._client import obtain_evhttp_request as obtain_evhttp_request
+from ._errors import BitcoinSupportError as BitcoinSupportError
 from ._errors import ClosedError as ClosedError
 from ._errors import DummyHandleError as DummyHandleError
 from ._event import EV_CLOSED as EV_CLOSED
@@ -41,6 +42,7 @@ from ._server import EvHttp as EvHttp
 from ._server import obtain_evhttp as obtain_evhttp
 from ._util import align_up as align_up
 from ._util import get_unique_path as get_unique_path
+from ._version import __version__ as __version__
 
 __all__ = [
     "EVLOOP_NONBLOCK",
@@ -54,6 +56,7 @@ __all__ = [
     "EV_TIMEOUT",
     "EV_WRITE",
     "TRACE",
+    "BitcoinSupportError",
     "Block",
     "ClosedError",
     "DummyHandleError",

@@ -15,6 +15,7 @@ its pinned ``_buffer()``, so two threads copying in opposite directions cannot d
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,13 +36,11 @@ _R = TypeVar("_R")
 def _locked(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
     """Run the method under the store's lock (see the module's "Threads")."""
 
+    @functools.wraps(method)  # the method's own signature for help() and inspect.signature
     def locked(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
             return method(self, *args, **kwargs)
 
-    locked.__name__ = method.__name__
-    locked.__qualname__ = method.__qualname__
-    locked.__doc__ = method.__doc__
     return locked
 
 

@@ -4,11 +4,16 @@ the argument."""
 from __future__ import annotations
 
 
-class ClosedError(ValueError):
+class BitcoinSupportError(Exception):
+    """The base of the package's own exceptions; each also subclasses the builtin it refines,
+    so callers may catch either (pynacl's pattern)."""
+
+
+class ClosedError(BitcoinSupportError, ValueError):
     """A handle, block or container was used after it was closed or freed."""
 
 
-class DummyHandleError(RuntimeError):
+class DummyHandleError(BitcoinSupportError, RuntimeError):
     """A dummy handle was asked for something that needs libevent."""
 
 

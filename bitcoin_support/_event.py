@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import signal
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Final, ParamSpec, TypeVar, final
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, final
 
 from ._args import MAX_SECONDS, _address_arg, _c_callback, _oserror, _seconds
 from ._errors import ClosedError
@@ -86,8 +87,6 @@ _release_probe: Callable[[bytes], object] | None = None
 
 
 _get_ident = threading.get_ident
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 class _Guard:
@@ -120,11 +119,30 @@ class _Guard:
                 return
 
 
-def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the method under the base's thread rule (see ``_Guard``)."""
+class _OnBase(Protocol):
+    """What a ``_guarded`` method's owner has: the loop state of its base."""
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
-        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+    _st: _LoopState
+
+
+_S = TypeVar("_S", bound=_OnBase)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    what: str,
+) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Run the method under the base's thread rule (see ``_Guard``).
+
+    The wrapper keeps the method's parameters and return type (``ParamSpec``) and its name,
+    docstring and ``__wrapped__`` (``functools.wraps``), so type checkers, ``help()`` and
+    ``inspect.signature`` see the real method.
+    """
+
+    def wrap(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             guard: _Guard = self._st.guard
             if not guard.lock.acquire(False):
                 guard.wait(what)
@@ -133,41 +151,49 @@ def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             finally:
                 guard.lock.release()
 
-        guarded.__name__ = method.__name__
-        guarded.__qualname__ = method.__qualname__
-        guarded.__doc__ = method.__doc__
         return guarded
 
     return wrap
 
 
-def _on_turn(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+class _OnTurn(Protocol):
+    """What an ``_on_turn`` method's owner has: the loop state of its base, or None."""
+
+    @property
+    def _st(self) -> _LoopState | None: ...
+
+
+_T = TypeVar("_T", bound=_OnTurn)
+
+
+def _on_turn(
+    what: str,
+) -> Callable[[Callable[Concatenate[_T, _P], _R]], Callable[Concatenate[_T, _P], _R]]:
     """The thread rule for the methods of an HTTP request and its headers (``self._st``: the
     loop state of its base, or None while a client request is not made): on the thread that
     dispatches the base, one comparison (``loop()`` holds the guard already); from any other
     thread, the method runs holding the guard (RuntimeError while another thread dispatches).
     Holding it, no other thread can close the request, its server or its base, or start
     dispatching (when libevent may free it), while a C call on the request lets go of the GIL.
+    The wrapper keeps the method's signature, as ``_guarded`` does.
     """
 
-    def wrap(method: Callable[_P, _R]) -> Callable[_P, _R]:
-        def on_turn(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            st = args[0]._st  # type: ignore[attr-defined]
+    def wrap(method: Callable[Concatenate[_T, _P], _R]) -> Callable[Concatenate[_T, _P], _R]:
+        @functools.wraps(method)
+        def on_turn(self: _T, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            st = self._st
             if st is None:
-                return method(*args, **kwargs)
+                return method(self, *args, **kwargs)
             guard: _Guard = st.guard
             if guard.thread == _get_ident():
-                return method(*args, **kwargs)
+                return method(self, *args, **kwargs)
             if not guard.lock.acquire(False):
                 guard.wait(f"EvHttpRequest.{what}")
             try:
-                return method(*args, **kwargs)
+                return method(self, *args, **kwargs)
             finally:
                 guard.lock.release()
 
-        on_turn.__name__ = method.__name__
-        on_turn.__qualname__ = method.__qualname__
-        on_turn.__doc__ = method.__doc__
         return on_turn
 
     return wrap

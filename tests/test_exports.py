@@ -4,10 +4,13 @@ one clear line when libevent's headers are missing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import bitcoin_support as bs
 
@@ -96,6 +99,17 @@ def test_evutil_socket_is_int_and_exceptions_subclass_the_builtins() -> None:
     assert issubclass(bs.DummyHandleError, RuntimeError)
 
 
+def test_package_errors_share_one_base() -> None:
+    for exc in (bs.ClosedError, bs.DummyHandleError):
+        assert issubclass(exc, bs.BitcoinSupportError)
+    block = bs.ZeroAfterFreeAllocator().allocate(8)
+    block.free()
+    with pytest.raises(bs.BitcoinSupportError), block.view():
+        pass
+    with bs.obtain_event_base(dummy=True) as base, pytest.raises(bs.BitcoinSupportError):
+        base.dispatch()
+
+
 def test_trio_guest_is_a_public_submodule() -> None:
     from bitcoin_support import trio_guest
 
@@ -142,3 +156,30 @@ def test_build_without_pkg_config_stops_with_the_same_line(tmp_path: Path) -> No
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "libevent-dev" in lines[0]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", bs.__version__)
+    assert version("bitcoin_support") == bs.__version__
+
+
+def test_trio_guest_without_trio_names_the_extra_to_install() -> None:
+    # trio and outcome made unimportable, as in an environment without the [trio] extra; the
+    # rest of the package does not need them.
+    code = (
+        "import sys\n"
+        "sys.modules['trio'] = sys.modules['outcome'] = None\n"
+        "import bitcoin_support, bitcoin_support.aio\n"
+        "try:\n"
+        "    from bitcoin_support import trio_guest\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc.name, exc, sep='|')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    kind, name, message = out.stdout.strip().split("|")
+    assert (kind, name) == ("ImportError", "outcome")
+    assert "pip install 'bitcoin_support[trio]'" in message
