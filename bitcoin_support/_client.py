@@ -14,7 +14,7 @@ from typing import Any, Final, final
 from ._args import _body_arg, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState
+from ._event import EventBase, _guarded, _LoopState, _on_turn
 from ._handles import Finalized
 from ._log import http_log
 from ._native import ffi, lib
@@ -69,7 +69,7 @@ class _ClientRequest(EvHttpRequest):
     def __del__(self) -> None:
         try:
             if self._rec is not None:
-                self.close()
+                self._release()  # no guard: nothing else reaches a request being finalized
         except Exception:
             pass
 
@@ -80,6 +80,7 @@ class _ClientRequest(EvHttpRequest):
             return self._conn.peer
         return super().peer
 
+    @_on_turn("close")
     def close(self) -> None:
         """Release the request; idempotent.
 
@@ -87,6 +88,9 @@ class _ClientRequest(EvHttpRequest):
         Inside its own callback, only the wrapper is closed: libevent frees the request when the
         callback returns.
         """
+        self._release()
+
+    def _release(self) -> None:
         rec = self._rec
         if rec is None:
             return
@@ -122,6 +126,7 @@ class _ClientRequest(EvHttpRequest):
         if self._traced:
             self._trace_release()
 
+    @_on_turn("set_body")
     def set_body(self, data: Any) -> None:
         """The body to send (any bytes-like object or a SerializeData); before make_request."""
         rec = self._client_rec("set_body")

@@ -156,6 +156,49 @@ def _guarded(
     return wrap
 
 
+class _OnTurn(Protocol):
+    """What an ``_on_turn`` method's owner has: the loop state of its base, or None."""
+
+    @property
+    def _st(self) -> _LoopState | None: ...
+
+
+_T = TypeVar("_T", bound=_OnTurn)
+
+
+def _on_turn(
+    what: str,
+) -> Callable[[Callable[Concatenate[_T, _P], _R]], Callable[Concatenate[_T, _P], _R]]:
+    """The thread rule for the methods of an HTTP request and its headers (``self._st``: the
+    loop state of its base, or None while a client request is not made): on the thread that
+    dispatches the base, one comparison (``loop()`` holds the guard already); from any other
+    thread, the method runs holding the guard (RuntimeError while another thread dispatches).
+    Holding it, no other thread can close the request, its server or its base, or start
+    dispatching (when libevent may free it), while a C call on the request lets go of the GIL.
+    The wrapper keeps the method's signature, as ``_guarded`` does.
+    """
+
+    def wrap(method: Callable[Concatenate[_T, _P], _R]) -> Callable[Concatenate[_T, _P], _R]:
+        @functools.wraps(method)
+        def on_turn(self: _T, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            st = self._st
+            if st is None:
+                return method(self, *args, **kwargs)
+            guard: _Guard = st.guard
+            if guard.thread == _get_ident():
+                return method(self, *args, **kwargs)
+            if not guard.lock.acquire(False):
+                guard.wait(f"EvHttpRequest.{what}")
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                guard.lock.release()
+
+        return on_turn
+
+    return wrap
+
+
 class _LoopState:
     """What the base's C record points at: the call_soon queue and the stored callback error.
 

@@ -6,9 +6,11 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import type_name as _type_name
+from ._event import _on_turn
 from ._native import ffi, lib
 
 if TYPE_CHECKING:
+    from ._event import _LoopState
     from ._request import EvHttpRequest
 
 _NULL = ffi.NULL
@@ -23,18 +25,30 @@ class _Headers(Mapping[str, str]):
         self._req = req
         self._out = out
 
+    @property
+    def _st(self) -> _LoopState | None:
+        """The loop state of the request's base: the headers live in the request (_on_turn)."""
+        return self._req._st
+
     def _q(self) -> Any:
         r = self._req._live_req("headers")
         if self._out:
             return lib.evhttp_request_get_output_headers(r)
         return lib.evhttp_request_get_input_headers(r)
 
-    def _entries(self) -> Iterator[tuple[str, str]]:
+    @_on_turn("headers")
+    def _entries(self) -> list[tuple[str, str]]:
+        """Every (name, value), read in one turn: no pointer into the list outlives it."""
+        out = []
         kv = lib.bs_http_header_first(self._q())
         while kv != _NULL:
-            yield ffi.string(kv.key).decode("latin-1"), ffi.string(kv.value).decode("latin-1")
+            out.append(
+                (ffi.string(kv.key).decode("latin-1"), ffi.string(kv.value).decode("latin-1"))
+            )
             kv = lib.bs_http_header_next(kv)
+        return out
 
+    @_on_turn("headers")
     def __getitem__(self, name: str) -> str:
         if not isinstance(name, str):
             raise KeyError(name)
@@ -56,7 +70,7 @@ class _Headers(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
-        for k, _ in list(self._entries()):
+        for k, _ in self._entries():
             low = k.lower()
             if low not in seen:
                 seen.add(low)
@@ -85,6 +99,7 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
 
     __slots__ = ()
 
+    @_on_turn("headers")
     def add(self, name: str, value: str) -> None:
         """Append a header (a repeated name is sent as repeated lines)."""
         key = _header_bytes("name", name)
@@ -99,6 +114,7 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
         if rc != 0:
             raise MemoryError("could not add the header")
 
+    @_on_turn("headers")
     def set(self, name: str, value: str) -> None:
         """Replace every header called ``name`` (any case) with one line."""
         key = _header_bytes("name", name)
@@ -108,6 +124,7 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
         self.remove(name)
         self.add(name, value)
 
+    @_on_turn("headers")
     def remove(self, name: str) -> int:
         """Remove every header called ``name`` (any case); returns how many were removed."""
         key = _header_bytes("name", name)
@@ -119,6 +136,7 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
             n += 1
         return n
 
+    @_on_turn("headers")
     def clear(self) -> None:
         lib.evhttp_clear_headers(self._q())
 

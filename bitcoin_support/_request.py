@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import _get_ident
+from ._event import _get_ident, _on_turn
 from ._handles import Handle
 from ._headers import _Headers, _OutputHeaders
 from ._native import ffi, lib
@@ -128,17 +128,20 @@ class EvHttpRequest(Handle):
         return rec.req
 
     @property
+    @_on_turn("method")
     def method(self) -> str:
         """The request method (``"GET"``, ``"POST"``...)."""
         r = self._live_req("method")
         return _METHOD_NAMES.get(lib.evhttp_request_get_command(r), "UNKNOWN")
 
     @property
+    @_on_turn("uri")
     def uri(self) -> str:
         """The request target as received (undecoded)."""
         p = lib.evhttp_request_get_uri(self._live_req("uri"))
         return "" if p == _NULL else _decode(p)
 
+    @_on_turn("uri")
     def _uri_part(self, what: str, getter: Callable[[Any], Any]) -> str | None:
         u = lib.evhttp_request_get_evhttp_uri(self._live_req(what))
         if u == _NULL:
@@ -165,6 +168,7 @@ class EvHttpRequest(Handle):
         return dict(urllib.parse.parse_qsl(q, keep_blank_values=True, errors="replace"))
 
     @property
+    @_on_turn("host")
     def host(self) -> str | None:
         """The host the request names (absolute URI, else the Host header), or None."""
         p = lib.evhttp_request_get_host(self._live_req("host"))
@@ -173,6 +177,7 @@ class EvHttpRequest(Handle):
         return _decode(p) or None
 
     @property
+    @_on_turn("peer")
     def peer(self) -> tuple[str, int]:
         """``(address, port)`` of the other end."""
         r = self._live_req("peer")
@@ -209,12 +214,14 @@ class EvHttpRequest(Handle):
         return r
 
     @property
+    @_on_turn("body_length")
     def body_length(self) -> int:
         """Bytes of body received."""
         r = self._whole_body("body_length")
         return int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
 
     @property
+    @_on_turn("body")
     def body(self) -> bytes:
         """The body received, as bytes (a copy)."""
         r = self._whole_body("body")
@@ -222,6 +229,7 @@ class EvHttpRequest(Handle):
         p = lib.bs_http_body(r, n)
         return b"" if p == _NULL else ffi.unpack(p, n[0])
 
+    @_on_turn("read_body")
     def read_body(self, into: Any) -> int:
         """Copy the body into a SerializeData (appended) or a writable buffer; returns the count.
 
@@ -231,12 +239,10 @@ class EvHttpRequest(Handle):
         r = self._whole_body("read_body")
         n = int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
         if isinstance(into, SerializeData):
-            into._check()
-            into._check_resizable()
-            into._ensure(into._len + n)
-            got = int(lib.bs_http_copyout(r, ffi.cast("char *", into._ptr + into._len), n))
-            into._len += got
-            return got
+            # Under into's lock: another thread cannot grow or close it under the copy.
+            return into._append_from(
+                n, lambda ptr, k: int(lib.bs_http_copyout(r, ffi.cast("char *", ptr), k))
+            )
         try:
             dst = ffi.from_buffer("char[]", into, require_writable=True)
         except (TypeError, BufferError):  # not a buffer, or a read-only one
@@ -247,6 +253,7 @@ class EvHttpRequest(Handle):
         return int(lib.bs_http_copyout(r, dst, min(n, len(dst))))
 
     @property
+    @_on_turn("response_code")
     def response_code(self) -> int:
         """Status of the response (client), or 0 when the request failed (see ``error``)."""
         rec = self._rec
@@ -257,6 +264,7 @@ class EvHttpRequest(Handle):
         return int(lib.evhttp_request_get_response_code(rec.req))
 
     @property
+    @_on_turn("response_reason")
     def response_reason(self) -> str | None:
         """Reason phrase of the response (client), or None."""
         rec = self._rec

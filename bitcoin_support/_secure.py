@@ -8,11 +8,15 @@ memoryview of the whole block, and every buffer handed out holds an export of it
 memoryview slices keep their buffer, so it answers "can a view still reach this memory?" exactly.
 None of these objects has a finalizer, so a garbage collection cannot release them early.
 
-``free()`` raises ``BufferError`` while a view is exported. The finalizer of a block whose
-views are gone gives the memory back at once; otherwise (the block and a view in one garbage
-cycle, or a block dropped while a view escaped) it wipes the memory at once and puts it in
-*quarantine*, and the memory goes back to its allocator (wiped again) only when its last view is
-gone: quarantine is checked after every garbage collection and on every allocation and free.
+``free()`` raises ``BufferError`` while a view is exported. A C call on a block's memory
+(``memory_cleanse``; cffi lets go of the GIL around it) is counted while it runs (``_in_call``):
+another thread's ``free()`` waits for it to end instead of unmapping the memory under it or
+handing it out again, and a call that starts after ``free()`` began raises ``ClosedError``.
+The finalizer of a block whose views are gone gives the memory back at once; otherwise (the
+block and a view in one garbage cycle, or a block dropped while a view escaped) it wipes the
+memory at once and puts it in *quarantine*, and the memory goes back to its allocator (wiped
+again) only when its last view is gone: quarantine is checked after every garbage collection and
+on every allocation and free.
 ``Block.cdata`` is a plain alias that owns nothing: like a C pointer, it must not be used after
 ``free()``.
 """
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import errno
 import gc
+import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, NoReturn, Protocol, final
@@ -50,13 +56,22 @@ _sweep_lock = threading.Lock()
 # thread meanwhile never gets a released exporter. Reentrant: a collection may run a finalizer
 # (which takes it) while this thread holds it for another block.
 _export_lock = threading.RLock()
+# The C calls running right now on a block's memory (memory_cleanse, which lets go of the GIL):
+# a ticket for each, mapped to its block. A call files its ticket, then reads the block's
+# pointer; free() clears the pointer, then waits until no ticket names the block. Whichever
+# order the threads interleave in, a call either sees the pointer cleared (ClosedError) or is
+# seen by free(). Each step is one dict operation, atomic under the GIL: no lock on the path.
+_in_call: dict[int, Block] = {}
+_next_ticket = itertools.count().__next__
 
 
 def _fresh_locks_after_fork() -> None:
-    # Another thread may have held either lock at fork(); in the child it never lets go.
+    # Another thread may have held either lock at fork(); in the child it never lets go. The
+    # calls that thread was making do not go on in the child either.
     global _sweep_lock, _export_lock
     _sweep_lock = threading.Lock()
     _export_lock = threading.RLock()
+    _in_call.clear()
 
 
 os.register_at_fork(after_in_child=_fresh_locks_after_fork)
@@ -91,13 +106,14 @@ gc.callbacks.append(_after_collection)
 
 
 class Cleansable(Protocol):
-    """A package object that knows which of its bytes memory_cleanse should wipe."""
+    """A package object that wipes its own bytes for memory_cleanse, holding them for the C
+    call (cffi lets go of the GIL around it, and another thread could free or move them)."""
 
-    def _cleanse_target(self) -> tuple[Any, int]: ...
+    def _wipe(self, size: int | None) -> None: ...
 
 
-# The package's own types that memory_cleanse reads through _cleanse_target (an explicit list,
-# so that no outside object can hand the C wipe a pointer and a length of its choosing).
+# The package's own types that memory_cleanse hands the wipe to (an explicit list, so that no
+# outside object can hand the C wipe a pointer and a length of its choosing).
 _cleansable_types: tuple[type[Cleansable], ...] = ()
 
 
@@ -146,7 +162,8 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
             raise TypeError("size is required when buf is a cffi pointer")
         ptr, limit = _cdata_target(buf)
     elif isinstance(buf, _cleansable_types):
-        ptr, limit = buf._cleanse_target()
+        buf._wipe(None if size is None else _check_size(size))
+        return
     else:
         if isinstance(buf, (bytes, str)):
             raise TypeError(f"buf must be a writable buffer, not {type(buf).__name__}")
@@ -160,8 +177,8 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
         if limit is None:
             if size > MAX_SIZE:
                 raise ValueError(f"size {size} is larger than any buffer can be")
-        elif size > limit:
-            raise ValueError(f"size {size} is larger than the buffer ({limit} bytes)")
+        else:
+            size = _bounded(size, limit)
         limit = size
     if limit:
         lib.bs_memory_cleanse(ptr, limit)
@@ -169,6 +186,15 @@ def memory_cleanse(buf: Any, size: int | None = None) -> None:
 
 def _check_size(size: int) -> int:
     return nonnegative_int("size", size)
+
+
+def _bounded(size: int | None, limit: int) -> int:
+    """The bytes a wipe of ``size`` (None: all) covers in a buffer of ``limit`` bytes."""
+    if size is None:
+        return limit
+    if size > limit:
+        raise ValueError(f"size {size} is larger than the buffer ({limit} bytes)")
+    return size
 
 
 def _check_alloc_args(size: int, align: int) -> None:
@@ -265,14 +291,17 @@ class Block:
                     raise BufferError("a view of this memory is still exported")
 
     def free(self) -> None:
-        """Wipe the memory and give it back; idempotent. BufferError while a view is exported."""
+        """Wipe the memory and give it back; idempotent. BufferError while a view is exported;
+        a memory_cleanse running on another thread is waited for."""
         with _export_lock:  # no view can be taken between the check and the release
             raw = self._raw
             if raw is None:
                 return
             if self._export is not None and self._exported():
                 raise BufferError("a view of this memory is still exported")
-            self._raw = None
+            self._raw = None  # calls that start from now on raise ClosedError
+        while _in_call and self in list(_in_call.values()):  # a call still runs on it
+            time.sleep(0.0002)
         self._allocator._release(raw)
         if _quarantine:
             _sweep()
@@ -294,8 +323,18 @@ class Block:
         else:
             self._allocator._release(raw)
 
-    def _cleanse_target(self) -> tuple[Any, int]:
-        return self._live(), self.size
+    def _wipe(self, size: int | None) -> None:
+        """memory_cleanse(block), counted as a call in flight: free() on another thread waits
+        for it instead of unmapping the memory under it (or handing it out again)."""
+        n = _bounded(size, self.size)
+        ticket = _next_ticket()
+        _in_call[ticket] = self
+        try:
+            raw = self._live()  # ClosedError once free() has begun
+            if n:
+                _cleanse(raw, n)
+        finally:
+            del _in_call[ticket]
 
     def __enter__(self) -> Block:
         return self

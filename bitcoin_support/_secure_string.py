@@ -11,7 +11,7 @@ import warnings
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, final
 
-from ._buffer import WipingBuffer
+from ._buffer import WipingBuffer, _locked
 from ._native import ffi, lib
 from ._secure import SecureAllocator, memory_cleanse
 
@@ -88,6 +88,7 @@ class SecureString(WipingBuffer):
             raise TypeError("ch must be a str of one character")
         self.push_str(ch)
 
+    @_locked
     def pop(self) -> str:
         """Remove and return the last character; IndexError when empty."""
         self._check()
@@ -100,6 +101,7 @@ class SecureString(WipingBuffer):
         self._truncate(start)
         return ch
 
+    @_locked
     def clear(self) -> None:
         """Wipe the text; the capacity is kept."""
         self._check()
@@ -111,7 +113,6 @@ class SecureString(WipingBuffer):
 
     def reveal_bytes(self) -> bytes:
         """The UTF-8 bytes as ordinary bytes: a copy Python may keep and never wipes."""
-        self._check()
         return bytes(self._buffer())
 
     def view(self) -> AbstractContextManager[memoryview]:
@@ -132,6 +133,7 @@ class SecureString(WipingBuffer):
                 return hmac.compare_digest(mine, other)
         return NotImplemented
 
+    @_locked
     def __copy__(self) -> SecureString:
         self._check()
         new = SecureString()

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, SupportsIndex, final, overload
 
-from ._buffer import WipingBuffer
+from ._buffer import WipingBuffer, _locked
 from ._errors import nonnegative_int
 from ._native import ffi, lib
 from ._secure import Allocator, ZeroAfterFreeAllocator
@@ -58,6 +58,7 @@ class SerializeData(WipingBuffer):
     def __getitem__(self, key: SupportsIndex) -> int: ...
     @overload
     def __getitem__(self, key: slice) -> bytes: ...
+    @_locked
     def __getitem__(self, key: SupportsIndex | slice) -> int | bytes:
         self._check()
         if isinstance(key, slice):
@@ -68,17 +69,20 @@ class SerializeData(WipingBuffer):
     def __iter__(self) -> Iterator[int]:
         self._check()
         i = 0
-        while i < self._len:  # reads in place: no copy of the bytes
-            yield int(self._ptr[i])
+        while True:  # reads in place, one byte at a time under the lock: no copy of the bytes
+            with self._lock:
+                self._check()
+                if i >= self._len:
+                    return
+                byte = int(self._ptr[i])
+            yield byte
             i += 1
 
     def __bytes__(self) -> bytes:
-        self._check()
         return bytes(self._buffer())
 
     def hex(self, *args: Any) -> str:
         """Hexadecimal text of the bytes, as ``bytes.hex``."""
-        self._check()
         with memoryview(self._buffer()) as mv:
             return mv.hex(*args)
 
@@ -98,18 +102,29 @@ class SerializeData(WipingBuffer):
     def __setitem__(self, key: SupportsIndex | slice, value: Any) -> None:
         self._check()
         if not isinstance(key, slice):
-            self._ptr[self._index(key)] = _check_byte(value)
+            self._set_byte(key, _check_byte(value))
             return
-        start, stop, step = key.indices(self._len)
-        # A wiped copy of the value, so that value may be this buffer itself.
+        # A wiped copy of the value, so that value may be this buffer itself; made before this
+        # buffer's lock is taken, as value may be another buffer (one lock at a time).
         with SerializeData(value) as src:
-            if step != 1 and not src._len:
-                del self[key]  # as bytearray: an empty value deletes an extended slice
-            elif step != 1:
-                with memoryview(self._buffer()) as mv, src._view(readonly=True) as data:
-                    mv[key] = data  # extended slices keep their length, as in bytearray
-            else:
-                self._replace(start, max(start, stop), src._ptr, src._len)
+            self._set_slice(key, src)
+
+    @_locked
+    def _set_byte(self, key: SupportsIndex, value: int) -> None:
+        self._check()
+        self._ptr[self._index(key)] = value
+
+    @_locked
+    def _set_slice(self, key: slice, src: SerializeData) -> None:
+        self._check()
+        start, stop, step = key.indices(self._len)
+        if step != 1 and not src._len:
+            del self[key]  # as bytearray: an empty value deletes an extended slice
+        elif step != 1:
+            with memoryview(self._buffer()) as mv, src._view(readonly=True) as data:
+                mv[key] = data  # extended slices keep their length, as in bytearray
+        else:
+            self._replace(start, max(start, stop), src._ptr, src._len)
 
     def _replace(self, start: int, stop: int, data: Any, m: int) -> None:
         """Put ``m`` bytes from ``data`` where ``[start, stop)`` was, moving the tail in place."""
@@ -125,6 +140,7 @@ class SerializeData(WipingBuffer):
         if new_len < old_len:
             lib.bs_memory_cleanse(ptr + new_len, old_len - new_len)
 
+    @_locked
     def __delitem__(self, key: SupportsIndex | slice) -> None:
         self._check()
         if not isinstance(key, slice):
@@ -145,6 +161,7 @@ class SerializeData(WipingBuffer):
                 kept += 1
         self._truncate(kept)
 
+    @_locked
     def append(self, byte: int) -> None:
         """Add one byte at the end."""
         self._check()
@@ -162,15 +179,13 @@ class SerializeData(WipingBuffer):
         self._check()
         if isinstance(data, SerializeData):
             # Straight from its memory: going through bytes() would leave an unwiped copy.
-            data._check()
             if data is self:
                 with SerializeData(self) as copy:  # growth would free what is being read
                     self.extend(copy)
-            elif data._len:
-                self._append(data._ptr, data._len)
-            return
-        if isinstance(data, Iterable) and not _is_buffer(data) and not isinstance(data, str):
+                return
+        elif isinstance(data, Iterable) and not _is_buffer(data) and not isinstance(data, str):
             data = bytes(data)
+        # A SerializeData's bytes come pinned (its _buffer()), taken before this buffer's lock.
         with _as_bytes_like(data, what) as src:
             n = src.nbytes
             if n:
@@ -181,11 +196,13 @@ class SerializeData(WipingBuffer):
         self.extend(data)
         return self
 
+    @_locked
     def clear(self) -> None:
         """Wipe every byte and set the length to 0 (capacity is kept)."""
         self._check()
         self._truncate(0)
 
+    @_locked
     def resize(self, n: int) -> None:
         """Set the length to ``n``: new bytes are zero, dropped bytes are wiped."""
         self._check()

@@ -27,7 +27,7 @@ from ._args import (
 )
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState, _registry_lock
+from ._event import EventBase, _guarded, _LoopState, _on_turn, _registry_lock
 from ._handles import Finalized
 from ._headers import _header_bytes
 from ._log import http_log
@@ -93,6 +93,7 @@ class _ServerRequest(EvHttpRequest):
     _http: EvHttp
     _handle: Any
 
+    @_on_turn("close")
     def close(self) -> None:
         """Release the request; idempotent.
 
@@ -153,6 +154,7 @@ class _ServerRequest(EvHttpRequest):
         _other_thread(self._st, what)
         return rec
 
+    @_on_turn("send_reply")
     def send_reply(
         self,
         code: int,
@@ -183,6 +185,7 @@ class _ServerRequest(EvHttpRequest):
             self._reply_rc("send_reply", rc)
         self._released()
 
+    @_on_turn("send_echo")
     def send_echo(self, code: int = 200, *, default_content_type: str | bytes = b"") -> None:
         """Answer with the request's own body and ``Content-Type`` (or ``default_content_type``).
 
@@ -204,6 +207,7 @@ class _ServerRequest(EvHttpRequest):
         if self._handle is not None or self._traced:
             self._after_close()
 
+    @_on_turn("send_error")
     def send_error(self, code: int, reason: str | None = None) -> None:
         """Answer with libevent's error page for ``code``; the request is closed afterwards."""
         rec = self._server_rec("send_error")
@@ -212,6 +216,7 @@ class _ServerRequest(EvHttpRequest):
         self._reply_rc("send_error", lib.bs_http_send_error(rec, code, creason))
         self._released()
 
+    @_on_turn("send_reply_start")
     def send_reply_start(self, code: int, reason: str | None = None) -> None:
         """Start a chunked reply (``Transfer-Encoding: chunked`` for HTTP/1.1 clients)."""
         rec = self._server_rec("send_reply_start")
@@ -219,6 +224,7 @@ class _ServerRequest(EvHttpRequest):
         creason = _NULL if reason is None else _text_arg("send_reply_start", "reason", reason)
         self._reply_rc("send_reply_start", lib.bs_http_reply_start(rec, code, creason))
 
+    @_on_turn("send_reply_chunk")
     def send_reply_chunk(self, data: Any, on_sent: Callable[[], object] | None = None) -> None:
         """Send one chunk of a started reply (an empty chunk is skipped).
 
@@ -240,6 +246,7 @@ class _ServerRequest(EvHttpRequest):
             self._sent_queue().arm(rec, end, on_sent, False)
 
     @property
+    @_on_turn("output_buffered")
     def output_buffered(self) -> int:
         """Bytes of the reply queued on the connection and not yet written to the socket."""
         rec = self._server_rec("output_buffered")
@@ -254,6 +261,7 @@ class _ServerRequest(EvHttpRequest):
             q = self._sent = _SentQueue(self._st)
         return q
 
+    @_on_turn("send_chunk")
     def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
         """Private hook of the ``send_chunk`` helpers: False when ``output_buffered`` is below
         ``high_water`` already; otherwise True, and ``cb(gone)`` runs once in the loop when it
@@ -270,6 +278,7 @@ class _ServerRequest(EvHttpRequest):
         self._sent_queue().arm(rec, at, cb, True)
         return True
 
+    @_on_turn("on_body")
     def on_body(self, fn: Callable[[EvHttpRequest, bytes], object]) -> None:
         """On a ``stream_body`` request: ``fn(req, chunk)`` runs in the loop for each piece of
         the body as it is read, then once with ``b""`` at its end (pieces read before this call
@@ -278,6 +287,7 @@ class _ServerRequest(EvHttpRequest):
         (the request is closed by then)."""
         self._stream_body(fn, None)
 
+    @_on_turn("on_body")
     def _stream_body(
         self,
         fn: Callable[[EvHttpRequest, bytes], object],
@@ -297,6 +307,7 @@ class _ServerRequest(EvHttpRequest):
         _bodies.add(sink)
         return sink
 
+    @_on_turn("send_reply_end")
     def send_reply_end(self) -> None:
         """Finish a chunked reply; the request is closed afterwards."""
         rec = self._server_rec("send_reply_end")
@@ -802,8 +813,13 @@ def _listening_tcp_port(where: str, fd: int) -> int:
     if fd < 0:
         raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
     try:
-        s = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError as exc:
+        raise ValueError(f"{where}: sock must be an open descriptor ({exc.strerror})") from None
+    try:
+        s = socket.socket(fileno=dup)  # refuses what is not a socket: a pipe, a file
+    except OSError as exc:
+        os.close(dup)  # not adopted by a socket object: ours to close
         raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
     try:
         ok = (

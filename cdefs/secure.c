@@ -14,12 +14,27 @@
  * chunk is all zeros (wiped on free, fresh mappings are zero), so new chunks read as zeros.
  * One mutex guards everything; after fork() the child re-locks its copies of the arenas, since
  * mlock is not inherited.
+ *
+ * One pool per process. This file is compiled into two objects, the Python extension (_native)
+ * and the embeddable library a C host links (_embed), and both may be loaded in one process.
+ * Symbol interposition cannot be relied on to make them share one pool: a link with
+ * -Bsymbolic-functions (Debian's Python links extensions so) binds each object to its own copy.
+ * So the pool is found at load time instead: each copy exports an accessor with a versioned name
+ * (bitcoin_support_locked_pool_v1) returning the table of functions of the pool it uses, and
+ * each copy's constructor looks through the objects already loaded for another copy's accessor
+ * (any loaded object, whether dlopen()ed RTLD_LOCAL or not). Finding one, it uses that pool and
+ * keeps the object holding it loaded for good (RTLD_NODELETE); finding none, it uses its own.
+ * The loader runs constructors one at a time, so the first copy loaded owns the pool and every
+ * later copy finds it: a C host's bs_secure_allocate() and Python's SecureAllocator share the
+ * pool whichever is loaded first and however either was linked.
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
 #include "secure.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -356,7 +371,7 @@ static char *dedicated_alloc(size_t size, size_t align, int *err, size_t *mapped
     return (char *)p;
 }
 
-BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
+static char *own_alloc(size_t size, size_t align)
 {
     if (align < UNIT)
         align = UNIT;
@@ -399,7 +414,7 @@ BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
     return out;
 }
 
-BS_EXPORT int bs_pool_free(void *ptr)
+static int own_free(void *ptr)
 {
     unsigned char *p = ptr;
     int rc = -1;
@@ -435,7 +450,7 @@ BS_EXPORT int bs_pool_free(void *ptr)
     return rc;
 }
 
-BS_EXPORT void bs_pool_get_stats(bs_pool_stats_t *out)
+static void own_stats(bs_pool_stats_t *out)
 {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&pool.mu);
@@ -458,11 +473,115 @@ BS_EXPORT void bs_pool_get_stats(bs_pool_stats_t *out)
 
 BS_EXPORT size_t bs_pool_arena_size(void) { return ARENA_SIZE; }
 
-BS_EXPORT void bs_pool_set_warning_hook(void (*hook)(int err, size_t size))
+static void own_set_hook(void (*hook)(int err, size_t size))
 {
     pthread_mutex_lock(&pool.mu);
     pool.hook = hook;
     pthread_mutex_unlock(&pool.mu);
+}
+
+/* ---------------------------------------------------------------- one pool per process */
+
+/* What a copy of this file hands the others: a new layout takes a new accessor name. */
+typedef struct {
+    size_t size; /* sizeof(bs_pool_table), checked by the copy that finds it */
+    char *(*alloc)(size_t size, size_t align);
+    int (*release)(void *ptr);
+    void (*stats)(bs_pool_stats_t *out);
+    void (*set_hook)(void (*hook)(int err, size_t size));
+} bs_pool_table;
+
+#define POOL_ACCESSOR "bitcoin_support_locked_pool_v1"
+
+static const bs_pool_table own_table = {sizeof(bs_pool_table), own_alloc, own_free, own_stats,
+                                        own_set_hook};
+/* The pool this copy uses: its own, or the one of the copy loaded first (find_pool). */
+static const bs_pool_table *pool_in_use = &own_table;
+
+BS_EXPORT const bs_pool_table *bitcoin_support_locked_pool_v1(void) { return pool_in_use; }
+
+typedef struct {
+    const char *self; /* this object's file, skipped */
+    char **names;
+    size_t count, cap;
+} loaded_objects;
+
+static int note_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    loaded_objects *l = data;
+    if (info->dlpi_name == NULL || info->dlpi_name[0] == '\0' ||
+        (l->self != NULL && strcmp(info->dlpi_name, l->self) == 0))
+        return 0;
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        char **grown = realloc(l->names, cap * sizeof *grown);
+        if (grown == NULL)
+            return 1;
+        l->names = grown;
+        l->cap = cap;
+    }
+    char *copy = strdup(info->dlpi_name);
+    if (copy == NULL)
+        return 1;
+    l->names[l->count++] = copy;
+    return 0;
+}
+
+/* The pool table of another copy in the object `name` (already loaded), or NULL. */
+static const bs_pool_table *table_in(const char *name)
+{
+    void *h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+    if (h == NULL)
+        return NULL;
+    const bs_pool_table *(*accessor)(void);
+    void *sym = dlsym(h, POOL_ACCESSOR);
+    const bs_pool_table *t = NULL;
+    if (sym != NULL) {
+        memcpy(&accessor, &sym, sizeof accessor); /* a function's address travels as a void * */
+        t = accessor();
+    }
+    if (t == &own_table || (t != NULL && t->size != sizeof *t))
+        t = NULL;
+    if (t != NULL) {
+        /* Keep the object that holds the pool loaded for the life of the process. */
+        Dl_info where;
+        if (dladdr((const void *)t, &where) != 0 && where.dli_fname != NULL)
+            (void)dlopen(where.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+    }
+    dlclose(h);
+    return t;
+}
+
+/* Runs as the object is loaded, before anything can call into it (see the file's header). */
+__attribute__((constructor)) static void find_pool(void)
+{
+    Dl_info self;
+    loaded_objects l = {NULL, NULL, 0, 0};
+    if (dladdr((const void *)&own_table, &self) != 0)
+        l.self = self.dli_fname;
+    dl_iterate_phdr(note_object, &l); /* names first: no dlopen while the list is walked */
+    for (size_t i = 0; i < l.count; i++) {
+        const bs_pool_table *t = pool_in_use == &own_table ? table_in(l.names[i]) : NULL;
+        if (t != NULL)
+            pool_in_use = t;
+        free(l.names[i]);
+    }
+    free(l.names);
+}
+
+BS_EXPORT char *bs_pool_alloc(size_t size, size_t align)
+{
+    return pool_in_use->alloc(size, align);
+}
+
+BS_EXPORT int bs_pool_free(void *ptr) { return pool_in_use->release(ptr); }
+
+BS_EXPORT void bs_pool_get_stats(bs_pool_stats_t *out) { pool_in_use->stats(out); }
+
+BS_EXPORT void bs_pool_set_warning_hook(void (*hook)(int err, size_t size))
+{
+    pool_in_use->set_hook(hook);
 }
 
 BS_EXPORT void *bs_secure_allocate(size_t size) { return bs_pool_alloc(size, UNIT); }

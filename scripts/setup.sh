@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for this project: libevent headers, pkg-config, compilers, wrk
-# and valgrind from apt (as root, only what is missing; with Debian's own Python also its venv
-# module and C headers), then .venv with the package installed in editable mode.
+# and valgrind from apt (as root, only what is missing; with Debian's own Python, or when
+# Debian's /usr/bin/python3 is there, also its venv module and C headers), then .venv with the
+# package installed in editable mode.
 # Quick when nothing changed: the install is redone only when a file the build reads changed
 # since the last set-up (a stamp in .venv), so serve.sh and test.sh start at once.
 set -euo pipefail
@@ -44,6 +45,11 @@ if ! $current; then
             pkgs+=("python$ver-venv" "python$ver-dev")
         fi
     fi
+fi
+# Debian's own /usr/bin/python3, when there is one, gets a run of its own in the test command
+# (scripts/debian_python.sh): it needs them too, whichever Python .venv uses.
+if [ -x /usr/bin/python3 ] && [[ " ${pkgs[*]} " != *" python3-dev "* ]]; then
+    pkgs+=(python3-venv python3-dev)
 fi
 installed=$(dpkg-query -W -f='${db:Status-Status} ${Package}\n' "${pkgs[@]}" 2>/dev/null || true)
 need=()

@@ -2,6 +2,9 @@
 # The whole test suite, as the README gives it: set up (apt + .venv), lint, type-check, test,
 # then the same tests again against a shim built with AddressSanitizer and UBSan, and once more
 # against the package installed with the newest cffi, and under Python 3.13 (a cached Debian 13 root).
+# then the same tests again against a shim built with AddressSanitizer and UBSan, once more
+# against the package installed with the newest cffi, and the C host and pool tests under
+# Debian's own /usr/bin/python3 when there is one (its link flags differ: -Bsymbolic-functions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,3 +16,4 @@ echo "== the same suite against the ASan+UBSan build of the shim"
 bash scripts/sanitize.sh "$@"
 bash scripts/newest_cffi.sh "$@"
 bash scripts/py313.sh "$@"
+bash scripts/debian_python.sh -k "not valgrind"  # valgrind ran above; this run is for the link

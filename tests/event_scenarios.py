@@ -357,6 +357,117 @@ def cycles(order: str, wrapped: str) -> None:
     assert bs.live_counts() == start, (bs.live_counts(), start)
 
 
+def requests(seconds: str = "1.5") -> None:
+    """Held server requests used from two threads while the main thread closes them, closes
+    their server and dispatches the base now and then: each call works or raises ClosedError
+    or RuntimeError (the thread rule), never touches a freed request (cffi lets go of the GIL
+    around every call into libevent)."""
+    import socket
+
+    # Large bodies: copying one out takes long enough, with the GIL let go, that a close on
+    # another thread lands inside the copy when nothing holds the request for the call.
+    payload = b"b" * (2 << 20)
+    head = b"POST /x?q=1 HTTP/1.1\r\nHost: h\r\nX-Test: t\r\nContent-Length: %d\r\n\r\n"
+    REQUEST = head % len(payload) + payload
+    sys.setswitchinterval(1e-5)
+    gc.collect()
+    start = bs.live_counts()
+    base = obtain_event_base()
+    errors: list[BaseException] = []
+    counts = {"ok": 0, "refused": 0}
+    stop = threading.Event()
+    held: list[bs.EvHttpRequest] = []
+    body = bs.SerializeData()
+
+    def calls(req: bs.EvHttpRequest) -> list[Callable[[], object]]:
+        return [
+            lambda: req.path,
+            lambda: req.method,
+            lambda: req.uri,
+            lambda: req.host,
+            lambda: req.peer,
+            lambda: req.body,
+            lambda: req.body_length,
+            lambda: req.read_body(body),
+            body.clear,
+            lambda: req.read_body(bytearray(8)),
+            lambda: dict(req.input_headers),
+            lambda: req.input_headers.get("x-test"),
+            lambda: req.output_headers.add("X-A", "1"),
+            lambda: req.output_headers.remove("X-A"),
+            lambda: req.send_reply(200, body=b"hello"),
+            lambda: req.send_error(503),
+            req.close,
+        ]
+
+    def hammer(seed: int) -> None:
+        i = seed
+        while not stop.is_set():
+            i += 1
+            if not held:
+                time.sleep(0)
+                continue
+            try:
+                req = held[i % len(held)]
+                fns = calls(req)
+                fns[i % len(fns)]()
+            except (bs.ClosedError, RuntimeError, IndexError):
+                counts["refused"] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            else:
+                counts["ok"] += 1
+
+    workers = [threading.Thread(target=hammer, args=(n * 7,), daemon=True) for n in range(2)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + float(seconds)
+    rounds = 0
+    while time.monotonic() < deadline and not errors:
+        http = bs.obtain_evhttp(base)
+        port = http.bind()
+        http.set_gencb(lambda req, arg: held.append(req))  # held: answered by the threads
+        clients = []
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=c.sendall, args=(REQUEST,), daemon=True).start()
+            clients.append(c)
+        until = time.monotonic() + 10
+        while len(held) < 4 and time.monotonic() < until:
+            try:
+                base.loop(bs.EVLOOP_NONBLOCK)
+            except RuntimeError:  # a thread's call holds the base's guard right now
+                pass
+        for j, req in enumerate(list(held)):
+            time.sleep(0.0005)
+            try:
+                if j % 3 == 0:
+                    req.close()
+                elif j % 3 == 1:
+                    base.loop(bs.EVLOOP_NONBLOCK)  # libevent may free what was answered
+            except (bs.ClosedError, RuntimeError):
+                pass
+        time.sleep(0.002)
+        http.close()  # answers (503) and frees what is still held
+        held.clear()
+        for c in clients:
+            c.close()
+        for _ in range(3):
+            base.loop(bs.EVLOOP_NONBLOCK)
+        rounds += 1
+    stop.set()
+    for w in workers:
+        w.join(30)
+        assert not w.is_alive(), "a thread hung"
+    assert not errors, errors[:5]
+    assert counts["ok"] > 0 and rounds > 0, (counts, rounds)
+    body.close()
+    base.close()
+    gc.collect()
+    assert bs.live_counts() == start, (bs.live_counts(), start)
+
+
 if __name__ == "__main__":
     name, *args = sys.argv[1:]
     globals()[name](*args)

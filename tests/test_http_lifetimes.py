@@ -335,6 +335,51 @@ def test_accept_socket_refuses_pipes_files_and_connected_sockets(
         assert port == lsock.getsockname()[1]
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _refused_objects(tmp_path: pathlib.Path) -> Iterator[tuple[str, Any, list[Any]]]:
+    """Each kind of object accept_socket refuses: (name, object, what to close afterwards)."""
+    r, w = os.pipe()
+    yield "pipe", r, [r, w]
+    fd = os.open(tmp_path / "plain", os.O_RDWR | os.O_CREAT)
+    yield "regular file", fd, [fd]
+    f = open(tmp_path / "object", "wb")  # closed by the caller
+    yield "file object", f, [f]
+    unbound = socket.socket()
+    yield "unbound socket", unbound, [unbound]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    yield "udp socket", udp, [udp]
+    lsock = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lsock.getsockname())
+    yield "connected socket", client, [client, lsock]
+    closed_r, closed_w = os.pipe()
+    os.close(closed_r)
+    os.close(closed_w)
+    yield "closed descriptor", closed_r, []
+
+
+def test_accept_socket_leaves_no_descriptor_behind_when_it_refuses(
+    base: EventBase, tmp_path: pathlib.Path
+) -> None:
+    http = obtain_evhttp(base)
+    leaked: dict[str, int] = {}
+    for name, obj, owned in _refused_objects(tmp_path):
+        try:
+            before = _open_fds()
+            for _ in range(20):
+                with pytest.raises(ValueError):
+                    http.accept_socket(obj)
+            leaked[name] = _open_fds() - before
+        finally:
+            for o in owned:
+                o.close() if hasattr(o, "close") else os.close(o)
+    assert leaked == dict.fromkeys(leaked, 0), leaked
+    assert len(leaked) == 7 and http._bound == []
+
+
 ACCEPT_SPIN = """
     import os, socket, time
     from bitcoin_support import *

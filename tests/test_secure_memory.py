@@ -1006,12 +1006,15 @@ def test_memory_cleanse_bad_input_raises(buf, size, exc) -> None:
 
 def test_memory_cleanse_trusts_only_package_objects() -> None:
     # Any object with a _cleanse_target method was trusted before: this one crashed the
-    # interpreter with SIGSEGV (hence the child process).
+    # interpreter with SIGSEGV (hence the child process). The package's objects now wipe
+    # themselves (_wipe): an outside one with that name is no more trusted.
     code = (
-        "from bitcoin_support import ffi, memory_cleanse\n"
+        "from bitcoin_support import ffi, lib, memory_cleanse\n"
         "class Impostor:\n"
         "    def _cleanse_target(self):\n"
         "        return ffi.cast('char *', 8), 1 << 20\n"
+        "    def _wipe(self, size):\n"
+        "        lib.bs_memory_cleanse(ffi.cast('char *', 8), 1 << 20)\n"
         "try:\n"
         "    memory_cleanse(Impostor())\n"
         "except TypeError as exc:\n"

@@ -20,6 +20,12 @@ def test_threads_hammering_every_operation_while_the_base_dispatches() -> None:
     run_scenario("threads", "1.5", "3")
 
 
+def test_held_requests_used_from_threads_while_closed_and_dispatched() -> None:
+    # A C call on a request lets go of the GIL: before, a close, a server close or a dispatch
+    # on another thread freed the request under it (heap corruption, SIGSEGV).
+    run_scenario("requests", "1.5", timeout=120)
+
+
 def test_a_foreign_thread_is_told_the_rule(base: EventBase) -> None:
     ev = obtain_event(base, -1, EV_PERSIST, lambda ev, arg: None)
     seen: list[BaseException] = []
