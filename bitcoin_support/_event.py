@@ -96,6 +96,10 @@ class _Guard:
     from another thread while the base is dispatched raises RuntimeError instead of waiting (the
     loop may run for ever); otherwise operations from several threads take turns. Finalizers
     take no lock: they run only for unreachable handles, which libevent is not running.
+
+    ``acquire`` is the rule; ``held`` wraps it for a ``with`` block. Copies inlined for speed,
+    each naming this one: ``_guarded`` (every guarded method), ``check_thread``'s in
+    ``_request._other_thread`` (per request) and ``LibEvent.active`` (per callback).
     """
 
     __slots__ = ("lock", "thread")
@@ -104,18 +108,55 @@ class _Guard:
         self.lock = threading.RLock()
         self.thread: int | None = None
 
+    def acquire(self, what: str) -> None:
+        """Take ``lock`` under the rule; the caller releases it (``lock.release()``)."""
+        if not self.lock.acquire(False):
+            self.wait(what)
+
+    def held(self, what: str) -> _Held:
+        """``with guard.held(what):`` runs the block holding ``lock``, taken under the rule."""
+        return _Held(self, what)
+
     def wait(self, what: str) -> None:
         """Take ``lock`` held by another thread, or raise if that thread dispatches the base."""
         lock = self.lock
         while True:
             thread = self.thread
             if thread is not None and thread != _get_ident():
-                raise RuntimeError(
-                    f"{what}: the base is being dispatched by another thread (ident {thread}); "
-                    "from other threads, only call_soon_threadsafe() may be called while it runs"
-                )
+                raise refusal(what, thread)
             if lock.acquire(timeout=0.02):
                 return
+
+    def check_thread(self, what: str) -> None:
+        """The rule without the lock: RuntimeError from another thread while the base is
+        dispatched (for calls that only read or act on the loop's own thread)."""
+        thread = self.thread
+        if thread is not None and thread != _get_ident():
+            raise refusal(what, thread)
+
+
+class _Held:
+    """The ``with`` block of ``_Guard.held``."""
+
+    __slots__ = ("guard", "what")
+
+    def __init__(self, guard: _Guard, what: str) -> None:
+        self.guard = guard
+        self.what = what
+
+    def __enter__(self) -> None:
+        self.guard.acquire(self.what)
+
+    def __exit__(self, *exc: object) -> None:
+        self.guard.lock.release()
+
+
+def refusal(what: str, thread: int) -> RuntimeError:
+    """The thread rule's error: ``what`` was called while ``thread`` dispatches the base."""
+    return RuntimeError(
+        f"{what}: the base is being dispatched by another thread (ident {thread}); "
+        "from other threads, only call_soon_threadsafe() may be called while it runs"
+    )
 
 
 def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -337,89 +378,46 @@ class EventBase(Finalized):
         traceback. On the main thread, a signal (Ctrl-C) wakes the loop so that Python's handler
         runs at once, through ``signal.set_wakeup_fd`` unless another wakeup fd is already set.
         """
-        rec = self._require("loop")
+        self._require("loop")
         if isinstance(flags, bool) or not isinstance(flags, int):
             raise TypeError(f"EventBase.loop: flags must be an int, not {_type_name(flags)}")
         if flags & ~_LOOP_FLAGS:
             raise ValueError(f"EventBase.loop: flags has unknown bits: {flags:#x}")
-        st = self._st
-        guard = st.guard
-        if not guard.lock.acquire(False):
-            guard.wait("EventBase.loop")
-        if st.running:
-            guard.lock.release()
-            raise RuntimeError("EventBase.loop: the loop is already running")
-        if self._rec is None:  # closed by another thread while we waited for the lock
-            guard.lock.release()
-            self._closed_error("loop")
-        wakeup = False
-        prev = getattr(_tls, "state", None)
-        prev_thread = guard.thread
-        guard.thread = _get_ident()
-        _tls.state = st
-        st.running = True
-        try:
-            if (
-                not flags & EVLOOP_NONBLOCK
-                and threading.current_thread() is threading.main_thread()
-            ):
-                wakeup = self._install_wakeup(rec)
-            rc: int = lib.bs_base_loop(rec, flags)
-        finally:
-            st.running = False
-            _tls.state = prev
-            guard.thread = prev_thread
-            guard.lock.release()
-            if wakeup:
-                fd = lib.bs_base_wake_fd(rec)
-                other = signal.set_wakeup_fd(-1)
-                if other != fd:  # set meanwhile by a callback (asyncio's add_signal_handler)
-                    signal.set_wakeup_fd(other, warn_on_full_buffer=False)
-        st.reraise()
-        if rc < 0:
-            raise RuntimeError("EventBase.loop: event_base_loop failed")
-        return rc
+        with self._session("EventBase.loop", wakeup=not flags & EVLOOP_NONBLOCK) as session:
+            return session.round(flags)
 
-    def _session(self, what: str) -> _Session:
-        """``loop()``'s set-up and tear-down held across many rounds (``aio.EventLoop``).
+    def _session(self, what: str, *, wakeup: bool = True) -> _Session:
+        """The loop's set-up, torn down by the session's ``end()`` (or its ``with`` block).
 
+        ``loop()`` is one round of a session; ``aio.EventLoop`` holds one across many rounds.
         Between rounds the base counts as dispatched by this thread (as in a callback of a
         ``loop()``); each ``round(flags)`` is one ``event_base_loop`` call that re-raises the first
-        error a callback raised, as ``loop()`` does. ``end()`` must follow, on the same thread.
+        error a callback raised. ``end()`` must follow, on the same thread. ``wakeup``: on the
+        main thread, let a signal wake the loop (see ``loop()``).
         """
-        rec = self._require(what)
+        # ClosedError names the caller as _require does ("EventBase.loop").
+        name = what.removeprefix("EventBase.")
+        rec = self._require(name)
         st = self._st
         guard = st.guard
-        if not guard.lock.acquire(False):
-            guard.wait(what)
+        guard.acquire(what)
         if st.running:
             guard.lock.release()
             raise RuntimeError(f"{what}: the base's loop is already running")
-        if self._rec is None:
+        if self._rec is None:  # closed by another thread while we waited for the lock
             guard.lock.release()
-            self._closed_error(what)
+            self._closed_error(name)
         session = _Session(rec, st, getattr(_tls, "state", None), guard.thread)
         guard.thread = _get_ident()
         _tls.state = st
         st.running = True
         try:
-            if threading.current_thread() is threading.main_thread():
-                session.wakeup = self._install_wakeup(rec)
+            if wakeup and threading.current_thread() is threading.main_thread():
+                session.wakeup = _install_wakeup(rec)
         except BaseException:
             session.end()
             raise
         return session
-
-    @staticmethod
-    def _install_wakeup(rec: Any) -> bool:
-        fd = lib.bs_base_wake_fd(rec)
-        if fd < 0:
-            return False
-        old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-        if old != -1:  # someone else (trio, asyncio) listens for signals: leave them theirs
-            signal.set_wakeup_fd(old)
-            return False
-        return True
 
     @_guarded("EventBase.loopbreak")
     def loopbreak(self) -> None:
@@ -482,7 +480,8 @@ class EventBase(Finalized):
 
 
 class _Session:
-    """A run of many loop rounds on one thread (``EventBase._session``)."""
+    """A run of loop rounds on one thread (``EventBase._session``); ``end()`` or a ``with``
+    block gives the base back."""
 
     __slots__ = ("prev", "prev_thread", "rec", "st", "wakeup")
 
@@ -493,6 +492,12 @@ class _Session:
         self.prev_thread = prev_thread
         self.wakeup = False
 
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
     def round(self, flags: int) -> int:
         """One ``event_base_loop(flags)``; re-raises the first error of its callbacks."""
         rc: int = lib.bs_base_loop(self.rec, flags)
@@ -502,6 +507,7 @@ class _Session:
         return rc
 
     def end(self) -> None:
+        """Undo ``EventBase._session``'s set-up, in reverse order."""
         st = self.st
         st.running = False
         _tls.state = self.prev
@@ -509,10 +515,29 @@ class _Session:
         st.guard.lock.release()
         if self.wakeup:
             self.wakeup = False
-            fd = lib.bs_base_wake_fd(self.rec)
-            other = signal.set_wakeup_fd(-1)
-            if other != fd:
-                signal.set_wakeup_fd(other, warn_on_full_buffer=False)
+            _restore_wakeup(self.rec)
+
+
+def _install_wakeup(rec: Any) -> bool:
+    """Let a signal wake the base's loop (``signal.set_wakeup_fd``), unless another wakeup fd
+    is set; whether it was installed (then ``_restore_wakeup`` must follow)."""
+    fd = lib.bs_base_wake_fd(rec)
+    if fd < 0:
+        return False
+    old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    if old != -1:  # someone else (trio, asyncio) listens for signals: leave them theirs
+        signal.set_wakeup_fd(old)
+        return False
+    return True
+
+
+def _restore_wakeup(rec: Any) -> None:
+    """Undo ``_install_wakeup``, keeping a wakeup fd set meanwhile by a callback (asyncio's
+    ``add_signal_handler``)."""
+    fd = lib.bs_base_wake_fd(rec)
+    other = signal.set_wakeup_fd(-1)
+    if other != fd:
+        signal.set_wakeup_fd(other, warn_on_full_buffer=False)
 
 
 def obtain_event_base(*, dummy: bool = False, epoll_changelist: bool = False) -> EventBase:
@@ -621,14 +646,9 @@ class LibEvent(Finalized):
             raise TypeError(
                 f"obtain_event: cb must be callable or an EventCallback, not {_type_name(cb)}"
             )
-        guard = base._st.guard
-        if not guard.lock.acquire(False):
-            guard.wait("obtain_event")
-        try:
+        with base._st.guard.held("obtain_event"):
             brec = base._require_open("obtain_event")
             rec = lib.bs_event_new(brec, fdnum, events, c_cb, c_arg)
-        finally:
-            guard.lock.release()
         if rec == ffi.NULL:
             if ffi.errno == errno.EPIPE:  # the base is being released
                 raise ClosedError("obtain_event: the base is closed")
@@ -678,7 +698,8 @@ class LibEvent(Finalized):
     def _own_turn(self) -> bool:
         """Called from the thread running this event's callback (``_again`` is set only while
         it runs): only then may a call be deferred to the trampoline. Another thread goes the
-        guarded way, which tells it the thread rule. (A loop a C host runs records no thread.)"""
+        guarded way, which tells it the thread rule. (A loop a C host runs records no thread.)
+        The comparison is ``_Guard.check_thread``'s, without the error."""
         thread = self._st.guard.thread
         return thread is None or thread == _get_ident()
 
@@ -774,7 +795,7 @@ class LibEvent(Finalized):
             again is not None
             and what in _DEFERRABLE
             and ((thread := self._st.guard.thread) is None or thread == _get_ident())
-        ):  # _own_turn(), inlined on the hottest path
+        ):  # _own_turn(), inlined on the per-callback path (canonical: _Guard.check_thread)
             try:
                 self._again = again | what
             except TypeError:  # 1.0 and the like compare equal to an int flag

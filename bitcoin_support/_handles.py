@@ -129,13 +129,9 @@ class Handle:
             self._check_close()
             self._close(finalizing=False)
             return
-        if not guard.lock.acquire(False):
-            guard.wait(f"{type(self).__name__}.close")
-        try:
+        with guard.held(f"{type(self).__name__}.close"):
             self._check_close()
             self._close(finalizing=False)
-        finally:
-            guard.lock.release()
 
     def __enter__(self) -> Self:
         return self
