@@ -14,7 +14,8 @@ from typing import Any, Final, final
 from ._args import _body_arg, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState
+from ._event_base import EventBase, _LoopState
+from ._guard import _guarded
 from ._handles import Finalized
 from ._log import http_log
 from ._native import ffi, lib

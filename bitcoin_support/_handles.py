@@ -155,7 +155,7 @@ class Handle:
             children.pop(child_id, None)
 
     def _loop_guard(self) -> Any:
-        """The thread guard of the base this handle belongs to (``_event._Guard``), or None."""
+        """The thread guard of the base this handle belongs to (``_guard._Guard``), or None."""
         parent = self._parent
         return parent._loop_guard() if parent is not None else None
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import _get_ident, refusal
+from ._guard import _get_ident, refusal
 from ._handles import Handle
 from ._headers import _Headers, _OutputHeaders
 from ._native import ffi, lib
 from ._serialize import SerializeData
 
 if TYPE_CHECKING:
-    from ._event import _LoopState
+    from ._event_base import _LoopState
 
 PyRequestCallback = Callable[["EvHttpRequest", Any], object]
 """A Python request callback: ``cb(req, arg)``; its return value is ignored."""

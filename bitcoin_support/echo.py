@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ._event import obtain_event_base
+from ._event_base import obtain_event_base
 from ._handles import live_counts
 from ._request import EvHttpRequest
 from ._server import EvHttp, obtain_evhttp

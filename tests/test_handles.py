@@ -18,7 +18,7 @@ from bitcoin_support import (
     obtain_event,
     obtain_event_base,
 )
-from bitcoin_support._event import _set_release_probe
+from bitcoin_support._event_base import _set_release_probe
 from bitcoin_support._log import TRACE, events_log
 
 pytestmark = pytest.mark.timeout(120)
