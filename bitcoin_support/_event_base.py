@@ -314,12 +314,12 @@ class EventBase(Finalized):
     @_guarded("EventBase.got_break")
     def got_break(self) -> bool:
         """Whether the last loop ended through ``loopbreak()``."""
-        return bool(lib.bs_base_got(self._require("got_break"), 0))
+        return bool(lib.bs_base_got_break(self._require("got_break")))
 
     @_guarded("EventBase.got_exit")
     def got_exit(self) -> bool:
         """Whether the last loop ended through ``loopexit()``."""
-        return bool(lib.bs_base_got(self._require("got_exit"), 1))
+        return bool(lib.bs_base_got_exit(self._require("got_exit")))
 
     @property
     @_guarded("EventBase.backend")

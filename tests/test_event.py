@@ -1012,3 +1012,10 @@ def test_bad_re_add_timeout_inside_the_callback_raises(base: EventBase) -> None:
     obtain_event(base, -1, 0, cb).add(0)
     base.dispatch()
     assert len(errors) == 4
+
+
+def test_libevent_is_the_2_1_series_event_c_reads() -> None:
+    # cdefs/event.c reads libevent's private event flags (mark_internal, still_busy) through
+    # <event2/event_struct.h>, whose layout is libevent 2.1's; another series must fail here.
+    version = bs.ffi.string(bs.lib.event_get_version()).decode()
+    assert version.startswith("2.1."), version
