@@ -16,7 +16,7 @@ from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._event_base import EventBase, _LoopState
 from ._guard import _guarded
-from ._handles import Finalized
+from ._handles import Finalized, dropped_message, warn_dropped
 from ._log import http_log
 from ._native import ffi, lib
 from ._request import (
@@ -69,10 +69,13 @@ class _ClientRequest(EvHttpRequest):
 
     def __del__(self) -> None:
         try:
-            if self._rec is not None:
-                self.close()
-        except Exception:
-            pass
+            if self._rec is None:
+                return
+            message = dropped_message(self)
+            self.close()
+        except Exception:  # half made, or interpreter exit: nowhere to report
+            return
+        warn_dropped(message, self)
 
     @property
     def peer(self) -> tuple[str, int]:

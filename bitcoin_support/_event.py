@@ -195,6 +195,14 @@ class LibEvent(Finalized):
     def _release_native(self, rec: Any) -> None:
         lib.bs_event_release(rec)
 
+    def _dropped_open(self) -> bool:
+        # An event that fired and then was let go (its base stops holding it once it is neither
+        # pending nor active) did its job: fire and forget is how one-shot timers are used. One
+        # its base still holds, or whose base went first (a garbage cycle), goes with a base
+        # nobody holds either: the base's warning says it.
+        base = self._base
+        return self._rec.fired == 0 and base._rec is not None and self not in base._keep
+
     def _after_release(self) -> None:
         self._handle = None
         self._again = None
