@@ -42,6 +42,7 @@ from ._server import EvHttp as EvHttp
 from ._server import obtain_evhttp as obtain_evhttp
 from ._util import align_up as align_up
 from ._util import get_unique_path as get_unique_path
+from ._version import __version__ as __version__
 
 __all__ = [
     "EVLOOP_NONBLOCK",

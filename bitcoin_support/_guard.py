@@ -8,9 +8,13 @@ ever. ``call_soon_threadsafe`` is the one call meant for other threads.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ._event_base import _LoopState
 
 __all__ = ["_Guard", "_guarded", "refusal"]
 
@@ -88,11 +92,30 @@ def refusal(what: str, thread: int) -> RuntimeError:
     )
 
 
-def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Run the method under the base's thread rule (see ``_Guard``)."""
+class _OnBase(Protocol):
+    """What a ``_guarded`` method's owner has: the loop state of its base."""
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
-        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+    _st: _LoopState
+
+
+_S = TypeVar("_S", bound=_OnBase)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    what: str,
+) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Run the method under the base's thread rule (see ``_Guard``).
+
+    The wrapper keeps the method's parameters and return type (``ParamSpec``) and its name,
+    docstring and ``__wrapped__`` (``functools.wraps``), so type checkers, ``help()`` and
+    ``inspect.signature`` see the real method.
+    """
+
+    def wrap(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             guard: _Guard = self._st.guard
             if not guard.lock.acquire(False):
                 guard.wait(what)
@@ -101,9 +124,6 @@ def _guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             finally:
                 guard.lock.release()
 
-        guarded.__name__ = method.__name__
-        guarded.__qualname__ = method.__qualname__
-        guarded.__doc__ = method.__doc__
         return guarded
 
     return wrap

@@ -14,6 +14,8 @@ from ._errors import type_name as _type_name
 from ._request import EvHttpRequest
 
 http_log: Final = logging.getLogger("bitcoin_support.http")
+# The Content-Type of a body a serve_http handler returns, unless the handler set one.
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
 
 def unavailable(req: EvHttpRequest, _arg: object) -> None:
@@ -31,16 +33,20 @@ def answer_error(req: EvHttpRequest, code: int) -> None:
 
 
 def answer_result(req: EvHttpRequest, result: Any) -> None:
-    """Send what a handler returned: 200 with a bytes-like body; 500 (logged) for ``None``
-    without a reply or a body that is not bytes-like. Nothing when the handler replied."""
+    """Send what a handler returned: 200 with a bytes-like body (``DEFAULT_CONTENT_TYPE`` unless
+    the handler set a Content-Type); 500 (logged) for ``None`` without a reply or a body that is
+    not bytes-like. Nothing when the handler replied."""
     if req.closed:  # answered by the handler
         return
     if result is None:
         http_log.error("serve_http: handler returned None without replying (request id=%d)", req.id)
         answer_error(req, 500)
         return
+    # A handler that set its own Content-Type keeps it; otherwise bytes are just bytes (not
+    # libevent's default, text/html in ISO-8859-1).
+    ctype = None if "Content-Type" in req.output_headers else DEFAULT_CONTENT_TYPE
     try:
-        req.send_reply(200, body=result)
+        req.send_reply(200, body=result, content_type=ctype)
     except (TypeError, ValueError) as exc:
         http_log.error(
             "serve_http: handler returned %s, not a bytes-like body (request id=%d)",

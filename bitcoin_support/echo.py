@@ -18,15 +18,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from ._cli import OneLineParser
 from ._event_base import obtain_event_base
 from ._handles import live_counts
 from ._request import EvHttpRequest
 from ._server import EvHttp, obtain_evhttp
 
-__all__ = ["main", "serve"]
+__all__ = ["listen_error", "main", "parse_args", "serve"]
 
 DEFAULT_CONTENT_TYPE: Final = b"application/octet-stream"
 GRACE_SECONDS: Final = 0.25  # time left to flush replies after a stop signal
@@ -196,28 +197,88 @@ def _supervise(host: str, port: int, workers: int, max_body: int) -> int:
     return 1 if failed else 0
 
 
+MAX_WORKERS: Final = 1024
+MAX_BODY: Final = 2**62  # EvHttp.set_max_body_size's bound
+
+
+def _int_in(low: int, high: int, note: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}{note}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _host(text: str) -> str:
+    """An argparse type: an address or a name this machine resolves."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (0.0.0.0 or :: listens everywhere)")
+    try:
+        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:  # gaierror; NUL bytes and over-long labels
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise argparse.ArgumentTypeError(f"cannot resolve {text!r}: {reason}") from None
+    return text
+
+
+def parse_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "python -m bitcoin_support.echo",
+    description: str = "HTTP echo server on libevent's evhttp with Python request callbacks.",
+) -> argparse.Namespace:
+    """The echo server's options, checked: ``host``, ``port``, ``workers``, ``max_body``.
+
+    A bad value ends the program with one line on stderr and exit status 2.
+    """
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=_int_in(0, 65535, " (0: any free port)"), default=8080, help="port"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_int_in(1, MAX_WORKERS),
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT)",
+    )
+    parser.add_argument(
+        "--max-body",
+        type=_int_in(0, MAX_BODY),
+        default=1048576,
+        help="largest body accepted, in bytes (413 above)",
+    )
+    return parser.parse_args(argv)
+
+
+def listen_error(prog: str, host: str, port: int, exc: OSError) -> str:
+    """The one line that says why the server could not start, naming the address."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:  # gaierror's errno is an EAI_ code
+        reason = exc.strerror or str(exc)
+    else:  # the plain reason: EvHttp.bind's own message already names the address
+        reason = os.strerror(exc.errno)
+    return f"{prog}: error: cannot listen on {_url_host(host)}:{port}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bitcoin_support.echo",
-        description="HTTP echo server on libevent's evhttp with Python request callbacks.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (SO_REUSEPORT)")
-    parser.add_argument(
-        "--max-body", type=int, default=1048576, help="largest body accepted (413 above)"
-    )
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be >= 1")
-    if args.max_body < 0:
-        parser.error("--max-body must be >= 0")
+    prog = "python -m bitcoin_support.echo"
+    args = parse_args(argv, prog)
     try:
         return serve(args.host, args.port, args.workers, args.max_body)
     except OSError as exc:
-        print(f"echo: {exc}", file=sys.stderr)
+        print(listen_error(prog, args.host, args.port, exc), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the stop handlers were in place: nothing to answer
+        return 0
 
 
 if __name__ == "__main__":

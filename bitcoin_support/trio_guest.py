@@ -29,8 +29,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import outcome
-import trio
+try:
+    import outcome
+    import trio
+except ImportError as exc:  # trio is the optional extra [trio]
+    raise ImportError(
+        f"bitcoin_support.trio_guest needs trio ({exc}): pip install 'bitcoin_support[trio]'",
+        name=exc.name,
+    ) from exc
 
 from . import _attach
 from ._errors import ClosedError

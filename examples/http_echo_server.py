@@ -12,13 +12,14 @@ right here with the public API; ``--workers N`` uses the package's SO_REUSEPORT 
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from typing import Any
 
 import bitcoin_support as bs
 from bitcoin_support import echo
+
+PROG = "http_echo_server.py"
 
 
 def handle(req: bs.EvHttpRequest, arg: Any) -> None:
@@ -30,32 +31,36 @@ def handle(req: bs.EvHttpRequest, arg: Any) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--max-body", type=int, default=1048576)
-    args = parser.parse_args()
-    if args.workers != 1:
-        return echo.serve(args.host, args.port, args.workers, args.max_body)
-
+def serve_here(host: str, port: int, max_body: int) -> int:
+    """One worker, right here: the server made with the public API, until Ctrl-C or SIGTERM."""
     base = bs.obtain_event_base(epoll_changelist=True)
     http = bs.obtain_evhttp(base)
-    http.set_max_body_size(args.max_body)
-    http.set_gencb(handle)
-    port = http.bind(args.host, args.port)
-    print(f"listening on http://{args.host}:{port}/", flush=True)
-
-    def stop(signum: int, frame: object) -> None:
-        http.stop_accepting()  # no new connections; replies already queued still go out
-        base.loopexit(0.25)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     with base, http:
+        http.set_max_body_size(max_body)
+        http.set_gencb(handle)
+
+        def stop(signum: int, frame: object) -> None:
+            http.stop_accepting()  # no new connections; replies already queued still go out
+            base.loopexit(0.25)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        bound = http.bind(host, port)
+        print(f"listening on http://{host}:{bound}/", flush=True)  # a stop signal is handled now
         base.dispatch()
     return 0
+
+
+def main() -> int:
+    # The package's own option checks: a bad value is one line on stderr and exit status 2.
+    args = echo.parse_args(prog=PROG, description=__doc__.splitlines()[0])
+    try:
+        if args.workers != 1:
+            return echo.serve(args.host, args.port, args.workers, args.max_body)
+        return serve_here(args.host, args.port, args.max_body)
+    except OSError as exc:  # address in use, not an address of this machine, ...
+        print(echo.listen_error(PROG, args.host, args.port, exc), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ trio runs in guest mode on an EventBase (``bitcoin_support.trio_guest``). On tha
 - a trio task ticks every 100 ms;
 - a trio TCP client sends HTTP requests to the server over 127.0.0.1, through trio's own sockets.
 A libevent timer on the same base counts too, to show both kinds of callbacks taking turns.
-Stops after ``--seconds`` (or on Ctrl-C) and prints what each part did.
+Stops after ``--seconds`` (or on Ctrl-C, exit status 0 all the same) and prints what each part
+did.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import trio
 
@@ -60,38 +63,53 @@ async def client(port: int, counts: dict[str, int]) -> None:
         await trio.sleep(0.01)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, got {args.port}")
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
 
     counts = {"trio ticks": 0, "client round trips": 0, "libevent ticks": 0}
-    with obtain_event_base() as base:
-        http = obtain_evhttp(base)
-        port = http.bind("127.0.0.1", args.port)
-        print(f"listening on http://127.0.0.1:{port}/", flush=True)
+    # Ctrl-C is a way to stop too: trio delivers it inside its nursery's exception group, and
+    # before trio starts it is a plain KeyboardInterrupt; both end here, with exit status 0.
+    try:
+        with obtain_event_base() as base:
+            http = obtain_evhttp(base)
+            try:
+                port = http.bind("127.0.0.1", args.port)
+            except OSError as exc:  # e.g. the port is taken: one line, not a traceback
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                print(
+                    f"{parser.prog}: error: cannot listen on 127.0.0.1:{args.port}: {reason}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"listening on http://127.0.0.1:{port}/", flush=True)
 
-        def libevent_tick(ev: LibEvent, arg: object) -> None:
-            counts["libevent ticks"] += 1
+            def libevent_tick(ev: LibEvent, arg: object) -> None:
+                counts["libevent ticks"] += 1
 
-        obtain_event(base, -1, EV_PERSIST, libevent_tick).add(0.1)
+            obtain_event(base, -1, EV_PERSIST, libevent_tick).add(0.1)
 
-        async def everything() -> None:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio_guest.serve_http, http, handler)
-                nursery.start_soon(ticker, counts)
-                nursery.start_soon(client, port, counts)
-                await trio.sleep(args.seconds)
-                nursery.cancel_scope.cancel()
+            async def everything() -> None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio_guest.serve_http, http, handler)
+                    nursery.start_soon(ticker, counts)
+                    nursery.start_soon(client, port, counts)
+                    await trio.sleep(args.seconds)
+                    nursery.cancel_scope.cancel()
 
-        try:
             trio_guest.run(base, everything)
-        except KeyboardInterrupt:
-            print("interrupted")
+    except* KeyboardInterrupt:
+        print("stopped by Ctrl-C", flush=True)
     for name, value in counts.items():
         print(f"{name}: {value}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

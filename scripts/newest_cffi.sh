@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test suite once more, against the package installed (not editable) with the newest cffi on
 # PyPI: the package asks for cffi>=1.17, the main run uses the recommended 1.17.1. A venv of its
-# own; the tests run from a copy of the tree without the package folder, so that they
-# (and the programs they start) import the installed package.
+# own, kept between runs: cffi is brought to the newest each run (pip's cache makes that quick),
+# and the package is rebuilt only when its sources or that cffi changed. The tests run from a
+# copy of the tree without the package folder, so that they (and the programs they start) import
+# the installed package; test paths given as arguments name the same files in the copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -10,19 +12,45 @@ venv="$root/.venv-cffi-newest"
 work=$(mktemp -d /tmp/bitcoin_support-cffi.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 log=$(mktemp)
-[ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
-if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
-       "$venv/bin/python" -m pip install -q --upgrade --force-reinstall --no-cache-dir \
-           "$root[test]" cffi; } >"$log" 2>&1; then
-    cat "$log"
-    rm -f "$log"
-    exit 1
+quiet() { # run "$@" silently; show its output if it fails
+    if ! "$@" >"$log" 2>&1; then
+        cat "$log"
+        rm -f "$log"
+        exit 1
+    fi
+}
+if [ ! -x "$venv/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv "$venv"
+    quiet "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+quiet "$venv/bin/python" -m pip install -q --upgrade cffi
+stamp=$(
+    {
+        "$venv/bin/python" -c 'import cffi; print(cffi.__version__)'
+        git ls-files -z --cached --others --exclude-standard -- bitcoin_support cdefs \
+            build_ffi.py build_embed.py build_flags.py setup.py pyproject.toml MANIFEST.in |
+            sort -z | xargs -0 cat
+    } | sha256sum
+)
+if [ "$(cat "$venv/.source-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "== installing the package and its test tools into $venv (its sources changed)"
+    # --upgrade rebuilds the package from the source tree; its dependencies come from the cache.
+    quiet "$venv/bin/python" -m pip install -q --upgrade "$root[test]" cffi
+    echo "$stamp" >"$venv/.source-stamp"
 fi
 rm -f "$log"
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work"
 # Whatever runs in the copy imports the installed package: only the C header stays (without
 # __init__.py the folder cannot shadow the installed package).
 find "$work/bitcoin_support" -mindepth 1 -maxdepth 1 ! -name include -exec rm -rf {} +
+args=()
+for a in "$@"; do
+    case $a in
+        "$root"/*) args+=("$work/${a#"$root"/}") ;;
+        *) args+=("$a") ;;
+    esac
+done
 echo "== the same suite against cffi $("$venv/bin/python" -c 'import cffi; print(cffi.__version__)'), package installed"
-cd "$work/tests"
-"$venv/bin/python" -m pytest -p no:cacheprovider --rootdir "$work" "$@"
+cd "$work"
+# The slow packaging tests build from the source tree, which this copy leaves out.
+"$venv/bin/python" -m pytest -p no:cacheprovider --rootdir "$work" -m "not slow" "${args[@]}"

@@ -16,6 +16,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -381,3 +382,36 @@ def test_attach_detach_attach_under_valgrind(cycle_exe: tuple[Path, Path], mark:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "all ok", proc.stdout
     assert "==" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["abc"], "host: PORT must be a number from 0 to 65535 (0: any free port), got 'abc'"),
+        (["99999"], "host: PORT must be a number from 0 to 65535 (0: any free port), got '99999'"),
+        (["-1"], "host: PORT must be a number from 0 to 65535 (0: any free port), got '-1'"),
+        (["80x"], "host: PORT must be a number from 0 to 65535 (0: any free port), got '80x'"),
+        ([""], "host: PORT must be a number from 0 to 65535 (0: any free port), got ''"),
+        (["0", "no_colon"], "host: expected MODULE:FUNCTION, got 'no_colon'"),
+        (["0", "mod:fn", ":fn"], "host: expected MODULE:FUNCTION, got ':fn'"),
+    ],
+    ids=["letters", "too-big", "negative", "trailing", "empty", "target", "second-target"],
+)
+def test_bad_argument_is_one_line_and_exit_2(build: Path, args: list[str], line: str) -> None:
+    # Checked before anything starts: nothing listens, nothing is printed on stdout.
+    out = subprocess.run(
+        [str(build / "host"), *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", line + "\n")
+
+
+def test_port_in_use_names_the_address(build: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(
+            [str(build / "host"), str(port)], capture_output=True, text=True, timeout=30
+        )
+    assert out.returncode == 1
+    assert out.stderr == f"host: cannot listen on 127.0.0.1:{port}: Address already in use\n"

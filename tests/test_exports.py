@@ -4,6 +4,7 @@ one clear line when libevent's headers are missing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,3 +156,30 @@ def test_build_without_pkg_config_stops_with_the_same_line(tmp_path: Path) -> No
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "libevent-dev" in lines[0]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", bs.__version__)
+    assert version("bitcoin_support") == bs.__version__
+
+
+def test_trio_guest_without_trio_names_the_extra_to_install() -> None:
+    # trio and outcome made unimportable, as in an environment without the [trio] extra; the
+    # rest of the package does not need them.
+    code = (
+        "import sys\n"
+        "sys.modules['trio'] = sys.modules['outcome'] = None\n"
+        "import bitcoin_support, bitcoin_support.aio\n"
+        "try:\n"
+        "    from bitcoin_support import trio_guest\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc.name, exc, sep='|')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    kind, name, message = out.stdout.strip().split("|")
+    assert (kind, name) == ("ImportError", "outcome")
+    assert "pip install 'bitcoin_support[trio]'" in message

@@ -2,8 +2,8 @@
 
 Each ```python block runs in a child interpreter with the few names it leaves to the reader
 (``derive_key``, ``use``, ``payload``, ``sock``) defined; blocks that serve until stopped get
-SIGINT after a short while, the way a reader stops them, and servers on a known port are asked
-one request first.
+SIGINT after a short while, the way a reader stops them, and servers on a known port, or on the
+port they print, are asked one request first.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ PRELUDE = textwrap.dedent(
     use = lambda raw: None
     payload = b"payload"
     sock, _peer = socket.socketpair()
+    _peer.send(b"readme")  # something for the event-loop example to read
     """
 )
 
@@ -41,12 +43,16 @@ def _ids() -> list[str]:
     ]
 
 
-def _ask(port: int, deadline: float) -> tuple[int, bytes] | None:
+# The request asked of a server that printed its port: path, and the body it must answer.
+PRINTED_PORT_CHECKS = {"/hello": ("/hello", b"hello readme"), "/upload": ("/upload", b"6 bytes")}
+
+
+def _ask(port: int, deadline: float, path: str = "/") -> tuple[int, bytes] | None:
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             try:
-                conn.request("POST", "/", body=b"readme")
+                conn.request("POST", path, body=b"readme")
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             finally:
@@ -63,6 +69,8 @@ def test_the_readme_has_python_examples() -> None:
 @pytest.mark.parametrize("code", BLOCKS, ids=_ids())
 def test_readme_example_runs(code: str) -> None:
     serves = "dispatch()" in code or "serve_http" in code
+    if serves and re.search(r"bind\(\"127\.0\.0\.1\", 0\)", code):
+        assert "listening on" in code, "a server on port 0 must print the port it got"
     port = re.search(r"bind\(\"127\.0\.0\.1\", (\d{4,5})\)", code)
     proc = subprocess.Popen(
         [sys.executable, "-c", PRELUDE + code],
@@ -70,22 +78,34 @@ def test_readme_example_runs(code: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # no terminal: getpass reads the line given on stdin
-        env={**os.environ, "PYTHONWARNINGS": "ignore::getpass.GetPassWarning"},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # as run by hand
+            "PYTHONWARNINGS": "ignore::getpass.GetPassWarning",
+        },
     )
     assert proc.stdin is not None
     proc.stdin.write(b"correct horse\n")
     proc.stdin.close()
     proc.stdin = None  # given: communicate() must not flush it
     answer = None
+    printed = None
     if serves:
         deadline = time.monotonic() + 10
         if port:
             answer = _ask(int(port.group(1)), deadline)
+        elif "listening on" in code:  # a server on port 0 says which port it got
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 10)
+            first = proc.stdout.readline().decode() if ready else "(nothing printed in 10 s)"
+            m = re.match(r"listening on http://127\.0\.0\.1:(\d+)/", first)
+            assert m, first
+            path, expected = PRINTED_PORT_CHECKS["/hello" if "/hello" in code else "/upload"]
+            printed = _ask(int(m.group(1)), deadline, path), expected
         else:
             time.sleep(1.0)
         os.kill(proc.pid, signal.SIGINT)
     try:
-        _out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -100,3 +120,8 @@ def test_readme_example_runs(code: str) -> None:
         assert proc.returncode == 0, text
     if port:
         assert answer is not None and answer[0] == 200 and answer[1] == b"echo: readme", answer
+    if printed is not None:
+        assert printed[0] == (200, printed[1])
+    if "on_readable" in code:
+        # The callback read what woke it: it ran once for the data, not again and again.
+        assert out.decode().splitlines().count("read 6 bytes, flags 2") == 1, out

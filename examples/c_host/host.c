@@ -32,6 +32,7 @@
 #include <event2/util.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -263,18 +264,48 @@ static int bound_port(struct evhttp_bound_socket *bound)
     return ntohs(sin.sin_port);
 }
 
+/* The PORT argument: decimal digits only, 0 to 65535 (0: any free port); 0 on success. */
+static int parse_port(const char *text, int *port)
+{
+    long value = 0;
+    if (text[0] == '\0' || strlen(text) > 5)
+        return -1;
+    for (const char *c = text; *c != '\0'; c++) {
+        if (*c < '0' || *c > '9')
+            return -1;
+        value = value * 10 + (*c - '0');
+    }
+    if (value > 65535)
+        return -1;
+    *port = (int)value;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct host h;
+    int port = 0;
     memset(&h, 0, sizeof h);
+    /* Every bad argument is one line on stderr and exit status 2, before anything starts. */
     if (argc < 2) {
         fprintf(stderr, "usage: %s PORT [MODULE:FUNCTION ...]\n", argv[0]);
         return 2;
     }
-    int port = atoi(argv[1]);
-    if (port < 0 || port > 65535) {
-        fprintf(stderr, "host: bad port %s\n", argv[1]);
+    if (parse_port(argv[1], &port) != 0) {
+        fprintf(stderr,
+                "host: PORT must be a number from 0 to 65535 (0: any free port), got '%s'\n",
+                argv[1]);
         return 2;
+    }
+    for (int i = 2; i < argc; i++) {
+        char *module = NULL, *function = NULL;
+        int bad = split_target(argv[i], &module, &function) != 0;
+        free(module);
+        free(function);
+        if (bad) {
+            fprintf(stderr, "host: expected MODULE:FUNCTION, got '%s'\n", argv[i]);
+            return 2;
+        }
     }
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the server */
 
@@ -288,7 +319,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (init_http(&h, port) != 0) {
-        fprintf(stderr, "host: cannot serve on 127.0.0.1:%d\n", port);
+        fprintf(stderr, "host: cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
         return 1;
     }
     h.sig_term = evsignal_new(h.base, SIGTERM, signal_cb, &h);
