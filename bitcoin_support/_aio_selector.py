@@ -71,6 +71,16 @@ class _Map(Mapping[Any, selectors.SelectorKey]):
     def __iter__(self) -> Any:
         return iter(self._sel._keys)
 
+    def get(self, fileobj: Any, default: Any = None) -> Any:
+        """What asyncio's selector loop asks from Python 3.13 on (``get_map().get(fd)``, where
+        3.11 and 3.12 catch ``get_key``'s KeyError): one dict lookup for a descriptor."""
+        if type(fileobj) is int and fileobj >= 0:
+            return self._sel._keys.get(fileobj, default)
+        try:
+            return self[fileobj]
+        except KeyError:
+            return default
+
 
 class LibeventSelector(selectors.BaseSelector):
     """A ``selectors.BaseSelector`` whose readiness comes from libevent events on ``base``."""

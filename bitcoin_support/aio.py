@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextvars
 import heapq
+import sys
 import threading
 import time
 from asyncio import events as _events
@@ -426,8 +427,20 @@ def new_event_loop(base: EventBase | None = None) -> EventLoop:
     return EventLoop(base)
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """asyncio's Unix policy, with :class:`EventLoop` as its loops."""
+if sys.version_info >= (3, 14):
+    # 3.14 deprecates the policy classes (removal planned for 3.16): the public name warns when
+    # read, the class it names does not. The same class on every version.
+    from asyncio.unix_events import _DefaultEventLoopPolicy as _DefaultPolicy
+else:
+    _DefaultPolicy = asyncio.DefaultEventLoopPolicy
+
+
+class EventLoopPolicy(_DefaultPolicy):
+    """asyncio's Unix policy, with :class:`EventLoop` as its loops.
+
+    From Python 3.14 asyncio deprecates policies: prefer :func:`run` or
+    ``asyncio.Runner(loop_factory=aio.new_event_loop)``.
+    """
 
     def new_event_loop(self) -> EventLoop:
         return EventLoop()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it: set up (apt + .venv), lint, type-check, test,
 # then the same tests again against a shim built with AddressSanitizer and UBSan, and once more
-# against the package installed with the newest cffi.
+# against the package installed with the newest cffi, and under Python 3.13 (a cached Debian 13 root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +12,4 @@ bash scripts/setup.sh
 echo "== the same suite against the ASan+UBSan build of the shim"
 bash scripts/sanitize.sh "$@"
 bash scripts/newest_cffi.sh "$@"
+bash scripts/py313.sh "$@"

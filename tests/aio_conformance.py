@@ -5,8 +5,14 @@ class for the mixin NAME the way CPython's own files build their ``SelectEventLo
 it with unittest (each test under an alarm, so a hung test fails instead of stalling the run) and
 prints one JSON line with the counts and the names of the tests that did not pass.
 ``tests/test_aio_conformance.py`` runs each NAME in its own subprocess from pytest. With
-``--loop asyncio`` all 190 pass here too; ``--loop uvloop`` errors in nearly every tearDown,
+``--loop asyncio`` all pass here too; ``--loop uvloop`` errors in nearly every tearDown,
 because ``test_asyncio.utils.close_loop`` reads ``loop._default_executor``, which uvloop lacks.
+
+The subprocess tests are CPython's own concrete classes (``SubprocessThreadedWatcherTests``,
+``SubprocessPidfdWatcherTests``), whose set-up follows each version's child-watcher API: 3.11
+installs a watcher object on the policy, 3.12 and 3.13 do the same through deprecated calls
+(``_get_watcher``), 3.14 has no watchers to install (each loop picks pidfd or a thread itself).
+They make their loop with the policy, which here makes this loop.
 """
 
 from __future__ import annotations
@@ -27,8 +33,28 @@ NAMES = (
     "buffered_proto",
     "sendfile",
     "subprocess",
+    "subprocess_pidfd",
     "streams",
 )
+
+# Python 3.14 deprecates asyncio's policy functions and classes (removal planned for 3.16): the
+# public names warn, the private ones they forward to do not.
+POLICY_DEPRECATED = sys.version_info >= (3, 14)
+
+
+def _set_policy(policy: Any) -> None:
+    if POLICY_DEPRECATED:
+        asyncio.events._set_event_loop_policy(policy)  # type: ignore[attr-defined]
+    else:
+        asyncio.set_event_loop_policy(policy)
+
+
+def _default_policy() -> Any:
+    if POLICY_DEPRECATED:
+        from asyncio import unix_events
+
+        return unix_events._DefaultEventLoopPolicy  # type: ignore[attr-defined]
+    return asyncio.DefaultEventLoopPolicy
 
 
 def _loop_factory(kind: str) -> Any:
@@ -40,15 +66,13 @@ def _loop_factory(kind: str) -> Any:
         import uvloop
 
         return uvloop.new_event_loop, uvloop.EventLoopPolicy
-    return asyncio.SelectorEventLoop, asyncio.DefaultEventLoopPolicy
+    return asyncio.SelectorEventLoop, _default_policy()
 
 
 _created: list[type] = []
 
 
 def build(name: str, kind: str) -> type[unittest.TestCase]:
-    from asyncio import unix_events
-
     from test.test_asyncio import utils as test_utils
 
     make, policy_cls = _loop_factory(kind)
@@ -62,12 +86,21 @@ def build(name: str, kind: str) -> type[unittest.TestCase]:
         def new_event_loop(self) -> Any:
             return factory()
 
-    asyncio.set_event_loop_policy(Policy())
+    _set_policy(Policy())
 
     if name == "events":
         from test.test_asyncio import test_events
 
-        class Tests(test_events.UnixEventLoopTestsMixin, test_utils.TestCase):  # type: ignore[name-defined]
+        # As CPython's SelectEventLoopTests: the event loop tests (up to 3.13 through the Unix
+        # mixin that installs a child watcher; 3.14 has no watchers, and no such mixin) and the
+        # subprocess ones.
+        if sys.version_info >= (3, 14):
+            events_mixin = test_events.EventLoopTestsMixin
+        else:
+            events_mixin = test_events.UnixEventLoopTestsMixin
+        mixins = (events_mixin, test_events.SubprocessTestsMixin)
+
+        class Tests(*mixins, test_utils.TestCase):  # type: ignore[misc, name-defined]
             def create_event_loop(self) -> Any:
                 return factory()
 
@@ -99,11 +132,18 @@ def build(name: str, kind: str) -> type[unittest.TestCase]:
             def create_event_loop(self) -> Any:
                 return factory()
 
-    elif name == "subprocess":
+    elif name in ("subprocess", "subprocess_pidfd"):
         from test.test_asyncio import test_subprocess
 
-        class Tests(test_subprocess.SubprocessWatcherMixin, test_utils.TestCase):  # type: ignore[no-redef]
-            Watcher = unix_events.ThreadedChildWatcher
+        # CPython's own classes: their setUp and tearDown are written for this version's
+        # child-watcher API, and the pidfd one skips itself where the kernel has no pidfds.
+        if name == "subprocess":
+            cpython_cls = test_subprocess.SubprocessThreadedWatcherTests
+        else:
+            cpython_cls = test_subprocess.SubprocessPidfdWatcherTests
+
+        class Tests(cpython_cls):  # type: ignore[no-redef]
+            pass
 
     elif name == "streams":
         from test.test_asyncio import test_streams
@@ -143,7 +183,7 @@ def main() -> None:
         suite = loader.loadTestsFromTestCase(cls)
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=1, resultclass=_Result)
     result = runner.run(suite)
-    asyncio.set_event_loop_policy(None)
+    _set_policy(None)
 
     def short(test: Any) -> str:
         return str(test.id()).rsplit(".", 1)[-1]

@@ -79,7 +79,7 @@ def post(path: str, body: bytes) -> bytes:
 # -- own loops
 
 
-def test_run_runner_and_policy() -> None:
+def test_run_and_runner() -> None:
     async def main() -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(0.01)
@@ -90,15 +90,7 @@ def test_run_runner_and_policy() -> None:
     with asyncio.Runner(loop_factory=aio.new_event_loop) as runner:
         assert isinstance(runner.get_loop(), aio.EventLoop)
         assert runner.run(asyncio.sleep(0, "x")) == "x"
-    old = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(aio.EventLoopPolicy())
-    try:
-        new = asyncio.new_event_loop()
-        assert isinstance(new, aio.EventLoop)
-        new.close()
-        assert isinstance(asyncio.run(main())[0], aio.EventLoop)
-    finally:
-        asyncio.set_event_loop_policy(old)
+    # the policy: tests/test_aio_versions.py (3.14 deprecates policies)
 
 
 def test_loop_owns_its_base_or_leaves_a_given_one_open(base: EventBase) -> None:
