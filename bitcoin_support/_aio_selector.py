@@ -23,16 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ._errors import ClosedError
-from ._event import (
-    EV_PERSIST,
-    EV_READ,
-    EV_WRITE,
-    EVLOOP_NONBLOCK,
-    EVLOOP_ONCE,
-    EventBase,
-    LibEvent,
-    obtain_event,
-)
+from ._event import EV_PERSIST, EV_READ, EV_WRITE, LibEvent, obtain_event
+from ._event_base import EVLOOP_NONBLOCK, EVLOOP_ONCE, EventBase
 from ._native import ffi, lib
 
 __all__ = ["LibeventSelector"]

@@ -94,7 +94,7 @@ def _call(ffi: Any, module: Any, function: Any, wrap: Callable[[], object]) -> i
 
 def attach(ffi: Any, base: Any, module: Any, function: Any) -> int:
     """``bs_python_attach``: ``module.function(EventBase.from_address(base))``; 0 or -1."""
-    from ._event import EventBase
+    from ._event_base import EventBase
 
     return _call(ffi, module, function, lambda: EventBase.from_address(_address(ffi, base)))
 
@@ -114,7 +114,7 @@ def detach(ffi: Any, base: Any) -> None:
     (every event, server and connection made on it). Errors are printed to stderr; a wrapper
     that cannot be closed now (detach called from inside one of Python's callbacks) says so.
     """
-    from . import _event, _server
+    from . import _event_base, _server
 
     address = _address(ffi, base)
     try:
@@ -125,9 +125,9 @@ def detach(ffi: Any, base: Any) -> None:
                 hook()
             except BaseException:
                 traceback.print_exc()
-        with _event._registry_lock:
+        with _event_base._registry_lock:
             https = [h for h in _server._wrappers.values() if _base_address(h._base) == address]
-            wrapper = _event._wrappers.get(address)
+            wrapper = _event_base._wrappers.get(address)
             closing = {h._address for h in https}
             for http_address, (_, _, base_address) in list(_server._gates.items()):
                 if http_address in closing or base_address == address:

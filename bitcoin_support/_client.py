@@ -14,8 +14,9 @@ from typing import Any, Final, final
 from ._args import _body_arg, _check_int, _oserror, _seconds, _text_arg
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState, _on_turn
-from ._handles import Finalized
+from ._event_base import EventBase, _LoopState
+from ._guard import _guarded, _on_turn
+from ._handles import Finalized, dropped_message, warn_dropped
 from ._log import http_log
 from ._native import ffi, lib
 from ._request import (
@@ -68,10 +69,13 @@ class _ClientRequest(EvHttpRequest):
 
     def __del__(self) -> None:
         try:
-            if self._rec is not None:
-                self._release()  # no guard: nothing else reaches a request being finalized
-        except Exception:
-            pass
+            if self._rec is None:
+                return
+            message = dropped_message(self)
+            self._release()  # no guard: nothing else reaches a request being finalized
+        except Exception:  # half made, or interpreter exit: nowhere to report
+            return
+        warn_dropped(message, self)
 
     @property
     def peer(self) -> tuple[str, int]:

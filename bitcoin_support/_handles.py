@@ -7,14 +7,16 @@ order, threads) is written down once, in the README's "Lifetimes" chapter.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+import warnings
 import weakref
 from typing import Any, ClassVar, NoReturn, Self
 
 from ._errors import ClosedError, DummyHandleError
 from ._log import TRACE, events_log
 
-__all__ = ["KINDS", "Finalized", "Handle", "live_counts"]
+__all__ = ["KINDS", "Finalized", "Handle", "dropped_message", "live_counts", "warn_dropped"]
 
 KINDS: tuple[str, ...] = ("EventBase", "LibEvent", "EvHttp", "EvHttpRequest", "EvHttpConnection")
 
@@ -129,13 +131,9 @@ class Handle:
             self._check_close()
             self._close(finalizing=False)
             return
-        if not guard.lock.acquire(False):
-            guard.wait(f"{type(self).__name__}.close")
-        try:
+        with guard.held(f"{type(self).__name__}.close"):
             self._check_close()
             self._close(finalizing=False)
-        finally:
-            guard.lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -159,7 +157,7 @@ class Handle:
             children.pop(child_id, None)
 
     def _loop_guard(self) -> Any:
-        """The thread guard of the base this handle belongs to (``_event._Guard``), or None."""
+        """The thread guard of the base this handle belongs to (``_guard._Guard``), or None."""
         parent = self._parent
         return parent._loop_guard() if parent is not None else None
 
@@ -218,13 +216,38 @@ class Handle:
 
 
 class Finalized(Handle):
-    """A handle released by its finalizer when it is dropped open."""
+    """A handle released by its finalizer when it is dropped open, with a ResourceWarning."""
 
     __slots__ = ()
 
     def __del__(self) -> None:
         try:
-            if self._rec is not None:
-                self._close(finalizing=True)
-        except Exception:  # a finalizer has nowhere to report to (interpreter exit)
-            pass
+            if self._rec is None:
+                return
+            message = dropped_message(self) if self._dropped_open() else None
+            self._close(finalizing=True)
+        except Exception:  # half made (its __init__ raised), or interpreter exit: nowhere to report
+            return
+        warn_dropped(message, self)
+
+    def _dropped_open(self) -> bool:
+        """Whether being finalized open deserves a ResourceWarning (checked before release)."""
+        return True
+
+
+def dropped_message(handle: Handle) -> str | None:
+    """The ResourceWarning text for ``handle`` finalized open (taken while it still is)."""
+    try:
+        return f"unclosed {handle!r}; close it, or use it in a with block"
+    except Exception:
+        return None
+
+
+def warn_dropped(message: str | None, handle: Handle) -> None:
+    """A ResourceWarning from a finalizer, after the handle was released, as asyncio warns of an
+    unclosed transport: silent by default; under an "error" filter it reaches
+    ``sys.unraisablehook`` like any exception leaving ``__del__``, never the code that dropped
+    it. Not at interpreter exit, where the warnings machinery may already be gone."""
+    if message is None or sys.is_finalizing():
+        return
+    warnings.warn(message, ResourceWarning, source=handle, stacklevel=2)

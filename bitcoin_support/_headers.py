@@ -6,11 +6,11 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import type_name as _type_name
-from ._event import _on_turn
+from ._guard import _on_turn
 from ._native import ffi, lib
 
 if TYPE_CHECKING:
-    from ._event import _LoopState
+    from ._event_base import _LoopState
     from ._request import EvHttpRequest
 
 _NULL = ffi.NULL

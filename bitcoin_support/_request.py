@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import _get_ident, _on_turn
+from ._guard import _get_ident, _on_turn, refusal
 from ._handles import Handle
 from ._headers import _Headers, _OutputHeaders
 from ._native import ffi, lib
 from ._serialize import SerializeData
 
 if TYPE_CHECKING:
-    from ._event import _LoopState
+    from ._event_base import _LoopState
 
 PyRequestCallback = Callable[["EvHttpRequest", Any], object]
 """A Python request callback: ``cb(req, arg)``; its return value is ignored."""
@@ -50,16 +50,12 @@ _NULL = ffi.NULL
 
 
 def _other_thread(st: _LoopState | None, what: str) -> None:
-    """The thread rule of ``_event._Guard`` for requests, kept to one comparison on the loop's
-    own thread (the per-request path): from another thread while the base is dispatched,
-    RuntimeError."""
+    """``_Guard.check_thread`` for requests, inlined to one comparison on the loop's own thread
+    (the per-request path): from another thread while the base is dispatched, RuntimeError."""
     if st is not None:
         thread = st.guard.thread
         if thread is not None and thread != _get_ident():
-            raise RuntimeError(
-                f"EvHttpRequest.{what}: the base is being dispatched by another thread; "
-                "from other threads, only call_soon_threadsafe() may be called while it runs"
-            )
+            raise refusal(f"EvHttpRequest.{what}", thread)
 
 
 def _decode(ptr: Any) -> str:

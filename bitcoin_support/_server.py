@@ -27,7 +27,8 @@ from ._args import (
 )
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import EventBase, _guarded, _LoopState, _on_turn, _registry_lock
+from ._event_base import EventBase, _LoopState, _registry_lock
+from ._guard import _guarded, _on_turn
 from ._handles import Finalized
 from ._headers import _header_bytes
 from ._log import http_log

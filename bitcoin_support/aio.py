@@ -35,7 +35,8 @@ from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
 from ._errors import ClosedError, DummyHandleError
 from ._errors import type_name as _type_name
-from ._event import EventBase, LibEvent, obtain_event, obtain_event_base
+from ._event import LibEvent, obtain_event
+from ._event_base import EventBase, obtain_event_base
 from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
 
 __all__ = [

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ._cli import OneLineParser
-from ._event import obtain_event_base
+from ._event_base import obtain_event_base
 from ._handles import live_counts
 from ._request import EvHttpRequest
 from ._server import EvHttp, obtain_evhttp

@@ -41,14 +41,8 @@ except ImportError as exc:  # trio is the optional extra [trio]
 from . import _attach
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
-from ._event import (
-    EV_PERSIST,
-    EVLOOP_NO_EXIT_ON_EMPTY,
-    EVLOOP_ONCE,
-    EventBase,
-    LibEvent,
-    obtain_event,
-)
+from ._event import EV_PERSIST, LibEvent, obtain_event
+from ._event_base import EVLOOP_NO_EXIT_ON_EMPTY, EVLOOP_ONCE, EventBase
 from ._request import EvHttpRequest
 from ._server import EvHttp
 from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable

@@ -2,9 +2,9 @@
  * aio.c - the readiness queue of aio.EventLoop (bitcoin_support/_aio_selector.py).
  *
  * The loop's I/O events are persistent libevent events with this C callback: libevent's round
- * appends one int per ready direction, with no Python call per event, and select() takes the
- * whole batch in one call. The queue is used on the loop's thread only (the thread dispatching
- * the base), so it needs no lock.
+ * appends one int per ready direction, with no Python call per event, and
+ * LibeventSelector.select() takes the whole batch in one call. The queue is used on the loop's
+ * thread only (the thread dispatching the base), so it needs no lock.
  */
 #include "bitcoin_support.h"
 #include "aio.h"

@@ -1,7 +1,7 @@
 /*
  * aio.h - aio.EventLoop's readiness queue (aio.c): persistent I/O events whose C callback
- * appends "fd * 4 + direction" (1 read, 2 write) to a growable array, which select() takes in
- * one call. One copy for C and cffi (see event.h).
+ * appends "fd * 4 + direction" (1 read, 2 write) to a growable array, which
+ * LibeventSelector.select() takes in one call. One copy for C and cffi (see event.h).
  */
 #ifndef BS_AIO_H
 #define BS_AIO_H

@@ -20,9 +20,9 @@ extern "Python+C" {
 int bs_py_event_cb(void *handle, int pending);
 /* _event.py: a C-callback event fired and is no longer pending: its handle may drop it. */
 void bs_py_event_unheld(void *handle);
-/* _event.py: the base's internal notify or wakeup event fired: run call_soon_threadsafe work. */
+/* _event_base.py: the base's internal notify or wakeup event fired: run the queued calls. */
 void bs_py_base_cb(void *handle);
-/* _event.py: test probe: a handle record was just wiped and is about to be freed. */
+/* _event_base.py: test probe: a handle record was just wiped and is about to be freed. */
 void bs_py_release_probe(void *record, size_t size);
 
 /* _server.py: a request for a Python route; 1 when the callback raised. */

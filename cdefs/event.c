@@ -28,7 +28,28 @@
 #include <event2/thread.h>
 
 #define EV_ALL_RESULTS (EV_TIMEOUT | EV_READ | EV_WRITE | EV_SIGNAL | EV_CLOSED)
-#define EVLIST_BUSY (EVLIST_INSERTED | EVLIST_TIMEOUT | EVLIST_SIGNAL | EVLIST_ACTIVE | EVLIST_ACTIVE_LATER)
+#define EVLIST_BUSY \
+    (EVLIST_INSERTED | EVLIST_TIMEOUT | EVLIST_SIGNAL | EVLIST_ACTIVE | EVLIST_ACTIVE_LATER)
+
+/* The two places this file reads libevent's private event flags (ev_evcallback.evcb_flags, from
+   <event2/event_struct.h>), because libevent 2.1's public API has no equivalent:
+   - mark_internal(): there is no public way to make an event "internal", i.e. not counted as work,
+     so that event_base_loop() still returns 1 ("no events") when only the base's own notify and
+     wakeup events remain;
+   - still_busy(): "is this event inserted, timed or queued at all", asked by the trampoline around
+     every callback; event_pending() answers per result flag and takes the base's lock each call.
+     (Python's LibEvent asks its narrower "pending for a result flag?" through event_pending().)
+   The layout of struct event is libevent 2.1's: tests/test_event.py pins the version, so that a
+   new libevent fails a test instead of reading a wrong field. */
+static void mark_internal(struct event *ev)
+{
+    ev->ev_evcallback.evcb_flags |= EVLIST_INTERNAL;
+}
+
+static int still_busy(const struct event *ev)
+{
+    return (ev->ev_evcallback.evcb_flags & EVLIST_BUSY) != 0;
+}
 
 static pthread_mutex_t tree_mutex = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int release_probe;
@@ -118,7 +139,7 @@ void bs_base_leave(bs_base *b)
 
 /* in_loop: called from a trampoline, inside the base's own loop, where event_base_free would
    pull the loop out from under libevent. That only happens when the last reference to a base
-   dies inside one of its callbacks, which Python's loop() prevents for bases it runs, so the
+   dies inside one of its callbacks, which EventBase.loop() prevents for bases it runs, so the
    event_base is then left allocated rather than freed under libevent's feet. */
 static void base_destroy(bs_base *b, int in_loop)
 {
@@ -168,7 +189,7 @@ static int base_init_notify(bs_base *b)
         return -1;
     }
     /* Internal events do not keep event_base_loop() from returning "no events". */
-    b->notify->ev_evcallback.evcb_flags |= EVLIST_INTERNAL;
+    mark_internal(b->notify);
     return 0;
 }
 
@@ -295,7 +316,7 @@ int bs_base_wake_fd(bs_base *b)
     b->wake = event_new(b->base, b->wake_fds[0], EV_READ | EV_PERSIST, base_internal_cb, b);
     if (b->wake == NULL)
         goto fail;
-    b->wake->ev_evcallback.evcb_flags |= EVLIST_INTERNAL;
+    mark_internal(b->wake);
     if (event_add(b->wake, NULL) != 0)
         goto fail;
     return b->wake_fds[1];
@@ -358,11 +379,14 @@ const char *bs_base_backend(bs_base *b)
     return b->base == NULL ? "" : event_base_get_method(b->base);
 }
 
-int bs_base_got(bs_base *b, int which)
+int bs_base_got_break(bs_base *b)
 {
-    if (b->base == NULL)
-        return 0;
-    return which ? event_base_got_exit(b->base) : event_base_got_break(b->base);
+    return b->base == NULL ? 0 : event_base_got_break(b->base);
+}
+
+int bs_base_got_exit(bs_base *b)
+{
+    return b->base == NULL ? 0 : event_base_got_exit(b->base);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -386,7 +410,7 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
     e->running++;
     bs_tree_unlock();
     owner->depth++;
-    pending = (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) != 0;
+    pending = still_busy(e->ev);
     if (e->c_cb != NULL)
         e->c_cb(e, e->c_arg);
     else if (e->py != NULL)
@@ -402,8 +426,7 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
             bs_py_event_unheld(e->py); /* the re-add failed (no memory): not held any more */
         if (again & EV_ALL_RESULTS) {
             event_active(e->ev, again & EV_ALL_RESULTS, 1);
-        } else if (again == 0 && e->c_cb != NULL && e->py != NULL &&
-                   (e->ev->ev_evcallback.evcb_flags & EVLIST_BUSY) == 0) {
+        } else if (again == 0 && e->c_cb != NULL && e->py != NULL && !still_busy(e->ev)) {
             bs_py_event_unheld(e->py); /* fired, not re-added: the base stops holding it */
         }
     }

@@ -84,7 +84,9 @@ int bs_base_loopbreak(bs_base *base);
 int bs_base_loopexit(bs_base *base, double timeout);
 double bs_base_now(bs_base *base);
 const char *bs_base_backend(bs_base *base);
-int bs_base_got(bs_base *base, int which);
+/* Whether the last loop ended through event_base_loopbreak() / event_base_loopexit(). */
+int bs_base_got_break(bs_base *base);
+int bs_base_got_exit(bs_base *base);
 
 LibEvent *bs_event_new(bs_base *base, int fd, int events, EventCallback c_cb, void *c_arg);
 void bs_event_release(LibEvent *ev);
@@ -96,7 +98,7 @@ void bs_set_release_probe(int on);
 
 #ifndef BS_CDEF
 /* For the other shim files only. */
-#define BS_EXPORT __attribute__((visibility("default")))
+#include "export.h"
 /* Process-wide lock of every base's children list. */
 void bs_tree_lock(void);
 void bs_tree_unlock(void);

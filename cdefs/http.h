@@ -92,7 +92,7 @@ enum {
  * holds: who keeps the record alive, one bit per holder, and `calls`: how many calls of ours
  *        that may run Python are in progress with it. It is wiped and freed when both are zero
  *        (rec_drop, rec_leave). A bit is never dropped twice.
- * state: what `req` may be used for. Every change of state goes through rec_enter(), which
+ * state: what `req` may be used for. Every change of state goes through bs_rec_enter(), which
  *        refuses the transitions the state machine does not have.
  * req:   libevent's request while Python may use it, NULL once libevent has freed it or is
  *        about to (the Python wrapper checks it before every use: a late call is ClosedError).

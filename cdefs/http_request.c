@@ -1,7 +1,8 @@
 /*
  * http_request.c - the evhttp request records shared by the server and the client rooms, header
- * validation, bodies, and the deferred free of servers and connections. Who owns what across Python and
- * libevent is told once, in the README's "Lifetimes" chapter; this file holds the C half.
+ * validation, bodies, and the deferred free of servers and connections. Who owns what across
+ * Python and libevent is told once, in the README's "Lifetimes" chapter; this file holds the C
+ * half.
  *
  * Request records
  * ---------------
@@ -12,12 +13,13 @@
  * record's own sent_ev (SENT, http_server.c: it outlives the request, whose last chunk is
  * written after the reply completed, and lets go once Python's queue is empty or the
  * connection closed), and, for a stream_body request, its body_ev while the body's end, refusal
- * or loss is still to be told (BODY, http_stream.c: a body may go on after the reply); besides, `calls` counts our own calls in progress that may run
- * Python (rec_enter_call): so whatever the Python code does (close the request, its connection,
- * its server), the record that the trampoline reads afterwards is still there.
+ * or loss is still to be told (BODY, http_stream.c: a body may go on after the reply); besides,
+ * `calls` counts our own calls in progress that may run Python (rec_enter_call): so whatever
+ * the Python code does (close the request, its connection, its server), the record that the
+ * trampoline reads afterwards is still there.
  *
- * `state` says what libevent's request may be used for; rec_enter() is the one place it changes
- * and it refuses any transition not drawn here:
+ * `state` says what libevent's request may be used for; bs_rec_enter() is the one place it
+ * changes and it refuses any transition not drawn here:
  *
  *   server:  CALLBACK --> DEFERRED --> STARTED --> SENT --> DONE      (on_complete)
  *               |  \________\______________^        |

@@ -356,7 +356,8 @@ static int frame_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *
         return -1;
     int method = -1;
     for (int i = 0; i < 9; i++)
-        if ((size_t)(sp1 - l) == strlen(methods[i]) && memcmp(l, methods[i], (size_t)(sp1 - l)) == 0)
+        if ((size_t)(sp1 - l) == strlen(methods[i]) &&
+            memcmp(l, methods[i], (size_t)(sp1 - l)) == 0)
             method = i;
     const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
     if (method < 0 || sp2 == NULL || sp2 == sp1 + 1 || end - sp2 - 1 != 8 ||

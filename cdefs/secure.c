@@ -325,7 +325,8 @@ static size_t page_size(void)
  * A mapping of its own, aligned to align. Alignment costs address space only: the request is
  * reserved with room for the alignment (PROT_NONE, so nothing is committed), the slack before
  * and after the aligned block is unmapped again, and only the kept pages are mapped writable
- * (in place of the reservation), marked and locked. What stays mapped and locked is size rounded up to whole pages.
+ * (in place of the reservation), marked and locked. What stays mapped and locked is size rounded
+ * up to whole pages.
  */
 static char *dedicated_alloc(size_t size, size_t align, int *err, size_t *mapped)
 {
@@ -589,7 +590,8 @@ BS_EXPORT void *bs_secure_allocate(size_t size) { return bs_pool_alloc(size, UNI
 BS_EXPORT void bs_secure_deallocate(void *ptr)
 {
     if (ptr != NULL && bs_pool_free(ptr) != 0) {
-        fprintf(stderr, "bitcoin_support: bs_secure_deallocate(%p): not a live secure block\n", ptr);
+        fprintf(stderr, "bitcoin_support: bs_secure_deallocate(%p): not a live secure block\n",
+                ptr);
         abort();
     }
 }

@@ -35,9 +35,7 @@ void bs_zaf_free(void *ptr);
 size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n);
 
 #ifndef BS_CDEF
-#ifndef BS_EXPORT
-#define BS_EXPORT __attribute__((visibility("default")))
-#endif
+#include "export.h"
 #endif
 
 #endif

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 from http_helpers import LoopThread
 
-from bitcoin_support import EventBase, obtain_event_base
+from bitcoin_support import EventBase, live_counts, obtain_event_base
 
 
 @pytest.fixture
@@ -37,3 +39,31 @@ def server() -> Iterator[LoopThread]:
     yield srv
     if srv._thread.is_alive() or not srv.http.closed:
         srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_handle_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every handle a test makes is released by its end (uvloop's test base checks the same).
+
+    Runs outside every other function fixture, so a fixture's handles are closed before the check.
+    A test that must leave handles to a later collection says so with
+    ``@pytest.mark.keeps_handles(reason=...)``.
+    """
+    marker = request.node.get_closest_marker("keeps_handles")
+    if marker is not None:
+        if not marker.kwargs.get("reason"):
+            pytest.fail("keeps_handles needs a reason=", pytrace=False)
+        yield
+        return
+    start = live_counts()
+    yield
+    gc.collect()
+    now = live_counts()
+    deadline = time.monotonic() + 1.0
+    while now != start and time.monotonic() < deadline:  # a closing thread or finalizer finishes
+        time.sleep(0.01)
+        gc.collect()
+        now = live_counts()
+    if now != start:
+        left = {kind: now[kind] - start[kind] for kind in start if now[kind] != start[kind]}
+        pytest.fail(f"live handles changed during the test: {left}", pytrace=False)

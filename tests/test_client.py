@@ -124,8 +124,9 @@ def test_client_request_lifetimes() -> None:
     base = obtain_event_base()
     n = EvHttpRequest.live()
     req = obtain_evhttp_request(lambda r, a: None)
-    del req
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed <_ClientRequest"):
+        del req
+        gc.collect()
     assert EvHttpRequest.live() == n  # never made: freed by its finalizer
     conn = obtain_evhttp_connection_base(base, "127.0.0.1", 9)
     req = obtain_evhttp_request(lambda r, a: pytest.fail("cancelled requests do not call back"))

@@ -95,7 +95,8 @@ def test_fd_accepts_an_object_with_fileno(
     base: EventBase, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, _ = pair
-    assert obtain_event(base, a, EV_READ, nothing).fd == a.fileno()
+    with obtain_event(base, a, EV_READ, nothing) as ev:
+        assert ev.fd == a.fileno()
 
 
 def test_write_event_fires_on_a_writable_socket(
@@ -237,6 +238,7 @@ def test_not_pending_after_delete(base: EventBase) -> None:
     ev.add(5)
     ev.delete()
     assert not ev.pending()
+    ev.close()
 
 
 def test_not_pending_after_a_non_persistent_event_fired(base: EventBase) -> None:
@@ -268,6 +270,7 @@ def test_deleted_event_does_not_fire(base: EventBase) -> None:
     ev.delete()
     base.dispatch()
     assert fired == []
+    ev.close()
 
 
 def test_delete_cancels_a_deferred_reactivation(base: EventBase) -> None:
@@ -295,6 +298,7 @@ def test_callback_receives_the_event_and_arg(base: EventBase) -> None:
 def test_event_properties(base: EventBase) -> None:
     ev = obtain_event(base, 7, EV_READ | EV_PERSIST, nothing)
     assert (ev.base, ev.fd, ev.events) == (base, 7, EV_READ | EV_PERSIST)
+    ev.close()
 
 
 # ---------------------------------------------------------------- signals
@@ -522,14 +526,16 @@ def test_deleted_event_is_no_longer_held(base: EventBase) -> None:
     ev.add(5)
     ev.delete()
     ref = weakref.ref(ev)
-    del ev
+    with pytest.warns(ResourceWarning, match="unclosed <LibEvent"):
+        del ev
     assert ref() is None
 
 
 def test_dropping_an_unadded_event_releases_it(base: EventBase) -> None:
     before = LibEvent.live()
     ev = obtain_event(base, -1, 0, nothing)
-    del ev
+    with pytest.warns(ResourceWarning, match="unclosed <LibEvent"):
+        del ev
     assert LibEvent.live() == before
 
 
@@ -556,8 +562,9 @@ def test_dropping_the_base_with_pending_events_releases_everything() -> None:
     for i in range(10):
         obtain_event(b, -1, EV_PERSIST, nothing).add(1 + i)
     obtain_event(b, -1, 0, nothing).active()
-    del b
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed <EventBase"):
+        del b
+        gc.collect()
     assert bs.live_counts() == before
 
 
@@ -572,7 +579,8 @@ def test_gc_of_a_cycle_holding_base_and_idle_events() -> None:
     h.events = [obtain_event(h.base, -1, 0, nothing) for _ in range(5)]  # type: ignore[attr-defined]
     h.self = h  # type: ignore[attr-defined]
     del h
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed <"):
+        gc.collect()
     assert bs.live_counts() == before
 
 
@@ -685,8 +693,8 @@ def test_real_base_is_not_dummy(base: EventBase) -> None:
 
 
 def test_event_on_a_dummy_base_is_dummy() -> None:
-    with obtain_event_base(dummy=True) as d:
-        assert obtain_event(d, -1, 0, nothing).dummy
+    with obtain_event_base(dummy=True) as d, obtain_event(d, -1, 0, nothing) as ev:
+        assert ev.dummy
 
 
 DUMMY_BASE_USES = {k: v for k, v in BASE_USES.items() if k != "obtain_event"}
@@ -865,8 +873,8 @@ def test_bad_obtain_event_arguments(
     ("timeout", "exc"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
 )
 def test_bad_add_timeout(base: EventBase, timeout: Any, exc: type[Exception]) -> None:
-    with pytest.raises(exc, match="timeout"):
-        obtain_event(base, -1, 0, nothing).add(timeout)
+    with obtain_event(base, -1, 0, nothing) as ev, pytest.raises(exc, match="timeout"):
+        ev.add(timeout)
 
 
 @pytest.mark.parametrize(("what", "exc"), [("x", TypeError), (0x40, ValueError)])
@@ -1012,3 +1020,10 @@ def test_bad_re_add_timeout_inside_the_callback_raises(base: EventBase) -> None:
     obtain_event(base, -1, 0, cb).add(0)
     base.dispatch()
     assert len(errors) == 4
+
+
+def test_libevent_is_the_2_1_series_event_c_reads() -> None:
+    # cdefs/event.c reads libevent's private event flags (mark_internal, still_busy) through
+    # <event2/event_struct.h>, whose layout is libevent 2.1's; another series must fail here.
+    version = bs.ffi.string(bs.lib.event_get_version()).decode()
+    assert version.startswith("2.1."), version

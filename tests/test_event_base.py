@@ -315,6 +315,7 @@ def test_call_soon_threadsafe_from_4_threads_exactly_once_in_order(base: EventBa
     base.dispatch()
     for th in [*threads, closer]:
         th.join()
+    keeper.close()
     for t in range(4):
         assert [i for (tt, i) in got if tt == t] == list(range(per_thread))
     assert len(got) == 4 * per_thread

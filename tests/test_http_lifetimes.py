@@ -161,6 +161,8 @@ def test_close_in_callback_finishes_queued_requests_once(base: EventBase) -> Non
     again.make_request(obtain_evhttp_request(last), "GET", "/after")
     base.dispatch()
     assert got == [b"/after"]
+    again.close()
+    http.close()
 
 
 def test_close_with_queued_requests_cancels_each_once(base: EventBase, refused_port: int) -> None:

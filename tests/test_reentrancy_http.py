@@ -35,8 +35,10 @@ def _fetch(base: EventBase, port: int, paths: list[str], timeout: float = 2.0) -
     def done(req: EvHttpRequest, path: str) -> None:
         got[path] = (req.response_code, req.body if req.response_code else req.error)
 
+    conns = []
     for path in paths:
         conn = obtain_evhttp_connection_base(base, "127.0.0.1", port)
+        conns.append(conn)
         conn.set_timeout(timeout)
         conn.set_retries(0)
         conn.make_request(obtain_evhttp_request(done, path), "GET", path)
@@ -45,6 +47,8 @@ def _fetch(base: EventBase, port: int, paths: list[str], timeout: float = 2.0) -
     while len(got) < len(paths) and guard.pending():
         base.loop(bs.EVLOOP_ONCE)
     guard.close()
+    for conn in conns:
+        conn.close()
     return got
 
 

@@ -94,16 +94,18 @@ def test_dummies() -> None:
     base = obtain_event_base(dummy=True)
     http = obtain_evhttp(base)
     conn = obtain_evhttp_connection_base(base, "127.0.0.1", 80)
+    req = obtain_evhttp_request(lambda r, a: None)
     assert http.dummy and conn.dummy
     for call in (
         lambda: http.bind(),
         lambda: http.set_gencb(echo_cb),
         lambda: http.set_max_body_size(10),
         lambda: conn.set_timeout(1),
-        lambda: conn.make_request(obtain_evhttp_request(lambda r, a: None), "GET", "/"),
+        lambda: conn.make_request(req, "GET", "/"),
     ):
         with pytest.raises(DummyHandleError):
             call()
+    req.close()
     base.close()
     assert http.closed and conn.closed
 
@@ -113,8 +115,9 @@ def test_dropped_server_is_released() -> None:
     n = EvHttp.live()
     http = obtain_evhttp(base)
     http.bind()
-    del http
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed <EvHttp"):
+        del http
+        gc.collect()
     assert EvHttp.live() == n
     base.close()
 

@@ -91,7 +91,8 @@ static void environment_python(const char *parent, char *out)
     char dir[PATH_MAX], probe[PATH_MAX + 32];
     const char *base = strrchr(parent, '/');
     out[0] = '\0';
-    if (base != NULL && (strcmp(base, "/site-packages") == 0 || strcmp(base, "/dist-packages") == 0)) {
+    if (base != NULL &&
+        (strcmp(base, "/site-packages") == 0 || strcmp(base, "/dist-packages") == 0)) {
         /* <env>/lib/pythonX.Y/site-packages: the environment is three levels up. */
         snprintf(dir, sizeof dir, "%s", parent);
         for (int i = 0; i < 3; i++)

@@ -292,7 +292,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (parse_port(argv[1], &port) != 0) {
-        fprintf(stderr, "host: PORT must be a number from 0 to 65535 (0: any free port), got '%s'\n",
+        fprintf(stderr,
+                "host: PORT must be a number from 0 to 65535 (0: any free port), got '%s'\n",
                 argv[1]);
         return 2;
     }
