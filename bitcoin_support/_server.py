@@ -741,17 +741,21 @@ class EvHttp(Finalized):
 
     @_guarded("EvHttp.set_max_headers_size")
     def set_max_headers_size(self, n: int) -> None:
-        """Request line and headers larger than ``n`` bytes are refused."""
+        """A request head (request line to the empty line, line ends included) larger than
+        ``n`` bytes gets 431 and a closed connection."""
         http = self._http("set_max_headers_size")
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_headers_size(http, n)
+        lib.bs_evhttp_set_max_headers(self._rec, n)  # the framer counts as received
 
     @_guarded("EvHttp.set_strict_framing")
     def set_strict_framing(self, on: bool = True) -> None:
-        """Read new connections through the package's own strict framing (as ``stream_body``
-        routes do): bare-LF line ends, folded headers and chunk sizes that libevent 2.1 takes
-        but llhttp's strict mode refuses get 400 (413 for a chunk size) and a closed
-        connection. Costs some speed; see the README's conformance table."""
+        """Whether new connections are framed by the package (RFC 9112, strictly) before
+        libevent reads them: on by default for the servers the package makes, off for a
+        host's evhttp (``EvHttp.from_address``) until its host turns it on. Off is an explicit
+        opt-out: libevent 2.1's own reader then takes chunk sizes, NULs in header values and
+        bare-LF line ends that a proxy in front may read another way (only the smuggling check
+        on the parsed headers stays). ``stream_body`` routes frame their connections anyway."""
         self._http("set_strict_framing")
         if not isinstance(on, bool):
             raise TypeError(f"EvHttp.set_strict_framing: on must be a bool, not {_type_name(on)}")

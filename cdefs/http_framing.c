@@ -96,7 +96,10 @@ static int scan_block(bs_framer *f, struct evbuffer *src, size_t limit, int *err
         }
         for (size_t i = 0; i < want; i++) {
             unsigned char ch = (unsigned char)buf[i];
-            f->scan++;
+            if (++f->scan > limit) {
+                *err = 431;
+                return 0;
+            }
             if (f->cr) {
                 if (ch != '\n') {
                     *err = 400; /* a CR not ending a line */
@@ -118,13 +121,7 @@ static int scan_block(bs_framer *f, struct evbuffer *src, size_t limit, int *err
             }
             f->line++;
         }
-        if (f->scan > limit) {
-            *err = 431;
-            return 0;
-        }
     }
-    if (f->scan > limit)
-        *err = 431;
     return 0;
 }
 
