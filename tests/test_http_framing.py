@@ -6,7 +6,6 @@ Each case is framed whole and fed one byte at a time; both give the same events.
 from __future__ import annotations
 
 import pytest
-
 from bitcoin_support._native import ffi, lib
 
 
