@@ -11,8 +11,9 @@
  * What it refuses (status 400 unless said): NUL and every other control but HTAB in the head
  * (a CR only as part of CRLF), bare-LF line ends, obs-fold, a request line that is not
  * "token SP target SP HTTP/1.0|1.1", a field name that is not a token, a Content-Length that is
- * not 1*DIGIT or comes twice with different values, a Transfer-Encoding other than one "chunked", both of them, a body
- * announced on HEAD or TRACE (libevent reads none there), a chunk size that is not 1*HEXDIG (no
+ * not 1*DIGIT or comes twice with different values, a Transfer-Encoding other than one
+ * "chunked" or in HTTP/1.0, both of them, a body announced on HEAD or TRACE (libevent
+ * reads none there), a chunk size that is not 1*HEXDIG (no
  * sign, prefix, space; at most 15 digits), a malformed chunk extension, chunk data not followed
  * by CRLF, a malformed trailer line, more than one empty line before a request line, and a head
  * longer than the limit (431; counted from the request line to the empty line, CRLFs included).
@@ -210,6 +211,8 @@ static int parse_head(bs_framer *f, struct evbuffer *src, size_t len, bs_head *h
     }
     if (have_length && have_coding)
         return 400;
+    if (have_coding && h->minor == 0)
+        return 400; /* HTTP/1.0 has no chunked coding: faulty framing (RFC 9112 6.1) */
     h->body = have_coding ? BS_BODY_CHUNKED : h->length > 0 ? BS_BODY_SIZED : BS_BODY_NONE;
     if (h->body != BS_BODY_NONE && (h->method == 2 || h->method == 6)) /* HEAD, TRACE */
         return 400;
