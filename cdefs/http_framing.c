@@ -184,13 +184,14 @@ static int parse_head(bs_framer *f, struct evbuffer *src, size_t len, bs_head *h
         if (field_line(l, n, &v, &vlen, &klen) != 0)
             return 400;
         if (klen == 14 && strncasecmp(l, "Content-Length", 14) == 0) {
-            if (vlen == 0 || vlen > 18)
+            if (vlen == 0)
                 return 400;
             unsigned long long length = 0;
             for (size_t j = 0; j < vlen; j++) {
                 if (v[j] < '0' || v[j] > '9')
                     return 400;
-                length = length * 10 + (unsigned)(v[j] - '0');
+                length = length >= BS_LENGTH_HUGE / 10 ? BS_LENGTH_HUGE /* saturates */
+                                                       : length * 10 + (unsigned)(v[j] - '0');
             }
             if (have_length && length != h->length)
                 return 400; /* the same value twice is one length (RFC 9110 8.6) */

@@ -55,6 +55,7 @@ void bs_guards_free(bs_evhttp *h, struct evconnlistener *lev); /* http_accept.c 
 /* ---- the framer (http_framing.c): bytes in, framing events out ---- */
 
 #define BS_HEAD_DEFAULT 65536 /* the head limit when none is set */
+#define BS_LENGTH_HUGE (1ull << 62) /* a Content-Length at least this large gets 413 */
 #define BS_HTTP_NMETHODS 9
 extern const char *const bs_http_methods[BS_HTTP_NMETHODS]; /* the methods libevent 2.1 knows */
 

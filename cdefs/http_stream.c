@@ -339,7 +339,8 @@ static int on_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst
     }
     c->mode = M_BODY;
     if (!stream) {
-        if (c->max_body > 0 && hd->body == BS_BODY_SIZED && hd->length > c->max_body) {
+        if (hd->body == BS_BODY_SIZED &&
+            ((c->max_body > 0 && hd->length > c->max_body) || hd->length >= BS_LENGTH_HUGE)) {
             refuse_conn(c, 413);
             return 0;
         }
@@ -373,7 +374,8 @@ static int on_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst
     c->offered = 1;
     c->dest = D_STREAM;
     evbuffer_drain(c->pending, evbuffer_get_length(c->pending));
-    if (c->max_body > 0 && hd->body == BS_BODY_SIZED && hd->length > c->max_body)
+    if (hd->body == BS_BODY_SIZED &&
+        ((c->max_body > 0 && hd->length > c->max_body) || hd->length >= BS_LENGTH_HUGE))
         body_refuse(c, 413); /* the route still runs, and the refusal answers it */
     return 1;
 }

@@ -169,3 +169,8 @@ def test_head_limit_counts_line_ends() -> None:
 def test_incomplete_input_waits() -> None:
     assert events(b"GET / HTTP/1.1\r\nHost") == ["R 20"]
     assert events(CHUNKED + b"5\r\nhel")[-2:] == ["D 3", "R 0"]
+
+
+def test_a_huge_length_saturates() -> None:
+    head = b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 30 + b"\r\n\r\n"
+    assert events(head)[0] == f"H 1 / 1 {1 << 62} {len(head)}"
