@@ -33,7 +33,8 @@
  * Writing them at once keeps "drained" meaning "on the socket", so the reply's byte counting
  * (on_sent, output_buffered) is the same as on other connections. libevent also adds a reply
  * before it enables writing, which a filter does not notice: a callback on the output arms
- * the write event for it. A reply is complete when libevent, which clears its read callback
+ * the write event for it. The write is tried on the same loop round (the event is made active,
+ * see write_soon); only a full socket makes it wait for writability. A reply is complete when libevent, which clears its read callback
  * while it writes, sets it again (wr_cb sees it after the write that finished the reply).
  *
  * Ownership: the filter's context (bs_stream_conn) lives as long as libevent's connection
@@ -490,6 +491,15 @@ static enum bufferevent_filter_result stream_filter(struct evbuffer *src, struct
     return moved ? BEV_OK : BEV_NEED_MORE;
 }
 
+/* Write on this loop round, once libevent's call that queued the reply has returned: wr_cb
+   is made active (no wait for the socket's readiness, which costs a poll and two epoll_ctl);
+   only a socket that is full makes it wait for EV_WRITE. */
+static void write_soon(bs_stream_conn *c)
+{
+    if (c->wr != NULL && !event_pending(c->wr, EV_WRITE, NULL))
+        event_active(c->wr, EV_WRITE, 1);
+}
+
 /* Write what libevent queued straight to the socket (see "Writing" above). */
 static enum bufferevent_filter_result out_filter(struct evbuffer *src, struct evbuffer *dst,
                                                  ev_ssize_t lim, enum bufferevent_flush_mode how,
@@ -503,8 +513,7 @@ static enum bufferevent_filter_result out_filter(struct evbuffer *src, struct ev
     if (fd < 0)
         return BEV_NEED_MORE;
     if (!c->writing) { /* inside libevent's adding: write from the loop, once it set its callback */
-        if (c->wr != NULL && !event_pending(c->wr, EV_WRITE, NULL))
-            event_add(c->wr, NULL);
+        write_soon(c);
         return BEV_NEED_MORE;
     }
     int sent = 0;
@@ -575,8 +584,7 @@ static void out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info,
         if (c->wr == NULL)
             return;
     }
-    if (!event_pending(c->wr, EV_WRITE, NULL))
-        event_add(c->wr, NULL);
+    write_soon(c);
 }
 
 /* ---- lingering close ---- */
