@@ -418,7 +418,6 @@ int bs_framer_next(bs_framer *f, struct evbuffer *src, bs_head *head, size_t *n)
         if (size < 0)
             return fail(f, n, 400);
         f->left = (unsigned long long)size;
-        f->chunk = (unsigned long long)size;
         f->state = size == 0 ? FR_TRAILER : FR_DATA;
         return BS_FR_META;
     }
@@ -443,11 +442,12 @@ int bs_framer_next(bs_framer *f, struct evbuffer *src, bs_head *head, size_t *n)
     return fail(f, n, 400);
 }
 
-/* The size of the chunk whose data comes next (after a META event for a size line); 0 for the
-   last chunk. For callers that re-chunk the body. */
-unsigned long long bs_framer_chunk(const bs_framer *f)
+/* The caller took n bytes of a sized body right after its head (with it, in one move): they
+   count as data events would (n at most what is left of the body). */
+void bs_framer_took(bs_framer *f, size_t n)
 {
-    return f->chunk;
+    f->left -= n;
+    f->size += n;
 }
 
 /*

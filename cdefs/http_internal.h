@@ -82,7 +82,6 @@ typedef struct bs_framer {
     int cr;                      /* the last byte checked was a CR */
     int lead;                    /* the empty line before this request line was skipped */
     unsigned long long left;     /* of the sized body or the current chunk */
-    unsigned long long chunk;    /* the current chunk's size */
     unsigned long long size;     /* of the sized body, so far */
 } bs_framer;
 
@@ -100,6 +99,6 @@ enum {
 
 void bs_framer_init(bs_framer *f, size_t max_head);
 int bs_framer_next(bs_framer *f, struct evbuffer *src, bs_head *head, size_t *n);
-unsigned long long bs_framer_chunk(const bs_framer *f);
+void bs_framer_took(bs_framer *f, size_t n);
 
 #endif

@@ -345,8 +345,15 @@ static int on_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst
             refuse_conn(c, 413);
             return 0;
         }
-        evbuffer_remove_buffer(src, dst, hd->len);
         c->dest = hd->body == BS_BODY_CHUNKED ? D_CHUNK : D_PASS;
+        size_t body = 0;
+        if (c->dest == D_PASS) { /* the body bytes already here go with the head, in one move */
+            size_t have = evbuffer_get_length(src) - hd->len;
+            body = have < hd->length ? have : (size_t)hd->length;
+            bs_framer_took(&c->fr, body);
+            c->size = body;
+        }
+        evbuffer_remove_buffer(src, dst, hd->len + body);
         return 1;
     }
     /* libevent sees it without its framing line: a request without body */
