@@ -35,18 +35,40 @@ enum { FR_HEAD = 0, FR_SIZED, FR_SIZE, FR_DATA, FR_CRLF, FR_TRAILER, FR_END_PEND
 const char *const bs_http_methods[BS_HTTP_NMETHODS] = {
     "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH"};
 
-void bs_framer_init(bs_framer *f, size_t max_head)
+
+/* Byte classes: RFC 9110 tchar, and what the head scan stops at (CR, LF, other controls). */
+enum { K_TCHAR = 1, K_CR = 2, K_LF = 4, K_CTL = 8 };
+static unsigned char kinds[256];
+
+static void kinds_init(void)
 {
-    memset(f, 0, sizeof *f);
-    f->max_head = max_head != 0 ? max_head : BS_HEAD_DEFAULT;
+    if (kinds['a'] != 0)
+        return;
+    for (int c = 0; c < 256; c++) {
+        unsigned char k = 0;
+        if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+            (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL))
+            k = K_TCHAR;
+        else if (c == '\r')
+            k = K_CR;
+        else if (c == '\n')
+            k = K_LF;
+        else if ((c < 0x20 && c != '\t') || c == 0x7f)
+            k = K_CTL;
+        kinds[c] = k;
+    }
 }
 
-/* RFC 9110 tchar */
 static int tchar(unsigned char c)
 {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return kinds[c] & K_TCHAR;
+}
+
+void bs_framer_init(bs_framer *f, size_t max_head)
+{
+    kinds_init();
+    memset(f, 0, sizeof *f);
+    f->max_head = max_head != 0 ? max_head : BS_HEAD_DEFAULT;
 }
 
 /* A control other than HTAB (CR and LF included: they are checked as line ends first). */
@@ -84,46 +106,56 @@ static void trim(const char **v, size_t *n)
 static int scan_block(bs_framer *f, struct evbuffer *src, size_t limit, int *err)
 {
     size_t have = evbuffer_get_length(src);
-    char buf[4096];
+    size_t scan = f->scan, line = f->line;
+    int cr = f->cr, found = 0;
     struct evbuffer_ptr at;
-    while (f->scan < have) {
-        size_t want = have - f->scan;
-        if (want > sizeof buf)
-            want = sizeof buf;
-        if (evbuffer_ptr_set(src, &at, f->scan, EVBUFFER_PTR_SET) != 0 ||
-            evbuffer_copyout_from(src, &at, buf, want) != (ev_ssize_t)want) {
+    struct evbuffer_iovec v[8];
+    while (scan < have && !found && *err == 0) {
+        if (evbuffer_ptr_set(src, &at, scan, EVBUFFER_PTR_SET) != 0) {
             *err = 400;
-            return 0;
+            break;
         }
-        for (size_t i = 0; i < want; i++) {
-            unsigned char ch = (unsigned char)buf[i];
-            if (++f->scan > limit) {
-                *err = 431;
-                return 0;
-            }
-            if (f->cr) {
-                if (ch != '\n') {
-                    *err = 400; /* a CR not ending a line */
-                    return 0;
+        int nv = evbuffer_peek(src, -1, &at, v, 8);
+        for (int j = 0; j < nv && j < 8 && !found && *err == 0; j++) {
+            const unsigned char *p = v[j].iov_base;
+            size_t n = v[j].iov_len < have - scan ? v[j].iov_len : have - scan;
+            size_t room = limit > scan ? limit - scan : 0; /* bytes before the limit */
+            size_t stop = n < room ? n : room, i = 0;
+            while (i < stop) {
+                if (cr) {
+                    if (p[i++] != '\n') {
+                        *err = 400; /* a CR not ending a line */
+                        break;
+                    }
+                    cr = 0;
+                    if (line == 0) {
+                        found = 1; /* the empty line */
+                        break;
+                    }
+                    line = 0;
+                    continue;
                 }
-                f->cr = 0;
-                if (f->line == 0)
-                    return 1; /* the empty line */
-                f->line = 0;
-                continue;
+                size_t from = i;
+                while (i < stop && !(kinds[p[i]] & (K_CR | K_LF | K_CTL)))
+                    i++;
+                line += i - from;
+                if (i == stop)
+                    break;
+                if (p[i++] != '\r') {
+                    *err = 400; /* a bare LF, NUL, another control */
+                    break;
+                }
+                cr = 1;
             }
-            if (ch == '\r') {
-                f->cr = 1;
-                continue;
-            }
-            if (ch == '\n' || ctl(ch)) {
-                *err = 400; /* a bare LF, NUL, another control */
-                return 0;
-            }
-            f->line++;
+            scan += i;
+            if (!found && *err == 0 && i == room && room < n)
+                *err = 431; /* the limit is reached and the block goes on */
         }
     }
-    return 0;
+    f->scan = scan;
+    f->line = line;
+    f->cr = cr;
+    return found && *err == 0;
 }
 
 /* One field line (name ":" OWS value OWS), its bytes already checked for controls. */

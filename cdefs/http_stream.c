@@ -87,6 +87,7 @@ typedef struct bs_stream_conn {
     struct event *wr;                   /* the socket is writable: write the reply on */
     struct event *rd;                   /* read on, from the loop (never inside libevent) */
     int writing;                        /* inside wr_cb: the one place out_filter writes */
+    int armed;                          /* wr_cb is due (active, or waiting for EV_WRITE) */
     bs_http_req_t *rec;                 /* the claimed record (BODY holder) */
     char *length, *coding;              /* the framing line libevent did not see */
 } bs_stream_conn;
@@ -503,8 +504,11 @@ static enum bufferevent_filter_result stream_filter(struct evbuffer *src, struct
    only a socket that is full makes it wait for EV_WRITE. */
 static void write_soon(bs_stream_conn *c)
 {
-    if (c->wr != NULL && !event_pending(c->wr, EV_WRITE, NULL))
-        event_active(c->wr, EV_WRITE, 1);
+    if (!c->armed && c->wr != NULL) { /* (libevent adds a reply in many pieces) */
+        c->armed = 1;
+        if (!event_pending(c->wr, EV_WRITE, NULL))
+            event_active(c->wr, EV_WRITE, 1);
+    }
 }
 
 /* Write what libevent queued straight to the socket (see "Writing" above). */
@@ -545,8 +549,8 @@ static enum bufferevent_filter_result out_filter(struct evbuffer *src, struct ev
             continue;
         }
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            if (c->wr != NULL)
-                event_add(c->wr, NULL);
+            if (c->wr != NULL && event_add(c->wr, NULL) == 0)
+                c->armed = 1; /* the socket is full: wr_cb runs once it is writable */
             break;
         }
         /* the peer is gone: libevent hears it as a write error, in the loop */
@@ -565,6 +569,7 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
     /* Not after libevent freed the connection (it disables writing first): the filter's
        memory lives until its deferred finalizer frees c and this event with it, but a flush
        would take and drop a reference again, and finalize it twice. */
+    c->armed = 0;
     if (alive(c) && (bufferevent_get_enabled(c->bev) & EV_WRITE)) {
         int replying = !lev_reading(c); /* (a "100 Continue" is written while it reads) */
         c->writing = 1;
