@@ -40,10 +40,8 @@ const char *const bs_http_methods[BS_HTTP_NMETHODS] = {
 enum { K_TCHAR = 1, K_CR = 2, K_LF = 4, K_CTL = 8 };
 static unsigned char kinds[256];
 
-static void kinds_init(void)
+__attribute__((constructor)) static void kinds_init(void) /* once, as the library loads */
 {
-    if (kinds['a'] != 0)
-        return;
     for (int c = 0; c < 256; c++) {
         unsigned char k = 0;
         if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -66,7 +64,6 @@ static int tchar(unsigned char c)
 
 void bs_framer_init(bs_framer *f, size_t max_head)
 {
-    kinds_init();
     memset(f, 0, sizeof *f);
     f->max_head = max_head != 0 ? max_head : BS_HEAD_DEFAULT;
 }
