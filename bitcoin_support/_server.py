@@ -74,6 +74,26 @@ def _set_gate(address: int, gate: int, arg: int) -> None:
             _apply_gate(wrapper._rec, gate, arg)
 
 
+# A host's choice of strict framing (bs_python_set_strict_framing) by evhttp address: applied to
+# every wrapper made for that address, until bs_python_detach (which closes the wrappers, and
+# a closed wrapper takes the framer off the host's evhttp).
+_stricts: dict[int, tuple[bool, int]] = {}  # (on, base address or 0)
+
+
+def _set_strict(address: int, on: bool) -> None:
+    """Frame the connections of the host's evhttp at ``address`` strictly, or not. Without a
+    wrapper yet, its base must be findable (a listening socket) or wrapped already: the framer
+    is installed through a wrapper, made here when there is none."""
+    with _registry_lock:
+        found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
+        _stricts[address] = (on, int(ffi.cast("uintptr_t", found)))
+        wrapper = _wrappers.get(address)
+    if wrapper is not None and wrapper._rec is not None:
+        lib.bs_evhttp_strict(wrapper._rec, 1 if on else 0)
+    elif on:
+        EvHttp.from_address(address)  # applies _stricts, held until detach
+
+
 def _apply_gate(rec: Any, gate: int, arg: int) -> None:
     lib.bs_evhttp_set_gate(
         rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast("void *", arg)
@@ -550,6 +570,9 @@ class EvHttp(Finalized):
                 gate = _gates.get(address)
                 if gate is not None:
                     _apply_gate(rec, gate[0], gate[1])
+                strict = _stricts.get(address)
+                if strict is not None:
+                    lib.bs_evhttp_strict(rec, 1 if strict[0] else 0)
         finally:
             guard.lock.release()
         return self

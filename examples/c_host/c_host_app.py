@@ -45,7 +45,6 @@ TICK = 0.02  # seconds between ticks of each job
 def setup(http: EvHttp) -> None:
     """Register the routes and start the jobs; called once by the host."""
     base = http.base
-    http.set_strict_framing(True)  # the host's evhttp: every new connection framed strictly
     stats: dict[str, Any] = {
         "timer_ticks": 0,
         "trio_ticks": 0,
