@@ -36,7 +36,7 @@ FLAGS = HERE / "build_flags.py"
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
 from bitcoin_support._embed import ffi
-from bitcoin_support._attach import attach, attach_evhttp, detach, set_gate
+from bitcoin_support._attach import attach, attach_evhttp, detach, set_gate, set_strict
 
 
 @ffi.def_extern()
@@ -57,6 +57,11 @@ def _bs_embed_detach(base):
 @ffi.def_extern()
 def _bs_embed_set_gate(http, gate, arg, result):
     result[0] = set_gate(ffi, http, gate, arg)
+
+
+@ffi.def_extern()
+def _bs_embed_set_strict(http, on, result):
+    result[0] = set_strict(ffi, http, on)
 """
 
 

@@ -132,6 +132,9 @@ def detach(ffi: Any, base: Any) -> None:
             for http_address, (_, _, base_address) in list(_server._gates.items()):
                 if http_address in closing or base_address == address:
                     del _server._gates[http_address]
+            for http_address, (_, base_address) in list(_server._stricts.items()):
+                if http_address in closing or base_address == address:
+                    del _server._stricts[http_address]
         for item in [*https, wrapper]:
             if item is None:
                 continue
@@ -149,6 +152,20 @@ def set_gate(ffi: Any, http: Any, gate: Any, arg: Any) -> int:
         from ._server import _set_gate
 
         _set_gate(_address(ffi, http), _address(ffi, gate), _address(ffi, arg))
+    except BaseException:
+        traceback.print_exc()
+        return -1
+    finally:
+        _flush()
+    return 0
+
+
+def set_strict(ffi: Any, http: Any, on: int) -> int:
+    """``bs_python_set_strict_framing``: the host's evhttp framed strictly (or not); 0 or -1."""
+    try:
+        from ._server import _set_strict
+
+        _set_strict(_address(ffi, http), bool(on))
     except BaseException:
         traceback.print_exc()
         return -1

@@ -75,6 +75,26 @@ def _set_gate(address: int, gate: int, arg: int) -> None:
             _apply_gate(wrapper._rec, gate, arg)
 
 
+# A host's choice of strict framing (bs_python_set_strict_framing) by evhttp address: applied to
+# every wrapper made for that address, until bs_python_detach (which closes the wrappers, and
+# a closed wrapper takes the framer off the host's evhttp).
+_stricts: dict[int, tuple[bool, int]] = {}  # (on, base address or 0)
+
+
+def _set_strict(address: int, on: bool) -> None:
+    """Frame the connections of the host's evhttp at ``address`` strictly, or not. Without a
+    wrapper yet, its base must be findable (a listening socket) or wrapped already: the framer
+    is installed through a wrapper, made here when there is none."""
+    with _registry_lock:
+        found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
+        _stricts[address] = (on, int(ffi.cast("uintptr_t", found)))
+        wrapper = _wrappers.get(address)
+    if wrapper is not None and wrapper._rec is not None:
+        lib.bs_evhttp_strict(wrapper._rec, 1 if on else 0)
+    elif on:
+        EvHttp.from_address(address)  # applies _stricts, held until detach
+
+
 def _apply_gate(rec: Any, gate: int, arg: int) -> None:
     lib.bs_evhttp_set_gate(
         rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast("void *", arg)
@@ -562,6 +582,9 @@ class EvHttp(Finalized):
                 gate = _gates.get(address)
                 if gate is not None:
                     _apply_gate(rec, gate[0], gate[1])
+                strict = _stricts.get(address)
+                if strict is not None:
+                    lib.bs_evhttp_strict(rec, 1 if strict[0] else 0)
         finally:
             guard.lock.release()
         return self
@@ -753,17 +776,21 @@ class EvHttp(Finalized):
 
     @_guarded("EvHttp.set_max_headers_size")
     def set_max_headers_size(self, n: int) -> None:
-        """Request line and headers larger than ``n`` bytes are refused."""
+        """A request head (request line to the empty line, line ends included) larger than
+        ``n`` bytes gets 431 and a closed connection."""
         http = self._http("set_max_headers_size")
         _check_int("EvHttp.set_max_headers_size", "n", n, 0, 2**62)
         lib.evhttp_set_max_headers_size(http, n)
+        lib.bs_evhttp_set_max_headers(self._rec, n)  # the framer counts as received
 
     @_guarded("EvHttp.set_strict_framing")
     def set_strict_framing(self, on: bool = True) -> None:
-        """Read new connections through the package's own strict framing (as ``stream_body``
-        routes do): bare-LF line ends, folded headers and chunk sizes that libevent 2.1 takes
-        but llhttp's strict mode refuses get 400 (413 for a chunk size) and a closed
-        connection. Costs some speed; see the README's conformance table."""
+        """Whether new connections are framed by the package (RFC 9112, strictly) before
+        libevent reads them: on by default for the servers the package makes, off for a
+        host's evhttp (``EvHttp.from_address``) until its host turns it on. Off is an explicit
+        opt-out: libevent 2.1's own reader then takes chunk sizes, NULs in header values and
+        bare-LF line ends that a proxy in front may read another way (only the smuggling check
+        on the parsed headers stays). ``stream_body`` routes frame their connections anyway."""
         self._http("set_strict_framing")
         if not isinstance(on, bool):
             raise TypeError(f"EvHttp.set_strict_framing: on must be a bool, not {_type_name(on)}")

@@ -155,6 +155,7 @@ typedef struct bs_http_route {
 } bs_http_route_t;
 
 struct bs_stream_conn;
+struct bs_linger;
 typedef struct bs_stream_route {
     struct bs_stream_route *next;
     char *path;
@@ -181,8 +182,11 @@ typedef struct bs_evhttp {
     struct bs_stream_conn *streams; /* connections read through the framing filter */
     struct bs_stream_route *routes; /* set_cb paths and whether they stream (http_stream.c) */
     int gen_stream;                 /* the generic callback streams */
-    int strict;                     /* set_strict_framing: every connection is framed */
-    unsigned long long max_body;    /* set_max_body_size, for streamed bodies; 0: none */
+    int strict;                     /* every new connection is framed (the default) */
+    int any_stream;                 /* some route or the generic callback streams */
+    unsigned long long max_body;    /* set_max_body_size, counted by the framer; 0: none */
+    unsigned long long max_head;    /* set_max_headers_size, for the framer; 0: its default */
+    struct bs_linger *lingers;      /* refused connections closing slowly (http_stream.c) */
     struct bs_accept_guard *guards; /* owned: one per listening socket (see http_accept.c) */
     int running;              /* request callbacks (Python or C) of this server running now */
     int owned;                /* 0 for EvHttp.from_address(): the host's, never freed here */
@@ -241,43 +245,8 @@ struct evkeyval *bs_http_header_next(struct evkeyval *kv);
 const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);
 int bs_http_peer(struct evhttp_request *r, char *host, size_t hostlen, int *port);
-
-#ifndef BS_CDEF
-/* For the http_*.c files only (http_request.c unless said otherwise). */
-/* Holders of a record. */
-#define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
-#define BS_HOLD_EV 0x02u /* libevent may still call back with it */
-#define BS_HOLD_SENT 0x04u /* on_sent callbacks pending: sent_ev will run (http_server.c) */
-#define BS_HOLD_BODY 0x08u /* a streamed body's end is still to be told (http_stream.c) */
-extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
-bs_http_req_t *bs_rec_new(int state, unsigned holds);
-void bs_rec_enter(bs_http_req_t *rec, int state);
-void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
-void bs_rec_hold(bs_http_req_t *rec, unsigned hold);
-void bs_stop_counting(bs_http_req_t *rec); /* http_server.c */
-/* http_stream.c */
-int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r);
-int bs_stream_offered(bs_evhttp *h, struct evhttp_request *r);
-void bs_stream_reply_done(bs_http_req_t *rec);
-void bs_stream_unlink(bs_http_req_t *rec);
-void bs_stream_server_gone(bs_evhttp *h);
-int bs_stream_update(bs_evhttp *h);
-void bs_rec_enter_call(bs_http_req_t *rec);
-void bs_rec_leave_call(bs_http_req_t *rec);
-void bs_rec_fatal(const char *what);
-void bs_stop_watch(bs_http_req_t *rec);
-void bs_conn_link(bs_http_req_t *rec, bs_evconn *c);
-void bs_conn_unlink(bs_http_req_t *rec);
-void bs_add_date(struct evkeyvalq *out);
-/* Link a server or connection record to its base (-1: the base is closing). */
-int bs_later_attach(bs_base *b, bs_later *l, void (*free_now)(bs_later *), size_t size);
-/* Free it on the next loop round (-1 when that cannot be arranged: free it now instead). */
-int bs_later_schedule(bs_later *l, struct event_base *base);
-/* Unlink it, free its libevent object, wipe and free it. */
-void bs_later_free(bs_later *l);
-struct evconnlistener;
-void bs_guards_free(bs_evhttp *h, struct evconnlistener *lev); /* http_accept.c */
-
-#endif
+void bs_evhttp_set_max_headers(bs_evhttp *h, unsigned long long n);
+long bs_framer_run(const char *data, size_t len, size_t step, size_t max_head, char *out,
+                   size_t cap);
 
 #endif

@@ -5,6 +5,7 @@
 #include "bitcoin_support.h"
 #include "secure.h"
 #include "http.h"
+#include "http_internal.h"
 #include "callbacks.h"
 
 #include <errno.h>

@@ -7,6 +7,7 @@
 #include "bitcoin_support.h"
 #include "secure.h"
 #include "http.h"
+#include "http_internal.h"
 #include "callbacks.h"
 
 #include <errno.h>
@@ -24,7 +25,6 @@ static void on_complete(struct evhttp_request *r, void *arg)
     bs_http_req_t *rec = arg;
     (void)r;
     bs_stop_counting(rec); /* all written: the last drain armed the on_sent run, if any */
-    bs_stream_reply_done(rec);
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, NULL, NULL);
     rec->req = NULL;
@@ -99,54 +99,6 @@ static void bs_closed_server_cb(struct evhttp_request *r, void *arg)
     evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
 }
 
-/*
- * Request smuggling: framings that strict parsers (llhttp) refuse and libevent 2.1 accepts, each
- * read one way by libevent and another by a proxy in front of it. libevent 2.1.12 has no hook
- * between the headers and the body (evhttp_set_newreqcb came with 2.2), so the check runs here,
- * after libevent has framed the request its own way and before any callback sees it: the
- * request gets 400 with "Connection: close", so whatever libevent would read next on that
- * connection (the bytes a proxy took for body, or the other way round) is never served.
- */
-static int plain_decimal(const char *v)
-{
-    if (*v == '\0')
-        return 0;
-    for (; *v; v++)
-        if (*v < '0' || *v > '9')
-            return 0;
-    return 1;
-}
-
-/* 1 when the request's framing is ambiguous (see above). */
-BS_EXPORT int bs_http_framing_refused(struct evhttp_request *r)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(r);
-    const char *length = NULL;
-    int chunked = 0;
-    for (struct evkeyval *kv = in->tqh_first; kv != NULL; kv = kv->next.tqe_next) {
-        if (bs_http_header_check(kv->key, strlen(kv->key), kv->value, strlen(kv->value)) != 0)
-            return 1; /* RFC 9110 field names are tokens; no control characters in values */
-        if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
-            if (!plain_decimal(kv->value) || (length != NULL && strcmp(length, kv->value) != 0))
-                return 1;
-            length = kv->value;
-        } else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
-            /* libevent reads a body as chunked only for exactly this value, once */
-            if (chunked || evutil_ascii_strcasecmp(kv->value, "chunked") != 0)
-                return 1;
-            chunked = 1;
-        }
-    }
-    if (length != NULL && chunked)
-        return 1;
-    /* libevent reads no body for HEAD and TRACE: announced body bytes would be a next request */
-    enum evhttp_cmd_type type = evhttp_request_get_command(r);
-    if ((type == EVHTTP_REQ_HEAD || type == EVHTTP_REQ_TRACE) &&
-        (chunked || (length != NULL && strspn(length, "0") != strlen(length))))
-        return 1;
-    return 0;
-}
-
 /* The generic callback until one is set: 404 like libevent's, after the framing check. */
 static void not_found_cb(EvHttpRequest *r, void *arg)
 {
@@ -168,12 +120,14 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
     if (b != NULL)
         bs_base_enter(b);
     h->running++;
-    if (h->streams != NULL && !route->stream && bs_stream_offered(h, r))
+    if (h->any_stream && !route->stream && bs_stream_offered(h, r))
         evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* its body went elsewhere: never served */
     else if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
     else if (h->gate == NULL || h->gate((EvHttpRequest *)r, h->gate_arg) == 0)
         py_request(r, route); /* a host's gate that answered keeps Python out */
+    else if (route->stream)
+        bs_stream_unclaimed(h, r); /* its body is read and dropped */
     h->running--;
     if (b != NULL)
         bs_base_leave(b);
@@ -503,7 +457,9 @@ static void evhttp_free_now(bs_evhttp *h)
         h->http = NULL;
         if (h->owned)
             evhttp_free(http); /* closes every connection: on_close() tells Python */
-        /* a host's evhttp (bs_evhttp_wrap) is the host's to free: Python removed its routes */
+        else /* the host's (bs_evhttp_wrap), to free: Python removed its routes; its new
+                connections get libevent's own bufferevents again (no pointer to h left) */
+            evhttp_set_bevcb(http, NULL, NULL);
     }
     bs_stream_server_gone(h); /* their filters are freed later, without it */
 }
@@ -531,6 +487,9 @@ BS_EXPORT bs_evhttp *bs_evhttp_new(bs_base *b)
         evhttp_set_gencb(h->http, bs_http_server_cb, &h->fallback);
     }
     h->owned = 1;
+    h->strict = 1; /* every connection is framed by the package (set_strict_framing(False)) */
+    if (h->http != NULL)
+        bs_stream_update(h);
     if (bs_later_attach(b, &h->head, evhttp_free_head, sizeof *h) != 0) {
         if (h->http != NULL)
             evhttp_free(h->http);

@@ -1,30 +1,30 @@
 /*
- * http_stream.c - request bodies in pieces (stream_body routes).
+ * http_stream.c - the framing filter: every connection of a strict server is read through it.
  *
- * libevent 2.1 calls a request callback only once the whole body is in, and offers no hook
- * between a request's headers and its body to a server (evhttp_set_newreqcb and a request's
- * header callback on the server side came with 2.2). So a server with stream_body routes
- * reads its connections through a bufferevent filter (evhttp_set_bevcb) that frames the
- * requests itself, strictly, before libevent sees them:
+ * libevent 2.1 reads requests with its own lax parser (chunk sizes through strtoll, header
+ * values as C strings) and offers a server no hook between a request's head and its body. So a
+ * server reads its connections through a bufferevent filter (evhttp_set_bevcb) that frames the
+ * requests itself with the strict framer (http_framing.c) before libevent sees them, and hands
+ * libevent only what libevent reads the same way:
  *
- * - A request for an ordinary route passes unchanged, head and body, and the filter follows
- *   its body to find where the next request starts. Anything the filter does not frame exactly
- *   as libevent would (an odd request line, a folded or malformed header, an ambiguous length,
- *   a chunk size libevent reads another way) switches the connection to TRANSPARENT: from
- *   then on libevent reads the bytes as they came, as on any other connection, and the
- *   trampoline's smuggling check refuses what it must. The filter never guesses.
- * - A request for a stream_body route passes to libevent without its Content-Length or
- *   Transfer-Encoding line, so libevent sees a request without body and calls the route at
- *   once; the trampoline claims it (bs_stream_claim): puts the framing lines back into its
- *   input headers and lets the filter read on. The filter then moves the body, de-chunked,
- *   into the record's body_in and activates body_ev, whose callback gives the pieces to Python
- *   in the loop (the filter runs inside libevent's reads, so it never calls Python or
- *   libevent's HTTP layer itself). After the body's end the filter passes nothing until the
- *   request's reply is complete (HOLD): libevent must not see the next request while it is
- *   still answering this one.
- * - Over the body limit (set_max_body_size), or on a broken chunk, the filter drops the rest
- *   (DEAD) and body_ev answers 413 or 400 with "Connection: close", or closes the connection
- *   when a reply was already under way.
+ * - One request at a time. The filter passes a request to libevent (its head, and the body of
+ *   an ordinary route), then holds the next one (HOLD) until libevent has written the reply and
+ *   gone back to reading. So what the filter strips from a head and where the body goes belong
+ *   to that request alone, and libevent never reads while it answers (it aborts on reads then).
+ * - An ordinary route's body passes as it comes: a Content-Length body unchanged, a chunked one
+ *   re-chunked with plain hex sizes (extensions and trailers dropped), so libevent's chunk
+ *   reader only ever sees what it reads exactly.
+ * - A stream_body route's head passes without its Content-Length or Transfer-Encoding line, so
+ *   libevent calls the route at once; the trampoline claims it (bs_stream_claim): puts the line
+ *   back into its input headers and takes the body, which the filter moves, de-chunked, into
+ *   the record (http_body.c). A request nobody claims (a host's gate answered it) has its body
+ *   read and dropped.
+ * - Refusals. What the framer refuses, and an ordinary body over the limit, is answered by the
+ *   filter itself while libevent is not answering anything (the status line, "Connection:
+ *   close"), and the connection is freed; a stream body's refusal is answered by its record.
+ *   A refused connection closes slowly (lingering close, see linger_start): the answer is
+ *   written, the write side shut, and input read and dropped for a bounded time and size, so
+ *   that a client still sending its body reads the status instead of a reset.
  *
  * Writing: the filter writes the replies to the socket itself (out_filter). libevent's
  * callbacks that follow a write (a reply complete, then the connection freed if it closes)
@@ -33,60 +33,75 @@
  * Writing them at once keeps "drained" meaning "on the socket", so the reply's byte counting
  * (on_sent, output_buffered) is the same as on other connections. libevent also adds a reply
  * before it enables writing, which a filter does not notice: a callback on the output arms
- * the write event for it.
+ * the write event for it. The write is tried on the same loop round (the event is made active,
+ * see write_soon); only a full socket makes it wait for writability. A reply is complete
+ * when libevent, which clears its read callback while it writes, sets it again (wr_cb sees
+ * it after the write that finished the reply).
  *
  * Ownership: the filter's context (bs_stream_conn) lives as long as libevent's connection
- * and is linked to its server's record; a server freed first unlinks its contexts. A record
- * fed by a context has the BODY holder until body_ev has given Python the body's end, its
- * refusal, or its loss (the connection closed first).
+ * and is linked to its server's record; a server freed first unlinks its contexts, which go on
+ * framing (without stream routes) for the connections still open.
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
 #include "secure.h"
 #include "http.h"
+#include "http_internal.h"
 #include "callbacks.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <event2/bufferevent.h>
 
-enum { M_FRAME, M_BODY, M_HOLD, M_TRANSPARENT, M_DEAD };
-enum { C_SIZE, C_DATA, C_DATA_CRLF, C_TRAILER };
+enum { M_FRAME, M_BODY, M_HOLD, M_DEAD };
+enum { D_PASS, D_CHUNK, D_STREAM, D_DROP };
 
-#define HEAD_MAX 65536           /* a head larger than this is left to libevent's own limit */
-#define LINE_MAX 1024            /* a chunk-size or trailer line */
-#define PAUSE_AT (1u << 20)      /* body bytes waiting for Python before reading pauses */
-#define RESUME_AT (256u << 10)
+#define LINGER_SECONDS 5          /* a lingering close lasts at most this long */
+#define LINGER_IDLE 2             /* or until the client is silent this long */
+#define LINGER_BYTES (64u << 20)  /* or this much input was dropped */
 
 typedef struct bs_stream_conn {
     struct bs_stream_conn *prev, *next; /* in the server's list */
     bs_evhttp *h;                       /* NULL once the server is freed */
     struct bufferevent *bev;            /* the filter libevent reads */
-    struct bufferevent *under;          /* the socket's own bufferevent */
+    struct bufferevent *under;          /* the socket's own bufferevent (ours) */
+    bs_framer fr;
     int mode;
-    int chunked, cstate;
-    unsigned long long left;            /* of the Content-Length body, or of the chunk */
-    unsigned long long size;            /* stream body bytes so far (the limit) */
-    int stream;                         /* the body being framed goes to a record */
+    int dest;                           /* where the body being framed goes */
+    unsigned long long size;            /* body bytes so far (the limit) */
+    unsigned long long max_body;        /* the server's limits, kept for after it is gone */
+    size_t max_head;
     int offered;                        /* a stream head passed, not claimed yet */
-    int reply_done;                     /* the stream request's reply is complete */
+    int reply_done;                     /* the current request's reply is complete */
+    int wrote_reply;                    /* libevent wrote a reply since the head passed */
     int paused;                         /* reading stopped: Python has PAUSE_AT bytes waiting */
     int error;                          /* 413 or 400 found before the claim */
     int ended;                          /* the stream body ended before the claim */
+    int linger;                         /* close slowly (a refusal was sent) */
     struct evbuffer *pending;           /* stream body read before the claim */
     struct event *wr;                   /* the socket is writable: write the reply on */
     struct event *rd;                   /* read on, from the loop (never inside libevent) */
     int writing;                        /* inside wr_cb: the one place out_filter writes */
+    int armed;                          /* wr_cb is due (active, or waiting for EV_WRITE) */
     bs_http_req_t *rec;                 /* the claimed record (BODY holder) */
-    char *length, *coding;              /* the framing lines libevent did not see */
+    char *length, *coding;              /* the framing line libevent did not see */
 } bs_stream_conn;
 
-/* ---- the record's side: body_ev gives Python the pieces ---- */
+/* A refused connection closing slowly: the socket's bufferevent, after libevent let go. */
+typedef struct bs_linger {
+    struct bs_linger *prev, *next;      /* in the server's list */
+    bs_evhttp *h;
+    evutil_socket_t fd;                 /* a copy of the connection's descriptor */
+    struct event *ev;
+    struct timeval since;
+    size_t left;                        /* bytes still to drop */
+} bs_linger;
 
 /*
  * libevent frees a connection's bufferevent with bufferevent_free, which clears its callbacks
@@ -99,6 +114,14 @@ static int alive(bs_stream_conn *c)
     bufferevent_event_cb ecb = NULL;
     bufferevent_getcb(c->bev, NULL, NULL, &ecb, NULL);
     return ecb != NULL;
+}
+
+/* libevent reads (its read callback is set): idle or reading a request, not writing a reply. */
+static int lev_reading(bs_stream_conn *c)
+{
+    bufferevent_data_cb rcb = NULL;
+    bufferevent_getcb(c->bev, &rcb, NULL, NULL, NULL);
+    return rcb != NULL;
 }
 
 /* Let the filter read what is waiting, on the next loop round (see rd_cb). */
@@ -116,7 +139,7 @@ static void rd_cb(evutil_socket_t fd, short what, void *arg)
         bufferevent_trigger(c->under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
 }
 
-static void stream_resume(bs_stream_conn *c)
+void bs_stream_resume(bs_stream_conn *c)
 {
     if (c->paused) {
         c->paused = 0;
@@ -127,77 +150,55 @@ static void stream_resume(bs_stream_conn *c)
     }
 }
 
-/* The body is refused (413, 400): answer if nothing was sent yet, else close. */
-static void refuse(bs_http_req_t *rec, int code)
+void bs_stream_linger(bs_stream_conn *c)
 {
-    if (rec->req != NULL && rec->evcon != NULL &&
-        (rec->state == BS_REQ_CALLBACK || rec->state == BS_REQ_DEFERRED)) {
-        struct evhttp_request *r = rec->req;
-        bs_rec_enter(rec, BS_REQ_SENT);
-        evhttp_send_error(r, code, NULL); /* "Connection: close": freed once written */
-        if ((rec->holds & BS_HOLD_PY) && rec->py != NULL)
-            _bs_http_on_gone(rec->py); /* Python closes its wrapper: it can no longer reply */
-    } else if (rec->evcon != NULL) {
-        evhttp_connection_free(rec->evcon); /* on_close() tells Python */
+    c->linger = 1;
+}
+
+static const char *reason(int code)
+{
+    switch (code) {
+    case 413:
+        return "Payload Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Bad Request";
     }
 }
 
-static void body_cb(evutil_socket_t fd, short what, void *arg)
+/* The filter's own answer (libevent answers nothing at that moment), written at once. */
+static void answer(bs_stream_conn *c, int code)
 {
-    bs_http_req_t *rec = arg;
-    (void)fd;
-    (void)what;
-    if (!(rec->holds & BS_HOLD_BODY))
-        return;
-    bs_rec_enter_call(rec); /* Python may close the request, its connection, its server */
-    while (rec->body_py != NULL && !rec->body_paused && evbuffer_get_length(rec->body_in) != 0) {
-        size_t n = evbuffer_get_length(rec->body_in);
-        if (n > 65536)
-            n = 65536;
-        const char *p = (const char *)evbuffer_pullup(rec->body_in, (ev_ssize_t)n);
-        _bs_http_on_body(rec->body_py, p, n, 0);
-        evbuffer_drain(rec->body_in, n);
-    }
-    if (rec->body_py == NULL && !(rec->holds & BS_HOLD_PY))
-        evbuffer_drain(rec->body_in, evbuffer_get_length(rec->body_in)); /* nobody will read */
-    if (rec->body_conn != NULL && evbuffer_get_length(rec->body_in) < RESUME_AT)
-        stream_resume(rec->body_conn);
-    int st = rec->body_status;
-    if (st >= 400 && !rec->body_refused) {
-        rec->body_refused = 1;
-        evbuffer_drain(rec->body_in, evbuffer_get_length(rec->body_in));
-        refuse(rec, st);
-    }
-    if (st != 0 && (evbuffer_get_length(rec->body_in) == 0 || st != 1) &&
-        (rec->body_py != NULL || !(rec->holds & BS_HOLD_PY))) {
-        if (rec->body_py != NULL)
-            _bs_http_on_body(rec->body_py, NULL, 0, st);
-        rec->body_py = NULL;
-        bs_rec_drop(rec, BS_HOLD_BODY); /* the call still holds it */
-    }
-    bs_rec_leave_call(rec);
+    char msg[160];
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                     code, reason(code));
+    evutil_socket_t fd = bufferevent_getfd(c->under);
+    if (fd >= 0 && n > 0)
+        (void)!send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT); /* small: one write */
 }
 
-static void body_wake(bs_http_req_t *rec)
+/* Have libevent free the connection (from the loop): it hears a read error. */
+static void close_conn(bs_stream_conn *c)
 {
-    if (rec->body_ev != NULL)
-        event_active(rec->body_ev, EV_TIMEOUT, 1);
+    if (alive(c))
+        bufferevent_trigger_event(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING,
+                                  BEV_OPT_DEFER_CALLBACKS);
 }
 
-/* The record is told its final status in the loop (at once when its base is being freed). */
-static void wake_final(bs_http_req_t *rec, int status)
+/* The filter refuses the request it is framing (libevent answers nothing now): it answers
+   `code` itself as the connection closes, and drops what comes after. */
+static void refuse_conn(bs_stream_conn *c, int code)
 {
-    if (rec->body_status == 0)
-        rec->body_status = status;
-    if (bs_in_orphan) { /* its base is being freed: no more loop rounds, no Python */
-        if (rec->holds & BS_HOLD_BODY) {
-            evbuffer_drain(rec->body_in, evbuffer_get_length(rec->body_in));
-            rec->body_py = NULL;
-            bs_rec_drop(rec, BS_HOLD_BODY);
-        }
-        return;
-    }
-    body_wake(rec);
+    c->mode = M_DEAD;
+    c->linger = 1;
+    answer(c, code);
+    close_conn(c);
 }
 
 static void unlink_rec(bs_stream_conn *c)
@@ -210,12 +211,11 @@ static void unlink_rec(bs_stream_conn *c)
 
 /*
  * The stream body's end (1), refusal (413, 400) or loss (-1). A record stays linked to its
- * connection's filter while the filter feeds it or its reply is not complete (the filter holds
- * the next request until then), and is unlinked before it can be freed.
+ * connection's filter while the filter feeds it or its reply is not complete, and is unlinked
+ * before it can be freed.
  */
 static void body_finish(bs_stream_conn *c, int status)
 {
-    c->stream = 0;
     bs_http_req_t *rec = c->rec;
     if (rec == NULL) { /* not claimed yet: the claim finds it */
         if (status == 1)
@@ -226,7 +226,7 @@ static void body_finish(bs_stream_conn *c, int status)
     }
     if (c->reply_done || status < 0)
         unlink_rec(c);
-    wake_final(rec, status);
+    bs_body_final(rec, status);
 }
 
 /* The record's connection closes, or the record is about to be freed: unlink it. */
@@ -235,45 +235,36 @@ void bs_stream_unlink(bs_http_req_t *rec)
     bs_stream_conn *c = rec->body_conn;
     if (c == NULL)
         return;
-    int feeding = c->stream;
-    c->stream = 0;
+    int feeding = c->mode == M_BODY && c->dest == D_STREAM;
     if (feeding)
         c->mode = M_DEAD;
     unlink_rec(c);
     if (feeding)
-        wake_final(rec, -1);
+        bs_body_final(rec, -1);
 }
 
-/* Python's sink for the pieces (on_body); NULL py is refused. 0, or -1 not a stream request. */
-BS_EXPORT int bs_http_on_body(bs_http_req_t *rec, void *py)
+/* The current request's reply is written and libevent reads again: the next may pass. */
+static void reply_complete(bs_stream_conn *c)
 {
-    if (!rec->streaming || !(rec->holds & BS_HOLD_BODY) || rec->body_py != NULL || py == NULL)
-        return -1;
-    rec->body_py = py;
-    body_wake(rec);
-    return 0;
+    c->reply_done = 1;
+    if (!(c->mode == M_BODY && c->dest == D_STREAM))
+        unlink_rec(c);
+    if (c->mode == M_HOLD) {
+        c->mode = M_FRAME;
+        if (evbuffer_get_length(bufferevent_get_input(c->under)) != 0)
+            read_on(c); /* a pipelined request is waiting */
+    } else if (c->mode == M_DEAD) {
+        close_conn(c); /* a refused body was answered with keep-alive (a host's gate) */
+    }
 }
 
-/* Python's sink is full (paused 1) or has room again (0): pieces wait in body_in meanwhile,
-   and past PAUSE_AT of them the filter stops reading the socket. */
-BS_EXPORT void bs_http_body_pause(bs_http_req_t *rec, int paused)
+/* The body is refused (limit, broken chunk): drop the rest, tell the record. */
+static void body_refuse(bs_stream_conn *c, int code)
 {
-    if (!(rec->holds & BS_HOLD_BODY))
-        return;
-    rec->body_paused = paused;
-    if (!paused)
-        body_wake(rec);
+    c->mode = M_DEAD;
+    c->linger = 1;
+    body_finish(c, code);
 }
-
-/* ---- the filter ---- */
-
-static int tchar(unsigned char c)
-{
-    return bs_http_header_check((const char *)&c, 1, "", 0) == 0;
-}
-
-static const char *const methods[] = {"GET",     "POST",  "HEAD",    "PUT",  "DELETE",
-                                      "OPTIONS", "TRACE", "CONNECT", "PATCH"};
 
 /* Does libevent route this target to a stream_body route? (evhttp_dispatch_callback's rule:
    the decoded path, compared exactly; else the generic callback.) */
@@ -297,310 +288,151 @@ static int route_streams(bs_evhttp *h, const char *target)
     return stream;
 }
 
-static int trim_eq(const char *v, size_t n, const char *want)
-{
-    while (n && (*v == ' ' || *v == '\t'))
-        v++, n--;
-    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
-    return strlen(want) == n && strncasecmp(v, want, n) == 0;
-}
 
-static char *trim_dup(const char *v, size_t n)
+/* Copy a head without its Content-Length and Transfer-Encoding lines (all of them). */
+static void strip_framing(const char *p, size_t len, struct evbuffer *dst)
 {
-    while (n && (*v == ' ' || *v == '\t'))
-        v++, n--;
-    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
-    return strndup(v, n);
-}
-
-/*
- * Frame one head at the front of src. 0: need more; 1: passed (c->mode set for its body);
- * -1: not framed exactly: TRANSPARENT (nothing consumed); -2: refused (see refuse_head).
- */
-static int frame_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst)
-{
-    size_t total = evbuffer_get_length(src);
-    size_t lines[256][2]; /* offset, length without EOL */
-    size_t eols[256];
-    int nlines = 0;
-    struct evbuffer_ptr at;
-    evbuffer_ptr_set(src, &at, 0, EVBUFFER_PTR_SET);
-    for (;;) {
-        size_t eol = 0;
-        struct evbuffer_ptr e = evbuffer_search_eol(src, &at, &eol, EVBUFFER_EOL_CRLF);
-        if (e.pos < 0)
-            return total > HEAD_MAX ? -1 : 0;
-        if (nlines == 256 || (size_t)e.pos + eol > HEAD_MAX)
-            return -1;
-        lines[nlines][0] = (size_t)at.pos;
-        lines[nlines][1] = (size_t)(e.pos - at.pos);
-        eols[nlines] = eol;
-        if (eol != 2)
-            return -2; /* a bare LF ends a line for libevent, not for a strict parser */
-        nlines++;
-        if (e.pos == at.pos)
-            break; /* the empty line */
-        evbuffer_ptr_set(src, &at, (size_t)e.pos + eol, EVBUFFER_PTR_SET);
+    const char *end = p + len, *from = p;
+    for (const char *l = p; l < end;) {
+        const char *next = (const char *)memchr(l, '\n', (size_t)(end - l)) + 1;
+        size_t n = (size_t)(next - l);
+        if ((n > 15 && strncasecmp(l, "Content-Length:", 15) == 0) ||
+            (n > 18 && strncasecmp(l, "Transfer-Encoding:", 18) == 0)) {
+            evbuffer_add(dst, from, (size_t)(l - from));
+            from = next;
+        }
+        l = next;
     }
-    size_t head_len = lines[nlines - 1][0] + eols[nlines - 1];
-    const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)head_len);
-    if (p == NULL || nlines < 2)
-        return -1;
+    evbuffer_add(dst, from, (size_t)(end - from));
+}
 
-    /* the request line: METHOD SP target SP HTTP/1.x */
-    const char *l = p, *end = p + lines[0][1];
-    const char *sp1 = memchr(l, ' ', (size_t)(end - l));
-    if (sp1 == NULL)
-        return -1;
-    int method = -1;
-    for (int i = 0; i < 9; i++)
-        if ((size_t)(sp1 - l) == strlen(methods[i]) &&
-            memcmp(l, methods[i], (size_t)(sp1 - l)) == 0)
-            method = i;
-    const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
-    if (method < 0 || sp2 == NULL || sp2 == sp1 + 1 || end - sp2 - 1 != 8 ||
-        (memcmp(sp2 + 1, "HTTP/1.1", 8) != 0 && memcmp(sp2 + 1, "HTTP/1.0", 8) != 0))
-        return -1;
-    for (const char *q = sp1 + 1; q < sp2; q++)
-        if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f)
-            return -1;
-
-    /* the headers: tokens, no folding; one framing */
-    long length_line = -1, coding_line = -1;
-    int expect = 0;
-    unsigned long long length = 0;
-    for (int i = 1; i < nlines - 1; i++) {
-        const char *k = p + lines[i][0];
-        size_t n = lines[i][1];
-        const char *colon = memchr(k, ':', n);
-        if (*k == ' ' || *k == '\t')
-            return -2; /* obs-fold: libevent joins it to the previous header */
-        if (colon == NULL || colon == k)
-            return -2;
-        for (const char *q = k; q < colon; q++)
-            if (!tchar((unsigned char)*q))
-                return -2;
-        for (const char *q = colon + 1; q < k + n; q++)
-            if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f)
-                return -2;
-        size_t klen = (size_t)(colon - k);
-        const char *v = colon + 1;
-        size_t vlen = n - klen - 1;
-        if (klen == 14 && strncasecmp(k, "Content-Length", 14) == 0) {
-            if (length_line >= 0)
-                return -1;
-            while (vlen && (*v == ' ' || *v == '\t'))
-                v++, vlen--;
-            while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
-                vlen--;
-            if (vlen == 0 || vlen > 18)
-                return -1;
-            length = 0;
-            for (size_t j = 0; j < vlen; j++) {
-                if (v[j] < '0' || v[j] > '9')
-                    return -1;
-                length = length * 10 + (unsigned)(v[j] - '0');
-            }
-            length_line = i;
-        } else if (klen == 17 && strncasecmp(k, "Transfer-Encoding", 17) == 0) {
-            if (coding_line >= 0 || !trim_eq(v, vlen, "chunked"))
-                return -1;
-            coding_line = i;
-        } else if (klen == 6 && strncasecmp(k, "Expect", 6) == 0) {
-            expect = 1;
+/* A head the framer accepted: pass it to libevent, stripped of its framing lines for a
+   stream_body route. 1 when libevent got it. */
+static int on_head(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst,
+                    const bs_head *hd)
+{
+    c->size = 0;
+    c->error = 0;
+    c->ended = 0;
+    c->offered = 0;
+    c->reply_done = 0;
+    c->wrote_reply = 0;
+    unlink_rec(c); /* the previous request's reply is complete */
+    if (c->h != NULL)
+        c->max_body = c->h->max_body;
+    if (hd->method < 0) {
+        refuse_conn(c, 501); /* a method libevent does not know: it would read no body */
+        return 0;
+    }
+    if (hd->body == BS_BODY_NONE) {
+        evbuffer_remove_buffer(src, dst, hd->len);
+        c->mode = M_HOLD;
+        return 1;
+    }
+    int stream = 0;
+    if (c->h != NULL && c->h->any_stream && !hd->expect) {
+        const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)hd->len);
+        char *target = p != NULL ? strndup(p + hd->target, hd->target_len) : NULL;
+        stream = target != NULL ? route_streams(c->h, target) : -1;
+        free(target);
+        if (stream < 0) {
+            refuse_conn(c, 400);
+            return 0;
         }
     }
-    if (length_line >= 0 && coding_line >= 0)
-        return -1;
-    int has_body = coding_line >= 0 || length > 0;
-    if (has_body && (method == 2 || method == 6)) /* HEAD, TRACE: libevent reads no body */
-        return -1;
-
-    int stream = 0;
-    if (has_body && !expect && c->h != NULL) {
-        char *target = strndup(sp1 + 1, (size_t)(sp2 - sp1 - 1));
-        if (target == NULL)
-            return -1;
-        stream = route_streams(c->h, target);
-        free(target);
-        if (stream < 0)
-            return -1;
-    }
+    c->mode = M_BODY;
     if (!stream) {
-        evbuffer_remove_buffer(src, dst, head_len);
-    } else {
-        /* libevent sees it without its framing line: a request without body */
-        long skip = coding_line >= 0 ? coding_line : length_line;
-        free(c->length);
-        free(c->coding);
-        c->length = c->coding = NULL;
-        const char *v = memchr(p + lines[skip][0], ':', lines[skip][1]) + 1;
-        char *value = trim_dup(v, lines[skip][1] - (size_t)(v - (p + lines[skip][0])));
-        if (value == NULL)
-            return -1;
-        if (coding_line >= 0)
-            c->coding = value;
-        else
-            c->length = value;
-        size_t from = lines[skip][0], to = lines[skip][0] + lines[skip][1] + eols[skip];
-        evbuffer_add(dst, p, from);
-        evbuffer_add(dst, p + to, head_len - to);
-        evbuffer_drain(src, head_len);
-        c->offered = 1;
-        c->reply_done = 0;
-        c->size = 0;
-        c->error = 0;
-        c->ended = 0;
+        if (hd->body == BS_BODY_SIZED &&
+            ((c->max_body > 0 && hd->length > c->max_body) || hd->length >= BS_LENGTH_HUGE)) {
+            refuse_conn(c, 413);
+            return 0;
+        }
+        c->dest = hd->body == BS_BODY_CHUNKED ? D_CHUNK : D_PASS;
+        size_t body = 0;
+        if (c->dest == D_PASS) { /* the body bytes already here go with the head, in one move */
+            size_t have = evbuffer_get_length(src) - hd->len;
+            body = have < hd->length ? have : (size_t)hd->length;
+            bs_framer_took(&c->fr, body);
+            c->size = body;
+        }
+        evbuffer_remove_buffer(src, dst, hd->len + body);
+        return 1;
     }
-    c->stream = stream;
-    if (has_body) {
-        c->mode = M_BODY;
-        c->chunked = coding_line >= 0;
-        c->cstate = C_SIZE;
-        c->left = length;
+    /* libevent sees it without its framing line: a request without body */
+    const char *p = (const char *)evbuffer_pullup(src, (ev_ssize_t)hd->len);
+    const char *line = p + hd->frame;
+    const char *v = memchr(line, ':', hd->frame_len) + 1;
+    size_t vlen = hd->frame_len - 2 - (size_t)(v - line);
+    while (vlen && (*v == ' ' || *v == '\t'))
+        v++, vlen--;
+    while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+        vlen--;
+    char *value = strndup(v, vlen);
+    if (value == NULL) {
+        refuse_conn(c, 503);
+        return 0;
     }
+    free(c->length);
+    free(c->coding);
+    c->length = c->coding = NULL;
+    if (hd->body == BS_BODY_CHUNKED)
+        c->coding = value;
+    else
+        c->length = value;
+    strip_framing(p, hd->len, dst);
+    evbuffer_drain(src, hd->len);
+    c->offered = 1;
+    c->dest = D_STREAM;
+    evbuffer_drain(c->pending, evbuffer_get_length(c->pending));
+    if (hd->body == BS_BODY_SIZED &&
+        ((c->max_body > 0 && hd->length > c->max_body) || hd->length >= BS_LENGTH_HUGE))
+        body_refuse(c, 413); /* the route still runs, and the refusal answers it */
     return 1;
 }
 
-/* Move n body bytes to libevent (passed) or to the record / pending (stream). */
-static void body_bytes(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst, size_t n,
-                       int *moved)
+/* n body bytes at the front of src: to libevent, to the record (or pending), or dropped. */
+static void on_data(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst, size_t n,
+                    int *moved)
 {
-    if (!c->stream) {
-        evbuffer_remove_buffer(src, dst, n);
-        *moved = 1;
+    c->size += n;
+    if (c->max_body > 0 && c->size > c->max_body && c->dest != D_DROP) {
+        if (c->dest == D_STREAM)
+            body_refuse(c, 413);
+        else
+            refuse_conn(c, 413); /* libevent has the head, and no reply under way */
+        evbuffer_drain(src, n);
         return;
     }
-    struct evbuffer *to = c->rec != NULL ? c->rec->body_in : c->pending;
-    evbuffer_remove_buffer(src, to, n);
-    if (c->rec != NULL)
-        body_wake(c->rec);
-}
-
-static void body_end(bs_stream_conn *c)
-{
-    if (c->stream) {
-        c->stream = 0;
-        body_finish(c, 1);
-        c->mode = c->reply_done ? M_FRAME : M_HOLD;
-    } else {
-        c->mode = M_FRAME;
-    }
-}
-
-/* A stream body broke the rules (limit, chunk): drop the rest, refuse it. */
-static void body_refuse(bs_stream_conn *c, int code)
-{
-    c->mode = M_DEAD;
-    c->stream = 0;
-    body_finish(c, code);
-}
-
-/* Forward a framing line (passed bodies keep theirs). */
-static void body_line(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst, size_t n,
-                      int *moved)
-{
-    if (c->stream) {
-        evbuffer_drain(src, n);
-    } else {
+    switch (c->dest) {
+    case D_PASS:
         evbuffer_remove_buffer(src, dst, n);
         *moved = 1;
+        break;
+    case D_CHUNK:
+        evbuffer_add_printf(dst, "%zx\r\n", n);
+        evbuffer_remove_buffer(src, dst, n);
+        evbuffer_add(dst, "\r\n", 2);
+        *moved = 1;
+        break;
+    case D_STREAM:
+        evbuffer_remove_buffer(src, c->rec != NULL ? c->rec->body_in : c->pending, n);
+        if (c->rec != NULL)
+            bs_body_wake(c->rec);
+        break;
+    default:
+        evbuffer_drain(src, n);
     }
 }
 
-/* One step of the body at the front of src; 0: need more. */
-static int body_step(bs_stream_conn *c, struct evbuffer *src, struct evbuffer *dst, int *moved)
+static void on_end(bs_stream_conn *c, struct evbuffer *dst, int *moved)
 {
-    size_t have = evbuffer_get_length(src);
-    if (c->stream && c->h != NULL && c->h->max_body > 0 && !c->chunked &&
-        c->left > c->h->max_body) {
-        body_refuse(c, 413);
-        return 1;
-    }
-    if (!c->chunked || c->cstate == C_DATA) {
-        size_t n = have < c->left ? have : (size_t)c->left;
-        if (c->stream && c->rec != NULL && evbuffer_get_length(c->rec->body_in) >= PAUSE_AT) {
-            c->paused = 1;
-            bufferevent_disable(c->under, EV_READ);
-            return 0;
-        }
-        body_bytes(c, src, dst, n, moved);
-        c->left -= n;
-        c->size += n;
-        if (c->left == 0) {
-            if (!c->chunked)
-                body_end(c);
-            else
-                c->cstate = C_DATA_CRLF;
-        }
-        return 1;
-    }
-    if (c->cstate == C_DATA_CRLF) {
-        if (have < 2)
-            return 0;
-        char crlf[2];
-        evbuffer_copyout(src, crlf, 2);
-        if (crlf[0] != '\r' || crlf[1] != '\n')
-            goto broken;
-        body_line(c, src, dst, 2, moved);
-        c->cstate = C_SIZE;
-        return 1;
-    }
-    /* a chunk-size line or a trailer line: CRLF (or LF, as libevent reads lines) */
-    size_t eol = 0;
-    struct evbuffer_ptr e = evbuffer_search_eol(src, NULL, &eol, EVBUFFER_EOL_CRLF);
-    if (e.pos < 0 && have <= LINE_MAX)
-        return 0;
-    if (e.pos < 0 || e.pos > LINE_MAX)
-        goto broken;
-    char line[LINE_MAX + 1];
-    evbuffer_copyout(src, line, (size_t)e.pos);
-    line[e.pos] = '\0';
-    if (c->cstate == C_TRAILER) {
-        body_line(c, src, dst, (size_t)e.pos + eol, moved);
-        if (e.pos == 0)
-            body_end(c);
-        return 1;
-    }
-    /* hex digits only: libevent's strtoll would also take a sign, "0x", spaces */
-    unsigned long long size = 0;
-    if (e.pos == 0 || e.pos > 15)
-        goto broken;
-    for (long i = 0; i < e.pos; i++) {
-        char ch = line[i];
-        int d = ch >= '0' && ch <= '9'   ? ch - '0'
-                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
-                                         : -1;
-        if (d < 0)
-            goto broken;
-        size = size * 16 + (unsigned)d;
-    }
-    if (c->stream && c->h != NULL && c->h->max_body > 0 && c->size + size > c->h->max_body) {
-        body_refuse(c, 413);
-        return 1;
-    }
-    body_line(c, src, dst, (size_t)e.pos + eol, moved);
-    if (size == 0) {
-        c->cstate = C_TRAILER;
-    } else {
-        c->cstate = C_DATA;
-        c->left = size;
-    }
-    return 1;
-broken:
-    if (c->stream) {
-        body_refuse(c, 400);
-    } else {
-        /* a chunk size libevent refuses: it fails the request (413, its code for any broken
-           chunk) and closes; the rest is dropped */
-        evbuffer_add(dst, "x\r\n", 3);
+    if (c->dest == D_CHUNK) {
+        evbuffer_add(dst, "0\r\n\r\n", 5);
         *moved = 1;
-        c->mode = M_DEAD;
     }
-    return 1;
+    c->mode = c->reply_done && c->dest >= D_STREAM ? M_FRAME : M_HOLD;
+    if (c->dest == D_STREAM)
+        body_finish(c, 1);
 }
 
 static enum bufferevent_filter_result stream_filter(struct evbuffer *src, struct evbuffer *dst,
@@ -611,44 +443,73 @@ static enum bufferevent_filter_result stream_filter(struct evbuffer *src, struct
     int moved = 0;
     (void)lim;
     (void)how;
-    while (evbuffer_get_length(src) != 0 && !c->paused) {
-        int r;
-        switch (c->mode) {
-        case M_TRANSPARENT:
-            evbuffer_add_buffer(dst, src);
-            moved = 1;
-            continue;
-        case M_DEAD:
+    while (!c->paused) {
+        if (c->mode == M_DEAD) {
             evbuffer_drain(src, evbuffer_get_length(src));
+            break;
+        }
+        if (c->mode == M_HOLD) {
+            if (!(c->wrote_reply && lev_reading(c)))
+                break;
+            reply_complete(c); /* a reply libevent finished outside wr_cb */
             continue;
-        case M_HOLD:
-            goto out;
-        case M_FRAME:
-            if (c->offered)
-                goto out; /* a stream head libevent has not given us yet */
-            r = frame_head(c, src, dst);
-            if (r == 0)
-                goto out;
-            if (r == -2) {
-                /* a request line libevent refuses: it answers 400 and closes */
-                evbuffer_add(dst, "BAD\r\n\r\n", 7);
+        }
+        if (c->mode == M_FRAME) {
+            if (evbuffer_get_length(src) == 0)
+                break;
+            if (c->h != NULL)
+                c->fr.max_head = c->h->max_head != 0 ? (size_t)c->h->max_head : BS_HEAD_DEFAULT;
+        }
+        if (c->mode == M_BODY && c->dest == D_STREAM && c->rec != NULL &&
+            evbuffer_get_length(c->rec->body_in) >= BS_PAUSE_AT) {
+            c->paused = 1; /* Python is behind: stop reading the socket */
+            bufferevent_disable(c->under, EV_READ);
+            break;
+        }
+        bs_head hd;
+        size_t n = 0;
+        int ev = bs_framer_next(&c->fr, src, &hd, &n);
+        if (ev == BS_FR_MORE)
+            break;
+        switch (ev) {
+        case BS_FR_SKIP:
+        case BS_FR_META:
+            evbuffer_drain(src, n);
+            break;
+        case BS_FR_HEAD:
+            if (on_head(c, src, dst, &hd))
+                moved = 1;
+            break;
+        case BS_FR_DATA:
+            on_data(c, src, dst, n, &moved);
+            break;
+        case BS_FR_END:
+            on_end(c, dst, &moved);
+            break;
+        default: /* BS_FR_ERROR */
+            if (c->mode == M_BODY && c->dest == D_STREAM)
+                body_refuse(c, (int)n);
+            else if (c->mode == M_BODY && c->dest == D_DROP)
                 c->mode = M_DEAD;
-                moved = 1;
-            } else if (r < 0) {
-                c->mode = M_TRANSPARENT;
-            } else {
-                moved = 1;
-            }
-            continue;
-        default:
-            if (!body_step(c, src, dst, &moved))
-                goto out;
+            else
+                refuse_conn(c, (int)n);
         }
     }
-out:
     /* BEV_OK only when libevent got bytes: it then runs its read callback, which must not run
        while it answers a request (it aborts on reads in that state) */
     return moved ? BEV_OK : BEV_NEED_MORE;
+}
+
+/* Write on this loop round, once libevent's call that queued the reply has returned: wr_cb
+   is made active (no wait for the socket's readiness, which costs a poll and two epoll_ctl);
+   only a socket that is full makes it wait for EV_WRITE. */
+static void write_soon(bs_stream_conn *c)
+{
+    if (!c->armed && c->wr != NULL) { /* (libevent adds a reply in many pieces) */
+        c->armed = 1;
+        if (!event_pending(c->wr, EV_WRITE, NULL))
+            event_active(c->wr, EV_WRITE, 1);
+    }
 }
 
 /* Write what libevent queued straight to the socket (see "Writing" above). */
@@ -664,8 +525,7 @@ static enum bufferevent_filter_result out_filter(struct evbuffer *src, struct ev
     if (fd < 0)
         return BEV_NEED_MORE;
     if (!c->writing) { /* inside libevent's adding: write from the loop, once it set its callback */
-        if (c->wr != NULL && !event_pending(c->wr, EV_WRITE, NULL))
-            event_add(c->wr, NULL);
+        write_soon(c);
         return BEV_NEED_MORE;
     }
     int sent = 0;
@@ -690,8 +550,8 @@ static enum bufferevent_filter_result out_filter(struct evbuffer *src, struct ev
             continue;
         }
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            if (c->wr != NULL)
-                event_add(c->wr, NULL);
+            if (c->wr != NULL && event_add(c->wr, NULL) == 0)
+                c->armed = 1; /* the socket is full: wr_cb runs once it is writable */
             break;
         }
         /* the peer is gone: libevent hears it as a write error, in the loop */
@@ -710,10 +570,16 @@ static void wr_cb(evutil_socket_t fd, short what, void *arg)
     /* Not after libevent freed the connection (it disables writing first): the filter's
        memory lives until its deferred finalizer frees c and this event with it, but a flush
        would take and drop a reference again, and finalize it twice. */
+    c->armed = 0;
     if (alive(c) && (bufferevent_get_enabled(c->bev) & EV_WRITE)) {
+        int replying = !lev_reading(c); /* (a "100 Continue" is written while it reads) */
         c->writing = 1;
         bufferevent_flush(c->bev, EV_WRITE, BEV_NORMAL); /* c is freed on a later round only */
         c->writing = 0;
+        if (replying)
+            c->wrote_reply = 1;
+        if (replying && alive(c) && lev_reading(c) && !c->reply_done)
+            reply_complete(c); /* the reply is written and libevent reads again */
     }
 }
 
@@ -731,8 +597,84 @@ static void out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info,
         if (c->wr == NULL)
             return;
     }
-    if (!event_pending(c->wr, EV_WRITE, NULL))
-        event_add(c->wr, NULL);
+    write_soon(c);
+}
+
+/* ---- lingering close ---- */
+
+static void linger_end(bs_linger *l)
+{
+    if (l->h != NULL) {
+        if (l->prev != NULL)
+            l->prev->next = l->next;
+        else
+            l->h->lingers = l->next;
+        if (l->next != NULL)
+            l->next->prev = l->prev;
+    }
+    event_free(l->ev);
+    evutil_closesocket(l->fd);
+    free(l);
+}
+
+/* Input on a lingering socket: dropped, until its end, the byte bound or the time bound; an
+   idle client ends it too (the event's timeout). */
+static void linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bs_linger *l = arg;
+    char buf[65536];
+    if (what & EV_TIMEOUT) {
+        linger_end(l);
+        return;
+    }
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            break;
+        if (n <= 0 || (size_t)n >= l->left) {
+            linger_end(l);
+            return;
+        }
+        l->left -= (size_t)n;
+    }
+    struct timeval now;
+    event_base_gettimeofday_cached(event_get_base(l->ev), &now);
+    if (now.tv_sec - l->since.tv_sec >= LINGER_SECONDS)
+        linger_end(l);
+}
+
+/* The connection closes after a refusal: libevent wrote the answer and shut the write side;
+   its socket is read on through a copy of the descriptor (libevent closes its own). */
+static int linger_start(bs_stream_conn *c)
+{
+    evutil_socket_t fd = bufferevent_getfd(c->under);
+    bs_linger *l = fd >= 0 ? calloc(1, sizeof *l) : NULL;
+    if (l == NULL)
+        return -1;
+    struct event_base *base = bufferevent_get_base(c->under);
+    l->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (l->fd < 0) {
+        free(l);
+        return -1;
+    }
+    shutdown(l->fd, SHUT_WR);
+    l->ev = event_new(base, l->fd, EV_READ | EV_PERSIST, linger_cb, l);
+    struct timeval idle = {LINGER_IDLE, 0};
+    if (l->ev == NULL || event_add(l->ev, &idle) != 0) {
+        if (l->ev != NULL)
+            event_free(l->ev);
+        evutil_closesocket(l->fd);
+        free(l);
+        return -1;
+    }
+    event_base_gettimeofday_cached(base, &l->since);
+    l->left = LINGER_BYTES;
+    l->h = c->h;
+    l->next = c->h->lingers;
+    if (l->next != NULL)
+        l->next->prev = l;
+    c->h->lingers = l;
+    return 0;
 }
 
 /* ---- connections and the server ---- */
@@ -742,6 +684,8 @@ static void conn_free(void *arg)
     bs_stream_conn *c = arg;
     if (c->rec != NULL)
         bs_stream_unlink(c->rec); /* the connection closed before the body's end */
+    if (c->linger && c->h != NULL && !bs_in_orphan)
+        (void)linger_start(c); /* else it closes at once */
     if (c->h != NULL) {
         if (c->prev != NULL)
             c->prev->next = c->next;
@@ -766,12 +710,17 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     bs_evhttp *h = arg;
     bs_stream_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return NULL; /* libevent makes its own: that connection is not streamed */
+        return NULL; /* libevent makes its own: that connection is not framed */
     c->pending = evbuffer_new();
     c->under = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->rd = event_new(base, -1, 0, rd_cb, c);
     if (c->pending == NULL || c->under == NULL || c->rd == NULL)
         goto fail;
+    bs_framer_init(&c->fr, (size_t)h->max_head);
+    c->max_body = h->max_body;
+    /* bytes waiting behind a request being answered are bounded: the socket is not read past
+       this (a head fits, up to the limit set when the connection came) */
+    bufferevent_setwatermark(c->under, EV_READ, 0, c->fr.max_head + (256u << 10));
     c->bev = bufferevent_filter_new(c->under, stream_filter, out_filter, BEV_OPT_CLOSE_ON_FREE,
                                     conn_free, c);
     if (c->bev == NULL)
@@ -806,16 +755,26 @@ static bs_stream_conn *find(bs_evhttp *h, struct evhttp_connection *evcon)
     return NULL;
 }
 
-/* The server is freed: its connections' filters outlive it (libevent frees them later). */
+/*
+ * The server is freed. Its connections' filters outlive it (libevent frees them later) and go
+ * on framing the requests for a host's own routes, without stream routes; a body streaming to
+ * a record is cut short. A host's evhttp gets its own bufferevents for new connections again.
+ * Lingering closes end now.
+ */
 void bs_stream_server_gone(bs_evhttp *h)
 {
+    if (h->http != NULL)
+        evhttp_set_bevcb(h->http, NULL, NULL);
     for (bs_stream_conn *c = h->streams; c != NULL; c = c->next) {
         c->h = NULL;
         if (c->rec != NULL)
             bs_stream_unlink(c->rec);
-        c->mode = M_DEAD;
+        if (c->mode == M_BODY && c->dest == D_STREAM)
+            c->mode = M_DEAD;
     }
     h->streams = NULL;
+    while (h->lingers != NULL)
+        linger_end(h->lingers);
     bs_stream_route *r = h->routes;
     while (r != NULL) {
         bs_stream_route *next = r->next;
@@ -824,6 +783,7 @@ void bs_stream_server_gone(bs_evhttp *h)
         r = next;
     }
     h->routes = NULL;
+    h->any_stream = 0;
 }
 
 /* A route's body mode: stream 1 or 0 for a set_cb path, -1 when it is deleted. 0, or -1. */
@@ -859,7 +819,7 @@ BS_EXPORT int bs_evhttp_gen_stream(bs_evhttp *h, int stream)
     return bs_stream_update(h);
 }
 
-/* Frame every new connection (refusing what llhttp's strict mode refuses), streamed or not. */
+/* Frame every new connection (the default for the servers the package makes), or not. */
 BS_EXPORT int bs_evhttp_strict(bs_evhttp *h, int on)
 {
     h->strict = on;
@@ -871,14 +831,21 @@ BS_EXPORT void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n)
     h->max_body = n;
 }
 
-/* New connections are filtered while some route streams (the others are not). */
+BS_EXPORT void bs_evhttp_set_max_headers(bs_evhttp *h, unsigned long long n)
+{
+    h->max_head = n;
+}
+
+/* New connections are framed while the server is strict or some route streams. */
 int bs_stream_update(bs_evhttp *h)
 {
-    int any = h->gen_stream || h->strict;
+    int any = h->gen_stream;
     for (bs_stream_route *r = h->routes; r != NULL && !any; r = r->next)
         any = r->stream;
+    h->any_stream = any;
     if (h->http != NULL)
-        evhttp_set_bevcb(h->http, any ? make_bev : NULL, any ? h : NULL);
+        evhttp_set_bevcb(h->http, any || h->strict ? make_bev : NULL,
+                         any || h->strict ? h : NULL);
     return 0;
 }
 
@@ -890,17 +857,13 @@ int bs_stream_update(bs_evhttp *h)
  */
 int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r)
 {
-    rec->body_in = evbuffer_new();
-    rec->body_ev = event_new(evhttp_connection_get_base(rec->evcon), -1, 0, body_cb, rec);
-    if (rec->body_in == NULL || rec->body_ev == NULL)
+    if (bs_body_start(rec) != 0)
         return -1;
-    rec->streaming = 1;
-    bs_rec_hold(rec, BS_HOLD_BODY);
     bs_stream_conn *c = h->streams ? find(h, rec->evcon) : NULL;
     if (c == NULL || !c->offered) {
         evbuffer_add_buffer(rec->body_in, evhttp_request_get_input_buffer(r));
         rec->body_status = 1;
-        body_wake(rec);
+        bs_body_wake(rec);
         return 0;
     }
     c->offered = 0;
@@ -920,7 +883,7 @@ int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r)
     bufferevent_enable(c->bev, EV_READ);
     read_on(c);
     if (evbuffer_get_length(rec->body_in) != 0 || rec->body_status != 0)
-        body_wake(rec);
+        bs_body_wake(rec);
     return 0;
 }
 
@@ -933,20 +896,23 @@ int bs_stream_offered(bs_evhttp *h, struct evhttp_request *r)
         return 0;
     c->offered = 0;
     c->mode = M_DEAD;
+    c->linger = 1;
     return 1;
 }
 
-/* The stream request's reply is written: the next request may pass. */
-void bs_stream_reply_done(bs_http_req_t *rec)
+/* A stream request answered without a claim (a host's gate): its body is read and dropped, and
+   the connection reads the next request once the answer is written. */
+void bs_stream_unclaimed(bs_evhttp *h, struct evhttp_request *r)
 {
-    bs_stream_conn *c = rec->body_conn;
-    if (c == NULL)
+    bs_stream_conn *c = h->streams ? find(h, evhttp_request_get_connection(r)) : NULL;
+    if (c == NULL || !c->offered)
         return;
-    c->reply_done = 1;
-    if (!c->stream)
-        unlink_rec(c);
-    if (c->mode == M_HOLD) {
-        c->mode = M_FRAME;
-        read_on(c); /* libevent starts reading the next request right after this */
-    }
+    c->offered = 0;
+    evbuffer_drain(c->pending, evbuffer_get_length(c->pending));
+    if (c->mode == M_BODY && c->dest == D_STREAM)
+        c->dest = D_DROP;
+    else if (c->error != 0)
+        c->mode = M_DEAD; /* refused before the gate answered: closed after its answer */
+    bufferevent_enable(c->bev, EV_READ);
+    read_on(c);
 }

@@ -228,6 +228,24 @@ def test_token_checked_in_c_before_python(build: Path, hosts: list[Host]) -> Non
     check_stopped(h)
 
 
+def test_host_frames_its_connections_strictly(build: Path, hosts: list[Host]) -> None:
+    """bs_python_set_strict_framing: the host's own C routes are read strictly too."""
+    h = Host([str(build / "host"), "0"])
+    hosts.append(h)
+    smuggle = (
+        b"POST /c/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"+0\r\n\r\nGET /c/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+        s.sendall(smuggle)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, got[:200]
+    assert h.json("/c/health")  # still serving
+    check_stopped(h)
+
+
 def test_sigterm_answers_pending_python_requests_503(build: Path, hosts: list[Host]) -> None:
     h = Host([str(build / "host"), "0"])
     hosts.append(h)

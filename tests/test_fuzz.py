@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
-RUNS = {"fuzz_containers": 20000, "fuzz_pool": 8000, "fuzz_http": 1500}
+RUNS = {
+    "fuzz_containers": 20000,
+    "fuzz_pool": 8000,
+    "fuzz_http": 1500,
+    "fuzz_framing": 20000,
+    "fuzz_framing_h11": 5000,
+}
 
 
 def targets() -> list[str]:

@@ -366,20 +366,20 @@ def _refused_objects(tmp_path: pathlib.Path) -> Iterator[tuple[str, Any, list[An
 def test_accept_socket_leaves_no_descriptor_behind_when_it_refuses(
     base: EventBase, tmp_path: pathlib.Path
 ) -> None:
-    http = obtain_evhttp(base)
-    leaked: dict[str, int] = {}
-    for name, obj, owned in _refused_objects(tmp_path):
-        try:
-            before = _open_fds()
-            for _ in range(20):
-                with pytest.raises(ValueError):
-                    http.accept_socket(obj)
-            leaked[name] = _open_fds() - before
-        finally:
-            for o in owned:
-                o.close() if hasattr(o, "close") else os.close(o)
-    assert leaked == dict.fromkeys(leaked, 0), leaked
-    assert len(leaked) == 7 and http._bound == []
+    with obtain_evhttp(base) as http:
+        leaked: dict[str, int] = {}
+        for name, obj, owned in _refused_objects(tmp_path):
+            try:
+                before = _open_fds()
+                for _ in range(20):
+                    with pytest.raises(ValueError):
+                        http.accept_socket(obj)
+                leaked[name] = _open_fds() - before
+            finally:
+                for o in owned:
+                    o.close() if hasattr(o, "close") else os.close(o)
+        assert leaked == dict.fromkeys(leaked, 0), leaked
+        assert len(leaked) == 7 and http._bound == []
 
 
 ACCEPT_SPIN = """

@@ -92,6 +92,15 @@ void bs_python_detach(struct event_base *base);
  * it). Returns 0, or -1 with the Python error printed to stderr.
  */
 int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate, void *arg);
+
+/*
+ * Frame every new connection of `http` strictly (on 1) before libevent reads it, as the servers
+ * the package makes do by default: RFC 9112 chunk sizes, no NUL or controls in the head, no
+ * bare-LF lines or obs-fold, one request at a time (see the README's "Strict framing"). Set it
+ * before or after bs_python_attach_evhttp(); it lasts until bs_python_detach(), which takes
+ * the framer off `http` again. Returns 0, or -1 with the Python error printed to stderr.
+ */
+int bs_python_set_strict_framing(struct evhttp *http, int on);
 #endif
 
 #ifdef __cplusplus

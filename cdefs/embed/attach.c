@@ -54,6 +54,7 @@ void _bs_embed_attach(void *base, const char *module, const char *function, int 
 void _bs_embed_attach_evhttp(void *http, const char *module, const char *function, int *result);
 void _bs_embed_detach(void *base);
 void _bs_embed_set_gate(void *http, void *gate, void *arg, int *result);
+void _bs_embed_set_strict(void *http, int on, int *result);
 
 static pthread_once_t start_once = PTHREAD_ONCE_INIT;
 static int start_failed;
@@ -238,6 +239,19 @@ BS_EXPORT int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate
         return -1;
     memcpy(&fn, &gate, sizeof fn); /* a function pointer travels as an address */
     _bs_embed_set_gate(http, fn, arg, &result);
+    return result == 0 ? 0 : -1;
+}
+
+BS_EXPORT int bs_python_set_strict_framing(struct evhttp *http, int on)
+{
+    int result = -1;
+    if (http == NULL) {
+        fprintf(stderr, "bitcoin_support: bs_python_set_strict_framing: http is required\n");
+        return -1;
+    }
+    if (ensure_python() != 0)
+        return -1;
+    _bs_embed_set_strict(http, on, &result);
     return result == 0 ? 0 : -1;
 }
 

@@ -9,3 +9,4 @@ void _bs_embed_attach(void *base, const char *module, const char *function, int 
 void _bs_embed_attach_evhttp(void *http, const char *module, const char *function, int *result);
 void _bs_embed_detach(void *base);
 void _bs_embed_set_gate(void *http, void *gate, void *arg, int *result);
+void _bs_embed_set_strict(void *http, int on, int *result);

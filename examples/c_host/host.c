@@ -331,9 +331,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* Python: the gate first, so no Python route is ever served without it. */
+    /* Python: the gate first, so no Python route is ever served without it; and every
+       connection framed strictly (RFC 9112) before libevent reads it, the host's routes too. */
     if (bs_python_set_request_gate(h.http, py_gate, &h) != 0) {
         fprintf(stderr, "host: cannot install the gate; not loading Python\n");
+    } else if (bs_python_set_strict_framing(h.http, 1) != 0) {
+        fprintf(stderr, "host: cannot frame the connections strictly; not loading Python\n");
     } else {
         int ntargets = argc > 2 ? argc - 2 : 1;
         for (int i = 0; i < ntargets; i++) {
