@@ -27,10 +27,11 @@ import sys
 import threading
 import time
 from asyncio import events as _events
+from asyncio import sslproto as _sslproto
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
-from . import EvHttp, EvHttpRequest, _attach
+from . import EvHttp, EvHttpRequest, _aio_transport, _attach
 from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
 from ._errors import ClosedError, DummyHandleError
@@ -89,7 +90,11 @@ class EventLoop(asyncio.SelectorEventLoop):
     _bs_tick: LibEvent | None
     _bs_armed: bool
     _bs_in_run: bool
+    _bs_streams: set[Any]
     _selector: LibeventSelector
+    #: Plain TCP and Unix stream sockets get the transport whose reads and writes run in C
+    #: (``_aio_transport``); False: asyncio's own selector transports, as before.
+    c_streams: bool = True
     # asyncio's own (BaseEventLoop), which typeshed does not declare.
     _ready: collections.deque[asyncio.Handle]
     _scheduled: list[asyncio.TimerHandle]
@@ -99,6 +104,7 @@ class EventLoop(asyncio.SelectorEventLoop):
     _debug: bool
     _timer_cancelled_count: int
     _clock_resolution: float
+    _transports: Any
 
     if TYPE_CHECKING:
 
@@ -122,6 +128,8 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._bs_forget_detach: Callable[[], None] | None = None
         self._bs_armed = False
         self._bs_in_run = False
+        self._bs_streams = set()  # open C stream transports, held as the selector holds asyncio's
+        self._bs_prev_loop: asyncio.AbstractEventLoop | None = None
         try:
             selector = LibeventSelector(base)
             try:
@@ -238,6 +246,78 @@ class EventLoop(asyncio.SelectorEventLoop):
             _set_running_loop(previous)
             if not self.is_closed():
                 self._bs_rearm()
+
+    def _bs_enter(self) -> bool:
+        """Before a C stream callback outside the loop's run (an attached loop's base, run by
+        its owner): make the loop the running one, as its tick does. False if it cannot be."""
+        if self._closed:
+            return False
+        self._bs_prev_loop = _get_running_loop()
+        self._thread_id = _get_ident()
+        _set_running_loop(self)
+        return True
+
+    def _bs_leave(self) -> None:
+        """After _bs_enter's callback: not running any more; schedule what it made ready."""
+        previous, self._bs_prev_loop = self._bs_prev_loop, None
+        self._thread_id = None
+        _set_running_loop(previous)
+        if not self._closed:
+            self._bs_rearm()
+
+    # -- transports: plain stream sockets get the C one (TLS runs asyncio's sslproto on it)
+
+    def _make_socket_transport(
+        self,
+        sock: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[Any] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> asyncio.Transport:
+        if self.c_streams and _aio_transport.usable(sock):
+            return _aio_transport.StreamTransport(self, sock, protocol, waiter, extra, server)
+        make = super()._make_socket_transport  # type: ignore[misc]
+        return make(sock, protocol, waiter, extra=extra, server=server)  # type: ignore[no-any-return]
+
+    def _make_ssl_transport(
+        self,
+        rawsock: Any,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future[Any] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        **timeouts: Any,
+    ) -> asyncio.Transport:
+        if not (self.c_streams and _aio_transport.usable(rawsock)):
+            make = super()._make_ssl_transport  # type: ignore[misc]
+            return make(  # type: ignore[no-any-return]
+                rawsock,
+                protocol,
+                sslcontext,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                extra=extra,
+                server=server,
+                **timeouts,
+            )
+        ssl_protocol = _sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,  # type: ignore[arg-type]  # None is allowed (asyncio passes it)
+            server_side,
+            server_hostname,
+            **timeouts,
+        )
+        _aio_transport.StreamTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
 
     # -- the hot path: asyncio's own code, less what only debug mode needs
 
