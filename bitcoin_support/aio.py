@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from asyncio import events as _events
+from asyncio import format_helpers as _format_helpers
 from asyncio import sslproto as _sslproto
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
@@ -63,6 +64,8 @@ _MAX_SELECT_TIMEOUT: Final = 24 * 3600
 Ts = TypeVarTuple("Ts")
 
 _get_ident: Final = threading.get_ident
+_getframe: Final = sys._getframe
+_extract_stack: Final = _format_helpers.extract_stack
 _get_running_loop: Final = _events._get_running_loop
 _set_running_loop: Final = _events._set_running_loop
 
@@ -329,6 +332,8 @@ class EventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Handle:
         if self._debug:
             handle = super().call_soon(callback, *args, context=context)
+            # From the caller's frame, as asyncio's own methods record it (not from this one).
+            handle._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
         else:
             if self._closed:
                 raise RuntimeError("Event loop is closed")
@@ -347,6 +352,8 @@ class EventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.TimerHandle:
         if self._debug or when is None:
             timer = super().call_at(when, callback, *args, context=context)
+            if self._debug:  # from the caller's frame, as in call_soon
+                timer._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
         else:
             if self._closed:
                 raise RuntimeError("Event loop is closed")
@@ -365,7 +372,10 @@ class EventLoop(asyncio.SelectorEventLoop):
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         if delay is None or self._debug:
-            return super().call_later(delay, callback, *args, context=context)
+            timer = super().call_later(delay, callback, *args, context=context)
+            if self._debug:  # from the caller's frame, as in call_soon
+                timer._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
+            return timer
         if self._closed:
             raise RuntimeError("Event loop is closed")
         timer = _TimerHandle(self.time() + delay, callback, args, self, context)
