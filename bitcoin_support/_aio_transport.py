@@ -52,12 +52,18 @@ _from_handle: Final = ffi.from_handle
 _from_buffer: Final = ffi.from_buffer
 # asyncio 3.13 counts a server's transports by identity (Server._attach(transport)).
 _SERVER_TAKES_TRANSPORT: Final = sys.version_info >= (3, 13)
+_READ_MAX: Final = 256 * 1024
 _FAMILIES: Final = {socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1)}
 
 
 def usable(sock: socket.socket) -> bool:
     """Whether the C transport serves ``sock``: a stream socket of TCP/IPv4, IPv6 or Unix."""
     return sock.type == socket.SOCK_STREAM and sock.family in _FAMILIES
+
+
+def read_buffer() -> Any:
+    """A loop's read buffer for its C stream transports (one read's most: asyncio's max_size)."""
+    return ffi.new("char[]", _READ_MAX)
 
 
 def _oserror(err: int) -> OSError:
@@ -112,7 +118,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._conn_lost = 0
         self._empty_waiter: asyncio.Future[None] | None = None
         self._handle = ffi.new_handle(self)  # rec.py's referent; the record is freed first
-        rec = lib.bs_aio_stream_new(self._sock_fd, self._handle)
+        self._rbuf = loop._bs_rbuf  # the loop's read buffer, kept while the record may use it
+        rec = lib.bs_aio_stream_new(self._sock_fd, self._handle, self._rbuf, len(self._rbuf))
         if rec == ffi.NULL:
             raise MemoryError("aio: could not allocate a stream record")
         self._rec = rec  # freed in _release() (bs_aio_stream_free)
@@ -458,19 +465,38 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._release()
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
-def bs_py_stream_ready(handle: Any, kind: int, data: Any, size: int, err: int) -> None:
+def _stream_error(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+    """onerror of bs_py_stream_ready: what escaped its own handlers (a bug) is logged."""
+    logger.error("aio stream callback failed", exc_info=exc)
+
+
+@ffi.def_extern(onerror=_stream_error)  # type: ignore[untyped-decorator]
+def bs_py_stream_ready(handle: Any, kind: int, n: int) -> None:
     """A stream's C callback reports (cdefs/aio_stream.h): run the protocol's part of it.
 
     Protocol errors are the transport's (``_fatal_error``); ``KeyboardInterrupt`` and
-    ``SystemExit`` stop the base's round and leave the loop's run as from any callback.
+    ``SystemExit`` stop the base's round and leave the loop's run as from any callback. The
+    data path (the loop running, bytes read) is inlined: it runs once per read.
     """
     tr: StreamTransport = _from_handle(handle)
     loop = tr._loop
+    if kind == _DATA and loop._thread_id is not None:
+        if tr._conn_lost:
+            return
+        try:
+            tr._protocol.data_received(_unpack(tr._rbuf, n))
+        except (SystemExit, KeyboardInterrupt) as exc:
+            loop._bs_base._st.fail(exc)
+        except BaseException as exc:
+            try:
+                tr._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            except BaseException as again:  # KeyboardInterrupt in the exception handler
+                loop._bs_base._st.fail(again)
+        return
     entered = loop._thread_id is None and loop._bs_enter()
     try:
         if kind == _DATA:
-            tr._on_data(_unpack(data, size))
+            tr._on_data(_unpack(tr._rbuf, n))
         elif kind == _READABLE:
             tr._on_readable()
         elif kind == _LOW:
@@ -481,9 +507,9 @@ def bs_py_stream_ready(handle: Any, kind: int, data: Any, size: int, err: int) -
         elif kind == _EOF:
             tr._on_eof()
         elif kind == _READ_ERR:
-            tr._fatal_error(_oserror(err), "Fatal read error on socket transport")
+            tr._fatal_error(_oserror(n), "Fatal read error on socket transport")
         elif kind == _WRITE_ERR:
-            tr._on_write_error(err)
+            tr._on_write_error(n)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit, or a bug here
         loop._bs_base._st.fail(exc)
     finally:

@@ -133,6 +133,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._bs_in_run = False
         self._bs_streams = set()  # open C stream transports, held as the selector holds asyncio's
         self._bs_prev_loop: asyncio.AbstractEventLoop | None = None
+        self._bs_rbuf: Any = None  # where the C stream transports read (made on first use)
         try:
             selector = LibeventSelector(base)
             try:
@@ -280,6 +281,8 @@ class EventLoop(asyncio.SelectorEventLoop):
         server: Any = None,
     ) -> asyncio.Transport:
         if self.c_streams and _aio_transport.usable(sock):
+            if self._bs_rbuf is None:
+                self._bs_rbuf = _aio_transport.read_buffer()
             return _aio_transport.StreamTransport(self, sock, protocol, waiter, extra, server)
         make = super()._make_socket_transport  # type: ignore[misc]
         return make(sock, protocol, waiter, extra=extra, server=server)  # type: ignore[no-any-return]
@@ -310,6 +313,8 @@ class EventLoop(asyncio.SelectorEventLoop):
                 server=server,
                 **timeouts,
             )
+        if self._bs_rbuf is None:
+            self._bs_rbuf = _aio_transport.read_buffer()
         ssl_protocol = _sslproto.SSLProtocol(
             self,
             protocol,

@@ -2,8 +2,8 @@
  * aio_stream.c - reads and writes of aio.EventLoop's stream transports, in C
  * (bitcoin_support/_aio_transport.py is the Python half; aio_stream.h the record).
  *
- * Reading: the read event's C callback calls recv() once into a per-thread buffer and hands
- * Python one call with the bytes (or EOF, or the error). Writing: write() sends at once what
+ * Reading: the read event's C callback calls recv() once into the loop's buffer and hands
+ * Python one call with the count (or EOF, or the error); Python makes the bytes object. Writing: write() sends at once what
  * the socket takes and queues the rest in an evbuffer; the write event's C callback sends from
  * the queue and calls Python only when the protocol must be resumed or Python asked to hear of
  * the queue emptying. Sends use MSG_NOSIGNAL: a C host need not ignore SIGPIPE.
@@ -25,8 +25,6 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* One read's most (asyncio's max_size for its socket transports, uvloop's read buffer too). */
-#define BS_STREAM_READ_MAX (256 * 1024)
 /* Pieces of the queue one sendmsg() takes. */
 #define BS_STREAM_IOV 16
 
@@ -38,7 +36,7 @@ static void stream_destroy(bs_aio_stream *s)
     free(s);
 }
 
-bs_aio_stream *bs_aio_stream_new(int fd, void *py)
+bs_aio_stream *bs_aio_stream_new(int fd, void *py, char *rbuf, size_t rbuf_size)
 {
     bs_aio_stream *s = calloc(1, sizeof *s);
 
@@ -50,6 +48,8 @@ bs_aio_stream *bs_aio_stream_new(int fd, void *py)
         return NULL;
     }
     s->fd = fd;
+    s->rbuf = rbuf; /* the loop's, which outlives its transports' records */
+    s->rbuf_size = rbuf_size;
     s->py = py; /* the transport's own handle, kept by it until it frees this record */
     return s;
 }
@@ -75,12 +75,12 @@ void bs_aio_stream_free(bs_aio_stream *s)
 }
 
 /* Call Python about s; returns 1 when s was freed meanwhile (then it must not be touched). */
-static int stream_call(bs_aio_stream *s, int kind, const char *data, size_t len, int err)
+static int stream_call(bs_aio_stream *s, int kind, size_t n)
 {
     if (s->py == NULL)
         return 0;
     s->busy++;
-    bs_py_stream_ready(s->py, kind, data, len, err);
+    bs_py_stream_ready(s->py, kind, n);
     if (--s->busy == 0 && s->dead) {
         stream_destroy(s);
         return 1;
@@ -100,7 +100,6 @@ static void write_event(bs_aio_stream *s, int on)
 
 void bs_aio_stream_read_cb(LibEvent *ev, void *arg)
 {
-    static __thread char buf[BS_STREAM_READ_MAX];
     bs_aio_stream *s = arg;
     ssize_t n;
 
@@ -108,18 +107,18 @@ void bs_aio_stream_read_cb(LibEvent *ev, void *arg)
     if (s->dead)
         return;
     if (s->buffered_proto) {
-        stream_call(s, BS_STREAM_READABLE, NULL, 0, 0);
+        stream_call(s, BS_STREAM_READABLE, 0);
         return;
     }
     do
-        n = recv(s->fd, buf, sizeof buf, 0);
+        n = recv(s->fd, s->rbuf, s->rbuf_size, 0);
     while (n < 0 && errno == EINTR);
     if (n > 0)
-        stream_call(s, BS_STREAM_DATA, buf, (size_t)n, 0);
+        stream_call(s, BS_STREAM_DATA, (size_t)n);
     else if (n == 0)
-        stream_call(s, BS_STREAM_EOF, NULL, 0, 0);
+        stream_call(s, BS_STREAM_EOF, 0);
     else if (errno != EAGAIN && errno != EWOULDBLOCK)
-        stream_call(s, BS_STREAM_READ_ERR, NULL, 0, errno);
+        stream_call(s, BS_STREAM_READ_ERR, (size_t)errno);
 }
 
 /* Send from the queue: 0 when done for now, or the errno of a failed send. */
@@ -161,17 +160,17 @@ void bs_aio_stream_write_cb(LibEvent *ev, void *arg)
     err = flush_queue(s);
     if (err != 0) {
         bs_aio_stream_clear(s);
-        stream_call(s, BS_STREAM_WRITE_ERR, NULL, 0, err);
+        stream_call(s, BS_STREAM_WRITE_ERR, (size_t)err);
         return;
     }
     if (s->paused && evbuffer_get_length(s->out) <= s->low_water &&
-        stream_call(s, BS_STREAM_LOW, NULL, 0, 0))
+        stream_call(s, BS_STREAM_LOW, 0))
         return;
     /* resume_writing may have queued more, or Python may have cleared the queue. */
     if (s->out != NULL && evbuffer_get_length(s->out) == 0) {
         write_event(s, 0);
         if (s->notify_empty)
-            stream_call(s, BS_STREAM_EMPTY, NULL, 0, 0);
+            stream_call(s, BS_STREAM_EMPTY, 0);
     }
 }
 

@@ -15,7 +15,8 @@
 
 #include "event.h"
 
-/* What bs_py_stream_ready reports (kind); data/len are set for DATA, err for the errors. */
+/* What bs_py_stream_ready reports (kind); n is the byte count for DATA (the bytes are at the
+   start of the record's rbuf), the errno for the errors, 0 otherwise. */
 enum {
     BS_STREAM_DATA = 1,      /* bytes were read: data, len */
     BS_STREAM_EOF = 2,       /* the peer ended its side (recv returned 0) */
@@ -34,6 +35,8 @@ struct bs_aio_stream {
     LibEvent *wev;          /* write event (EV_WRITE|EV_PERSIST, bs_aio_stream_write_cb) */
     void *py;               /* ffi.new_handle of the Python transport, owned by it */
     void *out;              /* struct evbuffer * of bytes waiting to be sent */
+    char *rbuf;             /* where reads land: the loop's buffer (Python's, outlives this) */
+    size_t rbuf_size;
     int busy;               /* C callbacks of this record running now (they call Python) */
     int dead;               /* freed while busy: the outermost callback frees it */
     /* Python's: */
@@ -44,9 +47,10 @@ struct bs_aio_stream {
 };
 
 /* A record for connected non-blocking socket fd, with the Python transport's handle; NULL when
-   out of memory. Its events are made by Python with the two callbacks below as C callbacks and
+   out of memory. rbuf (rbuf_size bytes) is the loop's read buffer: one loop's streams read on
+   one thread at a time, and Python copies the bytes out before anything else reads. Its events are made by Python with the two callbacks below as C callbacks and
    the record as their argument, then given to it with bs_aio_stream_set_events. */
-bs_aio_stream *bs_aio_stream_new(int fd, void *py);
+bs_aio_stream *bs_aio_stream_new(int fd, void *py, char *rbuf, size_t rbuf_size);
 void bs_aio_stream_set_events(bs_aio_stream *s, LibEvent *rev, LibEvent *wev);
 /* Drop the queue and free the record (deferred to the running callback if one is). */
 void bs_aio_stream_free(bs_aio_stream *s);
@@ -64,7 +68,7 @@ void bs_aio_stream_clear(bs_aio_stream *s);
 extern "Python+C" {
 #endif
 /* _aio_transport.py: see the enum above. */
-void bs_py_stream_ready(void *py, int kind, const char *data, size_t len, int err);
+void bs_py_stream_ready(void *py, int kind, size_t n);
 #ifdef BS_CDEF
 }
 #endif
