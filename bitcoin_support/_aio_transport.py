@@ -117,16 +117,18 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._eof = False
         self._conn_lost = 0
         self._empty_waiter: asyncio.Future[None] | None = None
-        self._handle = ffi.new_handle(self)  # rec.py's referent; the record is freed first
+        # Hand-over: the C record holds this handle (rec->py) until bs_aio_stream_free() in
+        # _release(), which clears rec->py before this reference is dropped there.
+        self._handle = ffi.new_handle(self)
         self._rbuf = loop._bs_rbuf  # the loop's read buffer, kept while the record may use it
         rec = lib.bs_aio_stream_new(self._sock_fd, self._handle, self._rbuf, len(self._rbuf))
         if rec == ffi.NULL:
             raise MemoryError("aio: could not allocate a stream record")
-        self._rec = rec  # freed in _release() (bs_aio_stream_free)
+        self._rec = rec  # owned here; freed by bs_aio_stream_free() in _release()
         base = loop._bs_base
         try:
-            # C callbacks with the record as their argument; the LibEvents keep the record's
-            # cdata, and _release() takes them from the record before closing them.
+            # C callbacks with the record as their argument (the LibEvents keep the record's
+            # cdata as their arg); _release() clears rec->rev/wev before it closes them.
             self._rev: LibEvent | None = obtain_event(
                 base, self._sock_fd, EV_READ | EV_PERSIST, _READ_CB, rec
             )
@@ -137,7 +139,9 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._rev = self._wev = None
             self._release()
             raise
-        lib.bs_aio_stream_set_events(rec, self._rev._rec, self._wev._rec)  # unset in _release()
+        # Hand-over: the record borrows the two event records, until
+        # bs_aio_stream_set_events(rec, NULL, NULL) in _release().
+        lib.bs_aio_stream_set_events(rec, self._rev._rec, self._wev._rec)
         self._sock = sock
         self._server = server
         if server is not None:
@@ -148,7 +152,9 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._protocol: Any = None
         self.set_protocol(protocol)
         loop._transports[self._sock_fd] = self
-        loop._bs_streams.add(self)  # held while open (asyncio's selector holds its callbacks)
+        # Held while open, as asyncio's selector holds its transports' callbacks; discarded in
+        # _release().
+        loop._bs_streams.add(self)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -442,7 +448,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         if loop._transports.get(self._sock_fd) is self:
             del loop._transports[self._sock_fd]
         if rec is not None:
-            lib.bs_aio_stream_set_events(rec, ffi.NULL, ffi.NULL)  # set in __init__
+            lib.bs_aio_stream_set_events(rec, ffi.NULL, ffi.NULL)  # borrowed since __init__
         for ev in (self._rev, self._wev):
             if ev is not None:
                 try:
@@ -451,7 +457,9 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
                     pass
         self._rev = self._wev = None
         if rec is not None:
-            lib.bs_aio_stream_free(rec)  # made in __init__; deferred if a C callback runs
+            # Made in __init__; clears rec->py, and is deferred to the C callback running now
+            # if one is (its busy count), which never touches the record afterwards.
+            lib.bs_aio_stream_free(rec)
         # Still referenced by a C callback running now? It holds the handle's object on its
         # own stack (from_handle), so dropping ours here is safe.
         self._handle = None

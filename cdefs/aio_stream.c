@@ -48,9 +48,11 @@ bs_aio_stream *bs_aio_stream_new(int fd, void *py, char *rbuf, size_t rbuf_size)
         return NULL;
     }
     s->fd = fd;
-    s->rbuf = rbuf; /* the loop's, which outlives its transports' records */
+    s->rbuf = rbuf; /* the loop's buffer, also held by the transport (its _rbuf) until it
+                       frees this record */
     s->rbuf_size = rbuf_size;
-    s->py = py; /* the transport's own handle, kept by it until it frees this record */
+    s->py = py; /* the transport's ffi.new_handle: cleared in bs_aio_stream_free, the one
+                   place Python drops the handle after (StreamTransport._release) */
     return s;
 }
 

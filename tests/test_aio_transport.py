@@ -584,11 +584,15 @@ def test_tls_runs_on_the_c_transport(tls_contexts: tuple[Any, Any]) -> None:
 
 
 def test_keyboard_interrupt_in_data_received_leaves_the_run() -> None:
+    opened: list[Any] = []
+    accepted: list[Any] = []
+
     class Stop(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            accepted.append(transport)
+
         def data_received(self, data: bytes) -> None:
             raise KeyboardInterrupt
-
-    opened: list[Any] = []
 
     async def main() -> None:
         server, port = await serve(Stop)
@@ -600,12 +604,15 @@ def test_keyboard_interrupt_in_data_received_leaves_the_run() -> None:
     async def cleanup() -> None:
         server, writer = opened
         writer.close()
+        for transport in accepted:  # the server's side, which the interrupt left open
+            transport.close()
         server.close()
         await server.wait_closed()
         await asyncio.sleep(0.01)
 
     for kind in KINDS:
         opened.clear()
+        accepted.clear()
         loop = new_loop(kind)
         try:
             with pytest.raises(KeyboardInterrupt):
