@@ -295,12 +295,13 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
-        if self._conn_lost:
+        rec = self._rec
+        if self._conn_lost or rec is None:  # None: lost after a close that drained the queue
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        n = _write(self._rec, data, len(data))
+        n = _write(rec, data, len(data))
         if n > 0:
             if n > self._high_water and not self._protocol_paused:
                 self._maybe_pause_protocol()
@@ -422,6 +423,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._rec is None and self._sock is None:
+            return  # lost already (an abort() after a close that drained the queue)
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)

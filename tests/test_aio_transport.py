@@ -679,3 +679,38 @@ def test_c_streams_off_uses_asyncios_transports() -> None:
     finally:
         loop.close()
     assert StreamTransport.__name__ == "StreamTransport"
+
+
+def test_write_and_abort_after_a_drained_close() -> None:
+    """After close() has sent the queue and ended the connection, write() is counted as a lost
+    write and abort() does nothing: no second connection_lost, no error, no crash."""
+
+    async def main() -> Any:
+        proto: Recorder | None = None
+
+        def factory() -> Recorder:
+            nonlocal proto
+            proto = Recorder()
+            return proto
+
+        server, port = await serve(factory)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while proto is None or proto.transport is None:
+            await asyncio.sleep(0.001)
+        tr = proto.transport
+        tr.write(b"d" * (8 * MiB))
+        tr.close()  # pending data: the connection ends once it is sent
+        data = await reader.read()
+        await proto.done
+        tr.write(b"late")
+        tr.abort()
+        await asyncio.sleep(0.01)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return len(data), proto.events.count("lost"), tr.get_write_buffer_size()
+
+    result, errors = run_on("aio", main)
+    assert result == (8 * MiB, 1, 0)
+    assert errors == []
