@@ -105,7 +105,8 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        if sock.family != getattr(socket, "AF_UNIX", -1):
+        if sock.family != getattr(socket, "AF_UNIX", -1) and sock.proto == socket.IPPROTO_TCP:
+            # asyncio's _set_nodelay: only for a socket made as IPPROTO_TCP.
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:

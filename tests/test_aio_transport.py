@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
 import socket
@@ -61,6 +62,7 @@ def run_on(kind: str, scenario: Scenario) -> tuple[Any, list[tuple[str, str]]]:
     with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
         runner.get_loop().set_exception_handler(handler)
         result = runner.run(asyncio.wait_for(scenario(), 60))
+    gc.collect()  # an unclosed transport warns here, in the test that left it
     return result, errors
 
 
@@ -665,11 +667,18 @@ def test_c_streams_off_uses_asyncios_transports() -> None:
     loop.c_streams = False
 
     async def main() -> str:
-        server, port = await serve(asyncio.Protocol)
+        accepted: list[Recorder] = []
+
+        def factory() -> Recorder:
+            accepted.append(Recorder())
+            return accepted[-1]
+
+        server, port = await serve(factory)
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         name = type(writer.transport).__name__
         writer.close()
         await writer.wait_closed()
+        await accepted[0].done  # the server's side sees EOF and closes
         server.close()
         await server.wait_closed()
         return name
@@ -714,3 +723,76 @@ def test_write_and_abort_after_a_drained_close() -> None:
     result, errors = run_on("aio", main)
     assert result == (8 * MiB, 1, 0)
     assert errors == []
+
+
+async def accepted_socket_and_extra_info() -> Any:
+    """connect_accepted_socket on one end of a TCP connection made by hand; extra info as
+    asyncio gives it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    loop = asyncio.get_running_loop()
+    proto = Recorder()
+    tr, _ = await loop.connect_accepted_socket(lambda: proto, conn)
+    client.sendall(b"ping")
+    while not proto.data:
+        await asyncio.sleep(0.001)
+    sock = tr.get_extra_info("socket")
+    info = (
+        tr.get_extra_info("sockname") == conn.getsockname(),
+        tr.get_extra_info("peername") == client.getsockname(),
+        sock.fileno() == conn.fileno(),
+        tr.get_extra_info("nothing", "default"),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+    )
+    tr.close()
+    await proto.done
+    client.close()
+    return bytes(proto.data), info, proto.events
+
+
+async def resume_writing_raising() -> Any:
+    class Resume(Recorder):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            transport.set_write_buffer_limits(high=64 * 1024)
+            transport.write(b"r" * (16 * MiB))
+
+        def resume_writing(self) -> None:
+            self.events.append("resume")
+            raise ValueError("resume")
+
+    proto: Resume | None = None
+
+    def factory() -> Resume:
+        nonlocal proto
+        proto = Resume()
+        return proto
+
+    server, port = await serve(factory)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = 0
+    while got < 16 * MiB:
+        got += len(await reader.read(MiB))
+    assert proto is not None
+    proto.transport.close()
+    await proto.done
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return got, squash(proto.events)
+
+
+def test_connect_accepted_socket_and_extra_info() -> None:
+    result, errors = same_on_both(accepted_socket_and_extra_info)
+    # No TCP_NODELAY: asyncio sets it only on a socket made with proto IPPROTO_TCP.
+    assert result == (b"ping", (True, True, True, "default", False), ["made", "lost"])
+    assert errors == []
+
+
+def test_resume_writing_raising_goes_to_the_exception_handler() -> None:
+    result, errors = same_on_both(resume_writing_raising)
+    assert result == (16 * MiB, ["made", "pause", "resume", "lost"])
+    assert errors == [("ValueError", "protocol.resume_writing() failed")]
