@@ -113,9 +113,9 @@ _new_timer: Final = _new_timer_fast if _slots(_TimerHandle) == _TIMER_SLOTS else
 _FAST_HANDLES: Final = _slots(_Handle) == _TIMER_SLOTS - {"_scheduled", "_when"}
 
 
-# _run_once runs asyncio's Handle._run inline where it is CPython 3.11's (checked there):
+# _run_once runs asyncio's Handle._run inline where it is CPython 3.11's (3.12 has the same):
 # its try block, and on an exception the same context for the exception handler.
-_INLINE_RUN = sys.version_info[:2] == (3, 11) and _TimerHandle._run is _Handle._run
+_INLINE_RUN = sys.version_info[:2] in ((3, 11), (3, 12)) and _TimerHandle._run is _Handle._run
 
 
 def _callback_failed(handle: Any, exc: BaseException) -> None:
