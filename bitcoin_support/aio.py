@@ -175,6 +175,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         def _check_closed(self) -> None: ...
         def _check_running(self) -> None: ...
         def _process_events(self, event_list: list[Any]) -> None: ...
+        def _ensure_fd_no_transport(self, fd: Any) -> None: ...
 
     def __new__(cls, base: EventBase | None = None) -> EventLoop:
         # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
@@ -344,6 +345,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         server: Any = None,
     ) -> asyncio.Transport:
         if self.c_streams and _aio_transport.usable(sock):
+            self._ensure_fd_no_transport(sock)  # as asyncio's: one transport per descriptor
             if self._bs_rbuf is None:
                 self._bs_rbuf = _aio_transport.read_buffer()
             return _aio_transport.StreamTransport(self, sock, protocol, waiter, extra, server)
@@ -376,6 +378,7 @@ class EventLoop(asyncio.SelectorEventLoop):
                 server=server,
                 **timeouts,
             )
+        self._ensure_fd_no_transport(rawsock)
         if self._bs_rbuf is None:
             self._bs_rbuf = _aio_transport.read_buffer()
         ssl_protocol = _sslproto.SSLProtocol(
