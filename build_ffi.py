@@ -30,6 +30,7 @@ HEADERS = (
     CDEFS / "event.h",
     CDEFS / "http.h",
     CDEFS / "aio.h",
+    CDEFS / "aio_stream.h",
     CDEFS / "callbacks.h",
 )
 _CONDITIONAL = re.compile(r"#\s*(ifdef|ifndef|if|else|endif)\b\s*(\w*)")

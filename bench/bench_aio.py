@@ -8,7 +8,9 @@ and, when ``wrk`` is installed, the HTTP echo of ``bench/http/servers.py`` (an a
 with httptools) and aiohttp's echo, each server on each loop under ``wrk -t1 -c50``, 64-byte
 POST. Rounds are interleaved (every loop once per round) so a noisy neighbour hurts all alike;
 the table gives medians. Servers listen on 127.0.0.1 only, pinned to CPU 0 (wrk on CPU 1), and
-are stopped by their PID. Needs the ``bench`` extra (uvloop, httptools, aiohttp).
+are stopped by their PID. The HTTP rows also run "aio-pytr": aio with asyncio's Python
+transports (``c_streams = False``), to show the C stream transport's share. Needs the ``bench``
+extra (uvloop, httptools, aiohttp).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 LOOPS = ("asyncio", "uvloop", "aio")
+# The HTTP rows also run aio with asyncio's Python transports (EventLoop.c_streams = False): the
+# C stream transport's gain, measured in the same run.
+HTTP_LOOPS = (*LOOPS, "aio-pytr")
 DEFAULT_CT = b"application/octet-stream"
 POST_LUA = """wrk.method = "POST"
 wrk.body = string.rep("x", 64)
@@ -43,10 +48,12 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
         import uvloop
 
         return uvloop.new_event_loop()
-    if kind == "aio":
+    if kind in ("aio", "aio-pytr"):
         from bitcoin_support import aio
 
-        return aio.new_event_loop()
+        loop = aio.new_event_loop()
+        loop.c_streams = kind == "aio"
+        return loop
     return asyncio.SelectorEventLoop()
 
 
@@ -274,21 +281,22 @@ def main() -> None:
             lua.write_text(POST_LUA)
             for _ in range(max(1, args.http_rounds)):
                 for row, server in SERVERS.items():
-                    for kind in LOOPS:
+                    for kind in HTTP_LOOPS:
                         rate, cpu = http_once(kind, server, args.duration, lua)
                         results.setdefault(row, {}).setdefault(kind, []).append(rate)
                         cpu_row = row.replace("(req/s)", "(server CPU us/req)")
                         results.setdefault(cpu_row, {}).setdefault(kind, []).append(cpu)
     elif not args.no_http:
         print("wrk is not installed: HTTP rows skipped (scripts/setup.sh installs it)")
-    head = ("asyncio", "uvloop", "aio", "aio/uvloop", "aio/asyncio")
+    head = ("asyncio", "uvloop", "aio", "aio/uvloop", "aio/asyncio", "aio-pytr/uv")
     print(f"{'row':36} " + " ".join(f"{h:>11}" for h in head))
     for row, by in results.items():
         med = {k: statistics.median(v) for k, v in by.items()}
         # time rows: ratio of times (<= 1.0 is as fast); rate rows: ratio of rates (>= 1.0).
+        pytr = f"{med['aio-pytr'] / med['uvloop']:10.2f}x" if "aio-pytr" in med else f"{'-':>11}"
         print(
             f"{row:36} {med['asyncio']:11.2f} {med['uvloop']:11.2f} {med['aio']:11.2f} "
-            f"{med['aio'] / med['uvloop']:10.2f}x {med['aio'] / med['asyncio']:10.2f}x"
+            f"{med['aio'] / med['uvloop']:10.2f}x {med['aio'] / med['asyncio']:10.2f}x {pytr}"
         )
 
 

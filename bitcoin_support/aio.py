@@ -27,10 +27,12 @@ import sys
 import threading
 import time
 from asyncio import events as _events
+from asyncio import format_helpers as _format_helpers
+from asyncio import sslproto as _sslproto
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
-from . import EvHttp, EvHttpRequest, _attach
+from . import EvHttp, EvHttpRequest, _aio_transport, _attach
 from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
 from ._errors import ClosedError, DummyHandleError
@@ -63,8 +65,71 @@ _MAX_SELECT_TIMEOUT: Final = 24 * 3600
 Ts = TypeVarTuple("Ts")
 
 _get_ident: Final = threading.get_ident
+_getframe: Final = sys._getframe
+_extract_stack: Final = _format_helpers.extract_stack
 _get_running_loop: Final = _events._get_running_loop
 _set_running_loop: Final = _events._set_running_loop
+
+
+# asyncio.TimerHandle's slots (CPython 3.11's), all of which _new_timer_fast fills.
+_TIMER_SLOTS: Final = frozenset(
+    {
+        *("_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr"),
+        *("__weakref__", "_context", "_scheduled", "_when"),
+    }
+)
+_object_new: Final = object.__new__
+_copy_context: Final = contextvars.copy_context
+
+
+def _new_timer_fast(
+    when: float, callback: Any, args: Any, loop: Any, context: Any
+) -> asyncio.TimerHandle:
+    """``asyncio.TimerHandle(when, callback, args, loop, context)`` for a loop not in debug
+    mode, without its two ``__init__`` frames and ``loop.get_debug()``: half the cost."""
+    timer: Any = _object_new(_TimerHandle)
+    timer._callback = callback
+    timer._args = args
+    timer._cancelled = False
+    timer._loop = loop
+    timer._source_traceback = None
+    timer._repr = None
+    timer._context = _copy_context() if context is None else context
+    timer._when = when
+    timer._scheduled = False
+    return timer  # type: ignore[no-any-return]
+
+
+def _slots(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names.update((slots,) if isinstance(slots, str) else slots)
+    return names
+
+
+# Another Python's TimerHandle with other fields: its own constructor.
+_new_timer: Final = _new_timer_fast if _slots(_TimerHandle) == _TIMER_SLOTS else _TimerHandle
+# The same for Handle (call_soon fills its slots inline).
+_FAST_HANDLES: Final = _slots(_Handle) == _TIMER_SLOTS - {"_scheduled", "_when"}
+
+
+# _run_once runs asyncio's Handle._run inline where it is CPython 3.11's (3.12 has the same):
+# its try block, and on an exception the same context for the exception handler.
+_INLINE_RUN = sys.version_info[:2] in ((3, 11), (3, 12)) and _TimerHandle._run is _Handle._run
+
+
+def _callback_failed(handle: Any, exc: BaseException) -> None:
+    """What asyncio's ``Handle._run`` does with a callback's exception."""
+    cb = _format_helpers._format_callback_source(handle._callback, handle._args)
+    context: dict[str, Any] = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 def _check_base(where: str, base: object) -> EventBase:
@@ -90,7 +155,11 @@ class EventLoop(asyncio.SelectorEventLoop):
     _bs_tick: LibEvent | None
     _bs_armed: bool
     _bs_in_run: bool
+    _bs_streams: set[Any]
     _selector: LibeventSelector
+    #: Plain TCP and Unix stream sockets get the transport whose reads and writes run in C
+    #: (``_aio_transport``); False: asyncio's own selector transports, as before.
+    c_streams: bool = True
     # asyncio's own (BaseEventLoop), which typeshed does not declare.
     _ready: collections.deque[asyncio.Handle]
     _scheduled: list[asyncio.TimerHandle]
@@ -100,12 +169,14 @@ class EventLoop(asyncio.SelectorEventLoop):
     _debug: bool
     _timer_cancelled_count: int
     _clock_resolution: float
+    _transports: Any
 
     if TYPE_CHECKING:
 
         def _check_closed(self) -> None: ...
         def _check_running(self) -> None: ...
         def _process_events(self, event_list: list[Any]) -> None: ...
+        def _ensure_fd_no_transport(self, fd: Any) -> None: ...
 
     def __new__(cls, base: EventBase | None = None) -> EventLoop:
         # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
@@ -123,6 +194,11 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._bs_forget_detach: Callable[[], None] | None = None
         self._bs_armed = False
         self._bs_in_run = False
+        self._bs_streams = set()  # open C stream transports, held as the selector holds asyncio's
+        self._bs_prev_loop: asyncio.AbstractEventLoop | None = None
+        self._bs_rbuf: Any = None  # where the C stream transports read (made on first use)
+        # time() is asyncio's (time.monotonic()): the hot paths may call the clock directly.
+        self._bs_plain_time = type(self).time is asyncio.BaseEventLoop.time
         try:
             selector = LibeventSelector(base)
             try:
@@ -240,6 +316,84 @@ class EventLoop(asyncio.SelectorEventLoop):
             if not self.is_closed():
                 self._bs_rearm()
 
+    def _bs_enter(self) -> bool:
+        """Before a C stream callback outside the loop's run (an attached loop's base, run by
+        its owner): make the loop the running one, as its tick does. False if it cannot be."""
+        if self._closed:
+            return False
+        self._bs_prev_loop = _get_running_loop()
+        self._thread_id = _get_ident()
+        _set_running_loop(self)
+        return True
+
+    def _bs_leave(self) -> None:
+        """After _bs_enter's callback: not running any more; schedule what it made ready."""
+        previous, self._bs_prev_loop = self._bs_prev_loop, None
+        self._thread_id = None
+        _set_running_loop(previous)
+        if not self._closed:
+            self._bs_rearm()
+
+    # -- transports: plain stream sockets get the C one (TLS runs asyncio's sslproto on it)
+
+    def _make_socket_transport(
+        self,
+        sock: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[Any] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> asyncio.Transport:
+        if self.c_streams and _aio_transport.usable(sock):
+            self._ensure_fd_no_transport(sock)  # as asyncio's: one transport per descriptor
+            if self._bs_rbuf is None:
+                self._bs_rbuf = _aio_transport.read_buffer()
+            return _aio_transport.StreamTransport(self, sock, protocol, waiter, extra, server)
+        make = super()._make_socket_transport  # type: ignore[misc]
+        return make(sock, protocol, waiter, extra=extra, server=server)  # type: ignore[no-any-return]
+
+    def _make_ssl_transport(
+        self,
+        rawsock: Any,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: Any,
+        waiter: asyncio.Future[Any] | None = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        **timeouts: Any,
+    ) -> asyncio.Transport:
+        if not (self.c_streams and _aio_transport.usable(rawsock)):
+            make = super()._make_ssl_transport  # type: ignore[misc]
+            return make(  # type: ignore[no-any-return]
+                rawsock,
+                protocol,
+                sslcontext,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                extra=extra,
+                server=server,
+                **timeouts,
+            )
+        self._ensure_fd_no_transport(rawsock)
+        if self._bs_rbuf is None:
+            self._bs_rbuf = _aio_transport.read_buffer()
+        ssl_protocol = _sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,  # type: ignore[arg-type]  # None is allowed (asyncio passes it)
+            server_side,
+            server_hostname,
+            **timeouts,
+        )
+        _aio_transport.StreamTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
     # -- the hot path: asyncio's own code, less what only debug mode needs
 
     def call_soon(
@@ -250,10 +404,22 @@ class EventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Handle:
         if self._debug:
             handle = super().call_soon(callback, *args, context=context)
+            # From the caller's frame, as asyncio's own methods record it (not from this one).
+            handle._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
         else:
             if self._closed:
                 raise RuntimeError("Event loop is closed")
-            handle = _Handle(callback, args, self, context)
+            if _FAST_HANDLES:  # _new_timer_fast's way, inlined on the hottest path
+                handle = _object_new(_Handle)
+                handle._callback = callback  # type: ignore[attr-defined]
+                handle._args = args
+                handle._cancelled = False
+                handle._loop = self  # type: ignore[attr-defined]
+                handle._source_traceback = None  # type: ignore[attr-defined]
+                handle._repr = None  # type: ignore[attr-defined]
+                handle._context = _copy_context() if context is None else context  # type: ignore[attr-defined]
+            else:
+                handle = _Handle(callback, args, self, context)
             self._ready.append(handle)
         if self._bs_tick is not None and self._thread_id is None:
             self._bs_rearm()
@@ -268,10 +434,12 @@ class EventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.TimerHandle:
         if self._debug or when is None:
             timer = super().call_at(when, callback, *args, context=context)
+            if self._debug:  # from the caller's frame, as in call_soon
+                timer._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
         else:
             if self._closed:
                 raise RuntimeError("Event loop is closed")
-            timer = _TimerHandle(when, callback, args, self, context)
+            timer = _new_timer(when, callback, args, self, context)
             _heappush(self._scheduled, timer)
             timer._scheduled = True  # type: ignore[attr-defined]
         if self._bs_tick is not None and self._thread_id is None:
@@ -286,10 +454,14 @@ class EventLoop(asyncio.SelectorEventLoop):
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         if delay is None or self._debug:
-            return super().call_later(delay, callback, *args, context=context)
+            timer = super().call_later(delay, callback, *args, context=context)
+            if self._debug:  # from the caller's frame, as in call_soon
+                timer._source_traceback = _extract_stack(_getframe(1))  # type: ignore[attr-defined]
+            return timer
         if self._closed:
             raise RuntimeError("Event loop is closed")
-        timer = _TimerHandle(self.time() + delay, callback, args, self, context)
+        now = _monotonic() if self._bs_plain_time else self.time()
+        timer = _new_timer(now + delay, callback, args, self, context)
         _heappush(self._scheduled, timer)
         timer._scheduled = True  # type: ignore[attr-defined]
         if self._bs_tick is not None and self._thread_id is None:
@@ -302,6 +474,7 @@ class EventLoop(asyncio.SelectorEventLoop):
             super()._run_once()  # type: ignore[misc]
             return
         scheduled: list[Any] = self._scheduled
+        clock = _monotonic if self._bs_plain_time else self.time
         if scheduled:
             n = len(scheduled)
             if n > _MIN_SCHEDULED and self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION:
@@ -314,7 +487,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         if ready or self._stopping:
             timeout: float | None = 0
         elif scheduled:
-            timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAX_SELECT_TIMEOUT)
+            timeout = min(max(0.0, scheduled[0]._when - clock()), _MAX_SELECT_TIMEOUT)
         else:
             timeout = None
         event_list: Any = self._selector.select(timeout)
@@ -322,7 +495,7 @@ class EventLoop(asyncio.SelectorEventLoop):
             self._process_events(event_list)
             event_list = None
         if scheduled:
-            end_time = self.time() + self._clock_resolution
+            end_time = clock() + self._clock_resolution
             while scheduled:
                 if scheduled[0]._when >= end_time:
                     break
@@ -335,7 +508,17 @@ class EventLoop(asyncio.SelectorEventLoop):
             for _ in range(len(ready)):
                 handle = popleft()
                 if not handle._cancelled:
-                    handle._run()
+                    kind = type(handle)
+                    if _INLINE_RUN and (kind is _Handle or kind is _TimerHandle):
+                        # Handle._run, inlined: one Python frame fewer per callback.
+                        try:
+                            handle._context.run(handle._callback, *handle._args)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            _callback_failed(handle, exc)
+                    else:
+                        handle._run()
             handle = None  # break cycles through a raised exception's frame
             # More iterations in this call while the next would not poll anyway (the base was
             # polled less than POLL_INTERVAL ago): what run_forever and the steps above would
@@ -345,7 +528,7 @@ class EventLoop(asyncio.SelectorEventLoop):
             if scheduled:
                 if scheduled[0]._cancelled:
                     return
-                end_time = self.time() + self._clock_resolution
+                end_time = clock() + self._clock_resolution
                 while scheduled and scheduled[0]._when < end_time:
                     handle = _heappop(scheduled)
                     handle._scheduled = False
