@@ -3,10 +3,11 @@
  * (bitcoin_support/_aio_transport.py is the Python half; aio_stream.h the record).
  *
  * Reading: the read event's C callback calls recv() once into the loop's buffer and hands
- * Python one call with the count (or EOF, or the error); Python makes the bytes object. Writing: write() sends at once what
- * the socket takes and queues the rest in an evbuffer; the write event's C callback sends from
- * the queue and calls Python only when the protocol must be resumed or Python asked to hear of
- * the queue emptying. Sends use MSG_NOSIGNAL: a C host need not ignore SIGPIPE.
+ * Python one call with the count (or EOF, or the error); Python makes the bytes object.
+ * Writing: the transport's write sends at once what the socket takes and queues the rest in
+ * an evbuffer; the write event's C callback sends from the queue and calls Python only when
+ * the protocol must be resumed or Python asked to hear of the queue emptying. Sends use
+ * MSG_NOSIGNAL: a C host need not ignore SIGPIPE.
  *
  * Lifetime of the record: Python owns it (made in the transport's constructor, freed by
  * bs_aio_stream_free when the transport releases). The events' records are Python's LibEvents;

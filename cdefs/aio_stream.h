@@ -4,7 +4,7 @@
  * writes run in C. One copy for C and cffi (see event.h).
  *
  * The record's fields below "Python's" are set by Python (flags that decide when C must call
- * it back); the others are C's. Python calls C on write(); C calls Python (bs_py_stream_ready)
+ * it back); the others are C's. Python calls C on a write; C calls Python (bs_py_stream_ready)
  * with data read, at EOF, on an error, when the write queue drops to low water while the
  * protocol is paused, and when it empties while Python asked to hear of it.
  */
@@ -48,8 +48,9 @@ struct bs_aio_stream {
 
 /* A record for connected non-blocking socket fd, with the Python transport's handle; NULL when
    out of memory. rbuf (rbuf_size bytes) is the loop's read buffer: one loop's streams read on
-   one thread at a time, and Python copies the bytes out before anything else reads. Its events are made by Python with the two callbacks below as C callbacks and
-   the record as their argument, then given to it with bs_aio_stream_set_events. */
+   one thread at a time, and Python copies the bytes out before anything else reads. Its
+   events are made by Python with the two callbacks below as C callbacks and the record as
+   their argument, then given to it with bs_aio_stream_set_events. */
 bs_aio_stream *bs_aio_stream_new(int fd, void *py, char *rbuf, size_t rbuf_size);
 void bs_aio_stream_set_events(bs_aio_stream *s, LibEvent *rev, LibEvent *wev);
 /* Drop the queue and free the record (deferred to the running callback if one is). */
