@@ -3,7 +3,8 @@
 A C host links this library and calls the functions of ``bitcoin_support.h``:
 
 - the secure-memory API (``bs_memory_cleanse``, ``bs_secure_allocate``, ``bs_secure_deallocate``),
-  compiled in from ``cdefs/secure.c`` and usable without starting Python;
+  compiled in from ``cdefs/cleanse.c``, ``lockedpool.c``, ``zeroafterfree.c`` and ``utf8.c``,
+  and usable without starting Python;
 - the accessors of the ``LibEvent`` record (``cdefs/event_access.c``, also in ``_native``);
 - ``bs_python_attach``, ``bs_python_attach_evhttp`` and ``bs_python_detach``
   (``cdefs/embed/attach.c``), which start Python when needed and then call the cffi embedding
@@ -29,6 +30,11 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 CDEFS = HERE / "cdefs"
 EMBED = CDEFS / "embed"
+# Secure memory, as Bitcoin Core's support/ splits it: the wipe, the locked pool, the wipe-on-free
+# heap, and the UTF-8 check SecureString uses.
+SECURE_SOURCES = tuple(
+    CDEFS / name for name in ("cleanse.c", "lockedpool.c", "zeroafterfree.c", "utf8.c")
+)
 INCLUDE = HERE / "bitcoin_support" / "include"
 MODULE = "bitcoin_support._embed"
 FLAGS = HERE / "build_flags.py"
@@ -99,13 +105,13 @@ embedbuilder.set_source(
     '#include "bitcoin_support.h"\n',
     sources=[
         str(p.relative_to(HERE))
-        for p in (CDEFS / "secure.c", CDEFS / "event_access.c", EMBED / "attach.c")
+        for p in (*SECURE_SOURCES, CDEFS / "event_access.c", EMBED / "attach.c")
     ],
     include_dirs=[str(INCLUDE), str(CDEFS)],
     define_macros=[("BS_BUILD_EXECUTABLE", c_string(sys.executable))],
     # cffi's generated embedding support has an unused parameter; -Wextra stays on otherwise, and
-    # attach.c turns the warning back into an error for itself (secure.c is held to the full
-    # set by build_ffi.py, which compiles it into _native).
+    # attach.c turns the warning back into an error for itself (the secure-memory files are held
+    # to the full set by build_ffi.py, which compiles them into _native).
     extra_compile_args=[
         "-pthread",
         *flags.libevent_cflags(),

@@ -1,6 +1,7 @@
 /*
- * secure.h - secure memory (secure.c): the locked pool and the wipe-on-free heap, besides the
- * public bs_memory_cleanse / bs_secure_allocate / bs_secure_deallocate of bitcoin_support.h.
+ * secure.h - secure memory: the locked pool (lockedpool.c), the wipe-on-free heap
+ * (zeroafterfree.c) and UTF-8 checking (utf8.c), besides the public bs_memory_cleanse
+ * (cleanse.c), bs_secure_allocate and bs_secure_deallocate of bitcoin_support.h.
  * One copy for C and cffi (see event.h). No libevent here: C hosts use this without it.
  */
 #ifndef BS_SECURE_H

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "tests" / "c" / "test_pool.c", ROOT / "cdefs" / "secure.c"]
+SOURCES = [
+    ROOT / "tests" / "c" / "test_pool.c",
+    *(ROOT / "cdefs" / name for name in ("cleanse.c", "lockedpool.c", "zeroafterfree.c", "utf8.c")),
+]
 INCLUDES = ["-I", str(ROOT / "bitcoin_support" / "include"), "-I", str(ROOT / "cdefs")]
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 

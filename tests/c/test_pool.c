@@ -3,8 +3,9 @@
  *
  * Modelled on Bitcoin Core's arena_tests (src/test/allocator_tests.cpp): fill an arena, free
  * forwards and backwards, interleaved frees, then 5,000 pseudo-random steps (the same LFSR)
- * that must end with total == free. Built by tests/test_pool_c.py against cdefs/secure.c with
- * ASan and UBSan, and run again under valgrind. Exit status 0 means every check held.
+ * that must end with total == free. Built by tests/test_pool_c.py against cdefs/lockedpool.c
+ * and the other secure-memory files with ASan and UBSan, and run again under valgrind. Exit
+ * status 0 means every check held.
  */
 #include "bitcoin_support.h"
 #include "secure.h"

@@ -1,5 +1,5 @@
 /*
- * secure.c - the optimizer-proof wipe, the locked pool and the wipe-on-free heap.
+ * lockedpool.c - the locked pool (Bitcoin Core: support/lockedpool.cpp).
  *
  * The locked pool follows Bitcoin Core's LockedPool: arenas obtained with mmap, locked with
  * mlock(2), marked MADV_DONTDUMP, carved best-fit into 16-byte units. What it adds:
@@ -43,15 +43,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-BS_EXPORT void bs_memory_cleanse(void *ptr, size_t len)
-{
-    if (ptr == NULL || len == 0)
-        return;
-    memset(ptr, 0, len);
-    /* The barrier says the zeroed memory may be read afterwards, so the memset cannot go. */
-    __asm__ __volatile__("" : : "r"(ptr) : "memory");
-}
 
 /* ---------------------------------------------------------------- arenas */
 
@@ -594,98 +585,4 @@ BS_EXPORT void bs_secure_deallocate(void *ptr)
                 ptr);
         abort();
     }
-}
-
-/* ---------------------------------------------------------------- wipe-on-free heap */
-
-#define ZAF_MAGIC 0x5a414642u /* "ZAFB" */
-
-typedef struct {
-    size_t size;
-    uint32_t offset; /* from the start of the malloc'd block to the user pointer */
-    uint32_t magic;
-} zaf_header;
-
-BS_EXPORT char *bs_zaf_alloc(size_t size, size_t align)
-{
-    if (align < sizeof(zaf_header))
-        align = sizeof(zaf_header);
-    if ((align & (align - 1)) != 0 || align > UINT32_MAX || size > SIZE_MAX - align) {
-        errno = align > UINT32_MAX || (align & (align - 1)) ? EINVAL : ENOMEM;
-        return NULL;
-    }
-    void *raw = NULL;
-    int rc = posix_memalign(&raw, align, align + size);
-    if (rc != 0) {
-        errno = rc;
-        return NULL;
-    }
-    /* Only the header and the block are touched: the alignment slack before the header costs
-     * address space, not memory (it is never written, so it needs no wipe either). */
-    char *user = (char *)raw + align;
-    zaf_header *h = (zaf_header *)(void *)(user - sizeof *h);
-    memset(h, 0, sizeof *h + size);
-    h->size = size;
-    h->offset = (uint32_t)align;
-    h->magic = ZAF_MAGIC;
-    return user;
-}
-
-BS_EXPORT void bs_zaf_free(void *ptr)
-{
-    if (ptr == NULL)
-        return;
-    zaf_header *h = (zaf_header *)(void *)((char *)ptr - sizeof *h);
-    if (h->magic != ZAF_MAGIC) {
-        fprintf(stderr, "bitcoin_support: bs_zaf_free(%p): not a live block\n", ptr);
-        abort();
-    }
-    char *raw = (char *)ptr - h->offset;
-    bs_memory_cleanse(h, sizeof *h + h->size);
-    free(raw);
-}
-
-/* ---------------------------------------------------------------- UTF-8 */
-
-/*
- * Validating text in C keeps a SecureString's bytes from ever becoming a Python str just to be
- * checked. Rejects overlongs, surrogates and code points above U+10FFFF, as Python's decoder does.
- */
-BS_EXPORT size_t bs_utf8_valid_prefix(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            k = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            k = 2;
-            if (c == 0xE0)
-                lo = 0xA0;
-            else if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            k = 3;
-            if (c == 0xF0)
-                lo = 0x90;
-            else if (c == 0xF4)
-                hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (n - i <= k)
-            return i;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t j = 2; j <= k; j++)
-            if ((s[i + j] & 0xC0) != 0x80)
-                return i;
-        i += k + 1;
-    }
-    return n;
 }
