@@ -311,7 +311,7 @@ def run(cases: list[Case], mode: str) -> list[Row]:
 
 
 def table(results: dict[str, list[Row]]) -> str:
-    """The README's table: every case, llhttp's verdict, what each server did."""
+    """The table of docs/http-conformance.md: every case, llhttp's verdict, what each server did."""
     lines = [
         "| case | llhttp (strict) | httptools | default server | lax (opt-out) | stream_body |",
         "|---|---|---|---|---|---|",

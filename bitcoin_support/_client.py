@@ -2,7 +2,7 @@
 
 A client request is Python's until ``make_request``; from then on libevent owns it and the
 request sits in ``_client_pending`` (so that neither it nor its connection can be collected)
-until its callback has run. Who owns what and when is told in the README's "Lifetimes" chapter.
+until its callback has run. Who owns what and when is told in docs/design/lifetimes.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Callbacks never go through ``ffi.callback`` (it needs writable-and-executable memory): libevent
 calls one C trampoline per ABI (``cdefs/event.c``), which calls either the user's C
 ``EventCallback`` or one of the ``extern "Python+C"`` functions below, with the Python object as an
-``ffi.new_handle``. Who keeps whom alive is written down in the README's "Lifetimes" chapter.
+``ffi.new_handle``. Who keeps whom alive is written down in docs/design/lifetimes.md.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class LibEvent(Finalized):
         self._st = base._st
         self._init_handle(rec, dummy=base._dummy, parent=base)
 
-    # -- keep-alive: armed while pending or active (README, "Lifetimes")
+    # -- keep-alive: armed while pending or active (docs/design/lifetimes.md)
 
     def _arm(self, what: str) -> None:
         """Hand the C record a handle to this object and let the base hold it."""

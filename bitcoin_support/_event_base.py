@@ -1,7 +1,7 @@
 """libevent's event base: the loop, its state (call_soon queue, callback errors), and the
 registry of bases a C host owns.
 
-Who keeps whom alive is written down in the README's "Lifetimes" chapter; the thread rule is
+Who keeps whom alive is written down in docs/design/lifetimes.md; the thread rule is
 ``_guard.py``'s; events on a base are ``_event.py``'s.
 """
 

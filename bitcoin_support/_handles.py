@@ -1,7 +1,7 @@
 """Machinery shared by the five libevent handle types: ids, live counters, TRACE logs, close.
 
 Who owns what (records, the keep-alive set, trampolines, ``from_address`` wrappers, finalizer
-order, threads) is written down once, in the README's "Lifetimes" chapter.
+order, threads) is written down once, in docs/design/lifetimes.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The request base shared by both roles of an evhttp request (server: ``_server.py``; client:
 ``_client.py``): the handle surface, what was received, and the thread rule on its hot path.
 
-Who owns a request, and when (libevent and Python share it), is told in the README's
-"Lifetimes" chapter; the state machine of the C record is drawn in ``cdefs/http_request.c``.
+Who owns a request, and when (libevent and Python share it), is told in
+docs/design/lifetimes.md; the state machine of the C record is drawn in ``cdefs/http_request.c``.
 """
 
 from __future__ import annotations

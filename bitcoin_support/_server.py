@@ -3,7 +3,7 @@
 The per-request path is kept short on purpose: one ``extern "Python"`` call per request, no
 allocation besides the request object, and one C call for a whole reply (status, headers, body);
 the one-second ``Date`` header is cached in C (``cdefs/http_server.c``). Who owns a request and
-when is told in the README's "Lifetimes" chapter.
+when is told in docs/design/lifetimes.md.
 """
 
 from __future__ import annotations

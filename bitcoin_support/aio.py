@@ -13,7 +13,7 @@ round of the base, so the base's other users (``LibEvent`` callbacks, evhttp ser
   otherwise), with ``asyncio.get_running_loop()`` returning the loop inside them.
 - :func:`serve_http` serves an evhttp server with one asyncio task per request.
 
-The README's chapter "asyncio on libevent" gives the design, its figures and which asyncio
+docs/asyncio.md gives the design and its figures; docs/design/asyncio-internals.md which asyncio
 internals the loop relies on.
 """
 

@@ -6,7 +6,7 @@
  * or the "Python+C" function bs_py_event_cb with the ffi.new_handle of the Python LibEvent. No
  * ffi.callback anywhere, so no writable-and-executable memory.
  *
- * Who owns what is told once, in the README's "Lifetimes" chapter; this file holds the C half
+ * Who owns what is told once, in docs/design/lifetimes.md; this file holds the C half
  * (the children tree and its orphans, the trampoline that outlives its record's release).
  */
 #define _GNU_SOURCE

@@ -5,7 +5,7 @@
  * BS_CDEF" ones (libevent's own declarations, which C takes from libevent's headers).
  *
  * Every handle record created on a base starts with a bs_node linking it into its base's list of
- * children; the README's "Lifetimes" chapter says what that buys.
+ * children; docs/design/lifetimes.md says what that buys.
  */
 #ifndef BS_EVENT_H
 #define BS_EVENT_H

@@ -1,7 +1,7 @@
 /*
  * http_request.c - the evhttp request records shared by the server and the client rooms, header
  * validation, bodies, and the deferred free of servers and connections. Who owns what across
- * Python and libevent is told once, in the README's "Lifetimes" chapter; this file holds the C
+ * Python and libevent is told once, in docs/design/lifetimes.md; this file holds the C
  * half.
  *
  * Request records

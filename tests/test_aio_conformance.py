@@ -17,8 +17,8 @@ import pytest
 HERE = Path(__file__).parent
 RUNNER = HERE / "aio_conformance.py"
 
-# Tests of a mixin that may fail on this loop, with the reason (the README lists them too). Only
-# tests that inspect a private attribute of asyncio's own selector loop may be listed.
+# Tests of a mixin that may fail on this loop, with the reason (docs/asyncio.md lists them too).
+# Only tests that inspect a private attribute of asyncio's own selector loop may be listed.
 EXPECTED_NOT_PASSED: dict[str, dict[str, str]] = {
     "events": {},
     "sock_lowlevel": {},

@@ -96,7 +96,7 @@ int bs_python_set_request_gate(struct evhttp *http, BsRequestGate gate, void *ar
 /*
  * Frame every new connection of `http` strictly (on 1) before libevent reads it, as the servers
  * the package makes do by default: RFC 9112 chunk sizes, no NUL or controls in the head, no
- * bare-LF lines or obs-fold, one request at a time (see the README's "Strict framing"). Set it
+ * bare-LF lines or obs-fold, one request at a time (docs/handles.md). Set it
  * before or after bs_python_attach_evhttp(); it lasts until bs_python_detach(), which takes
  * the framer off `http` again. Returns 0, or -1 with the Python error printed to stderr.
  */

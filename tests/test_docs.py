@@ -1,4 +1,5 @@
-"""The README's Python examples run as they are written, so the docs cannot rot.
+"""The Python examples of the README and of every page under docs/ run as they are written, so
+the docs cannot rot.
 
 Each ```python block runs in a child interpreter with the few names it leaves to the reader
 (``derive_key``, ``use``, ``payload``, ``sock``) defined; blocks that serve until stopped get
@@ -22,7 +23,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# Each example once, in the order the pages show them (the README's tour repeats a few).
+BLOCKS = list(
+    dict.fromkeys(
+        block
+        for page in PAGES
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    )
+)
 
 PRELUDE = textwrap.dedent(
     """
@@ -62,12 +71,21 @@ def _ask(port: int, deadline: float, path: str = "/") -> tuple[int, bytes] | Non
     return None
 
 
-def test_the_readme_has_python_examples() -> None:
-    assert len(BLOCKS) >= 4
+def test_the_docs_have_python_examples() -> None:
+    assert len(BLOCKS) >= 7
+
+
+def test_the_docs_pages_link_to_pages_that_exist() -> None:
+    missing = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert missing == []
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=_ids())
-def test_readme_example_runs(code: str) -> None:
+def test_docs_example_runs(code: str) -> None:
     serves = "dispatch()" in code or "serve_http" in code
     if serves and re.search(r"bind\(\"127\.0\.0\.1\", 0\)", code):
         assert "listening on" in code, "a server on port 0 must print the port it got"
