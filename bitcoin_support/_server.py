@@ -48,6 +48,9 @@ _REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
 
 
 _NULL = ffi.NULL
+# A streamed body's status (cdefs/http.h); a refusal is its HTTP code.
+_BODY_PIECE: Final[int] = lib.BS_BODY_PIECE
+_BODY_END: Final[int] = lib.BS_BODY_END
 _from_handle = ffi.from_handle
 _new_request = object.__new__
 
@@ -411,12 +414,12 @@ class _BodySink:
 
     def deliver(self, data: Any, n: int, status: int) -> None:
         try:
-            if status == 0:
+            if status == _BODY_PIECE:
                 self.fn(self.req, ffi.unpack(data, n))
                 return
             _bodies.discard(self)
             self.rec = None
-            if status == 1:
+            if status == _BODY_END:
                 self.fn(self.req, b"")
             elif self.on_error is not None:
                 self.on_error(status)

@@ -4,16 +4,21 @@ queue of a streamed body's pieces."""
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
+from ._log import http_log
+from ._native import lib
 from ._request import EvHttpRequest
 
-http_log: Final = logging.getLogger("bitcoin_support.http")
+# A streamed body's status (cdefs/http.h); a refusal is its HTTP code.
+_BODY_PIECE: Final[int] = lib.BS_BODY_PIECE
+_BODY_END: Final[int] = lib.BS_BODY_END
+_BODY_LOST: Final[int] = lib.BS_BODY_LOST
+
 # The Content-Type of a body a serve_http handler returns, unless the handler set one.
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
@@ -76,7 +81,7 @@ class BodyPieces:
     def __init__(self, req: EvHttpRequest, wake: Callable[[], object]) -> None:
         self.pieces: deque[bytes] = deque()
         self.held = 0
-        self.status = 0  # 1: the body ended; 413, 400: refused; -1: cut short
+        self.status = _BODY_PIECE  # reading; _BODY_END, a refusal's HTTP code, or _BODY_LOST
         self.wake = wake
         self.sink = req._stream_body(self._piece, self._failed)
 
@@ -87,7 +92,7 @@ class BodyPieces:
             if self.held >= BODY_HIGH:
                 self.sink.pause(True)
         else:
-            self.status = 1
+            self.status = _BODY_END
         self.wake()
 
     def _failed(self, code: int) -> None:
@@ -103,10 +108,10 @@ class BodyPieces:
             if self.held < BODY_HIGH // 4:
                 self.sink.pause(False)
             return chunk
-        if self.status == 1:
+        if self.status == _BODY_END:
             return b""
-        if self.status != 0:
+        if self.status != _BODY_PIECE:
             code = self.status
-            what = "refused (413)" if code == 413 else "refused" if code > 0 else "cut short"
+            what = "cut short" if code == _BODY_LOST else f"refused ({code})"
             raise ClosedError(f"iter_body: the request body was {what}")
         return None

@@ -32,8 +32,8 @@ void _bs_http_on_gone(void *py);
 /* _server.py: reply bytes were written (drained: the count so far), or the connection closed
    (gone) with on_sent callbacks pending; returns the next threshold to wait for, 0: none. */
 unsigned long long _bs_http_on_sent(void *py, unsigned long long drained, int gone);
-/* _server.py: a piece of a streamed body (status 0), or its end (1), refusal (413, 400) or
-   loss (-1), with data NULL. */
+/* _server.py: a piece of a streamed body (status BS_BODY_PIECE), or, with data NULL, its end
+   (BS_BODY_END), refusal (413, 400) or loss (BS_BODY_LOST); see http.h. */
 void _bs_http_on_body(void *py, const char *data, size_t len, int status);
 /* _client.py: a client request completed or failed. */
 void _bs_http_on_response(void *py);

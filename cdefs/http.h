@@ -123,12 +123,20 @@ typedef struct bs_http_req {
     struct evbuffer *body_in;        /* pieces read, not yet given to Python */
     struct event *body_ev;           /* gives them to Python in the loop */
     void *body_py;                   /* ffi handle of Python's sink, once on_body was called */
-    int body_status;                 /* 0 reading, 1 ended, 413/400 refused, -1 cut short */
+    int body_status;                 /* BS_BODY_*, or the HTTP code of a refusal (413, 400) */
     int body_refused;                /* the refusal was answered */
     int body_paused;                 /* Python's sink is full: pieces wait */
     int streaming;                   /* a stream_body request: no whole body */
 } bs_http_req_t;
 
+
+/* The status of a streamed body, as bs_py_http_body's status hands it to Python: a piece, the
+   end, or the body cut short (its connection gone); a refusal is its HTTP code (413, 400). */
+enum {
+    BS_BODY_PIECE = 0, /* reading: a piece of the body (the record's status while it reads) */
+    BS_BODY_END = 1,   /* the body ended (data NULL) */
+    BS_BODY_LOST = -1  /* cut short: the connection closed first (data NULL) */
+};
 
 /* States of a record (see the diagram in http_request.c). */
 enum {

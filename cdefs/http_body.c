@@ -48,7 +48,7 @@ static void body_cb(evutil_socket_t fd, short what, void *arg)
         if (n > 65536)
             n = 65536;
         const char *p = (const char *)evbuffer_pullup(rec->body_in, (ev_ssize_t)n);
-        _bs_http_on_body(rec->body_py, p, n, 0);
+        _bs_http_on_body(rec->body_py, p, n, BS_BODY_PIECE);
         evbuffer_drain(rec->body_in, n);
     }
     if (rec->body_py == NULL && !(rec->holds & BS_HOLD_PY))
@@ -61,7 +61,7 @@ static void body_cb(evutil_socket_t fd, short what, void *arg)
         evbuffer_drain(rec->body_in, evbuffer_get_length(rec->body_in));
         refuse(rec, st);
     }
-    if (st != 0 && (evbuffer_get_length(rec->body_in) == 0 || st != 1) &&
+    if (st != BS_BODY_PIECE && (evbuffer_get_length(rec->body_in) == 0 || st != BS_BODY_END) &&
         (rec->body_py != NULL || !(rec->holds & BS_HOLD_PY))) {
         if (rec->body_py != NULL)
             _bs_http_on_body(rec->body_py, NULL, 0, st);
@@ -80,7 +80,7 @@ void bs_body_wake(bs_http_req_t *rec)
 /* The record is told its final status in the loop (at once when its base is being freed). */
 void bs_body_final(bs_http_req_t *rec, int status)
 {
-    if (rec->body_status == 0)
+    if (rec->body_status == BS_BODY_PIECE)
         rec->body_status = status;
     if (bs_in_orphan) { /* its base is being freed: no more loop rounds, no Python */
         if (rec->holds & BS_HOLD_BODY) {

@@ -240,7 +240,7 @@ void bs_stream_unlink(bs_http_req_t *rec)
         c->mode = M_DEAD;
     unlink_rec(c);
     if (feeding)
-        bs_body_final(rec, -1);
+        bs_body_final(rec, BS_BODY_LOST);
 }
 
 /* The current request's reply is written and libevent reads again: the next may pass. */
@@ -862,7 +862,7 @@ int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r)
     bs_stream_conn *c = h->streams ? find(h, rec->evcon) : NULL;
     if (c == NULL || !c->offered) {
         evbuffer_add_buffer(rec->body_in, evhttp_request_get_input_buffer(r));
-        rec->body_status = 1;
+        rec->body_status = BS_BODY_END;
         bs_body_wake(rec);
         return 0;
     }
@@ -878,11 +878,11 @@ int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r)
     if (c->error != 0) /* over the limit or broken already: the filter drops the rest */
         rec->body_status = c->error;
     else if (c->ended) /* the whole body came with the head: the filter holds the next one */
-        rec->body_status = 1;
+        rec->body_status = BS_BODY_END;
     /* libevent stopped reading (it thinks the request complete): the filter reads the body on */
     bufferevent_enable(c->bev, EV_READ);
     read_on(c);
-    if (evbuffer_get_length(rec->body_in) != 0 || rec->body_status != 0)
+    if (evbuffer_get_length(rec->body_in) != 0 || rec->body_status != BS_BODY_PIECE)
         bs_body_wake(rec);
     return 0;
 }
