@@ -1,7 +1,7 @@
 """The stream transport of ``aio.EventLoop``: TCP and Unix sockets read and written in C.
 
 asyncio's ``_SelectorSocketTransport`` with its two hot paths moved into C (cdefs/aio_stream.c):
-the read event's C callback reads once and calls :func:`bs_py_stream_ready` with the bytes for
+the read event's C callback reads once and calls :func:`bs_py_aio_stream_ready` with the bytes for
 ``data_received``; ``write()`` sends in C at once and queues the rest in an evbuffer that the
 write event's C callback drains, calling Python back only to resume a paused protocol or when
 asked to hear of the queue emptying (close with pending data, ``write_eof``, sendfile). Everything
@@ -478,12 +478,12 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
 
 
 def _stream_error(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
-    """onerror of bs_py_stream_ready: what escaped its own handlers (a bug) is logged."""
+    """onerror of bs_py_aio_stream_ready: what escaped its own handlers (a bug) is logged."""
     logger.error("aio stream callback failed", exc_info=exc)
 
 
 @ffi.def_extern(onerror=_stream_error)  # type: ignore[untyped-decorator]
-def bs_py_stream_ready(handle: Any, kind: int, n: int) -> None:
+def bs_py_aio_stream_ready(handle: Any, kind: int, n: int) -> None:
     """A stream's C callback reports (cdefs/aio_stream.h): run the protocol's part of it.
 
     Protocol errors are the transport's (``_fatal_error``); ``KeyboardInterrupt`` and

@@ -321,7 +321,7 @@ class EvHttpConnection(Finalized):
 
 
 @ffi.def_extern(onerror=lambda *a: http_log.error("response dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
-def _bs_http_on_response(handle: Any) -> None:
+def bs_py_http_response(handle: Any) -> None:
     """A client request completed or failed: run its callback, then close the wrapper.
 
     libevent frees the request when this returns, so nothing here frees it.

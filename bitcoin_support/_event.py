@@ -366,7 +366,7 @@ _from_handle = ffi.from_handle
 
 
 @ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
-def bs_py_event_cb(handle: Any, pending: int) -> int:
+def bs_py_event_fired(handle: Any, pending: int) -> int:
     """A Python-callback event fired; returns the flags the trampoline re-activates it with.
 
     Not pending any more and not re-armed by its callback: the base stops holding it.

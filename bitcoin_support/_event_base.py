@@ -431,7 +431,7 @@ _from_handle = ffi.from_handle
 
 
 @ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
-def bs_py_base_cb(handle: Any) -> None:
+def bs_py_base_notified(handle: Any) -> None:
     """The base's notify or wakeup event fired: run the calls queued so far, in order."""
     st: _LoopState = _from_handle(handle)
     queue = st.queue
@@ -447,7 +447,7 @@ def bs_py_base_cb(handle: Any) -> None:
 
 
 @ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]
-def bs_py_release_probe(record: Any, size: int) -> None:
+def bs_py_handle_wiped(record: Any, size: int) -> None:
     """Test probe: receives the bytes of each record just after it was wiped."""
     probe = _release_probe
     if probe is not None:

@@ -435,7 +435,7 @@ def locked_pool_stats() -> PoolStats:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def _bs_mlock_warning(err: int, size: int) -> None:
+def bs_py_pool_mlock_warning(err: int, size: int) -> None:
     """The pool's first mlock failure: one WARNING per process (the C side calls this once)."""
     secure_alloc_log.warning(
         "mlock of %d bytes failed (%s); secure memory is not locked and may be swapped out: "
@@ -445,4 +445,4 @@ def _bs_mlock_warning(err: int, size: int) -> None:
     )
 
 
-lib.bs_pool_set_warning_hook(lib._bs_mlock_warning)
+lib.bs_pool_set_warning_hook(lib.bs_py_pool_mlock_warning)

@@ -886,7 +886,7 @@ def _log_callback_error(req: EvHttpRequest, exc: BaseException) -> None:
 
 
 @ffi.def_extern(onerror=lambda *a: http_log.error("request dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
-def _bs_http_on_request(rec: Any, handle: Any) -> int:
+def bs_py_http_request(rec: Any, handle: Any) -> int:
     """A request for a Python callback: wrap it, run the callback, keep it if not answered.
 
     Returns 1 when the callback raised; the C trampoline then answers 500 (or ends a started
@@ -934,7 +934,7 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
 
 
 @ffi.def_extern(onerror=lambda *a: http_log.error("request close failed", exc_info=a))  # type: ignore[untyped-decorator]
-def _bs_http_on_gone(handle: Any) -> None:
+def bs_py_http_gone(handle: Any) -> None:
     """The connection of a deferred request closed: close the wrapper (late replies fail)."""
     req: _ServerRequest = _from_handle(handle)
     rec = req._rec
@@ -950,14 +950,14 @@ def _bs_http_on_gone(handle: Any) -> None:
 
 
 @ffi.def_extern(onerror=lambda *a: http_log.error("on_sent dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
-def _bs_http_on_sent(handle: Any, drained: int, gone: int) -> int:
+def bs_py_http_sent(handle: Any, drained: int, gone: int) -> int:
     """Reply bytes were written, or the connection closed: run the callbacks that are due."""
     q: _SentQueue = _from_handle(handle)
     return q.run(int(drained), bool(gone))
 
 
 @ffi.def_extern(onerror=lambda *a: http_log.error("on_body dispatch failed", exc_info=a))  # type: ignore[untyped-decorator]
-def _bs_http_on_body(handle: Any, data: Any, n: int, status: int) -> None:
+def bs_py_http_body(handle: Any, data: Any, n: int, status: int) -> None:
     """A piece of a streamed body, or its end, refusal or loss."""
     sink: _BodySink = _from_handle(handle)
     sink.deliver(data, int(n), int(status))

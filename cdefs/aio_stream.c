@@ -83,7 +83,7 @@ static int stream_call(bs_aio_stream *s, int kind, size_t n)
     if (s->py == NULL)
         return 0;
     s->busy++;
-    bs_py_stream_ready(s->py, kind, n);
+    bs_py_aio_stream_ready(s->py, kind, n);
     if (--s->busy == 0 && s->dead) {
         stream_destroy(s);
         return 1;

@@ -4,7 +4,7 @@
  * writes run in C. One copy for C and cffi (see event.h).
  *
  * The record's fields below "Python's" are set by Python (flags that decide when C must call
- * it back); the others are C's. Python calls C on a write; C calls Python (bs_py_stream_ready)
+ * it back); the others are C's. Python calls C on a write; C calls Python (bs_py_aio_stream_ready)
  * with data read, at EOF, on an error, when the write queue drops to low water while the
  * protocol is paused, and when it empties while Python asked to hear of it.
  */
@@ -15,7 +15,7 @@
 
 #include "event.h"
 
-/* What bs_py_stream_ready reports (kind); n is the byte count for DATA (the bytes are at the
+/* What bs_py_aio_stream_ready reports (kind); n is the byte count for DATA (the bytes are at the
    start of the record's rbuf), the errno for the errors, 0 otherwise. */
 enum {
     BS_STREAM_DATA = 1,      /* bytes were read: data, len */
@@ -69,7 +69,7 @@ void bs_aio_stream_clear(bs_aio_stream *s);
 extern "Python+C" {
 #endif
 /* _aio_transport.py: see the enum above. */
-void bs_py_stream_ready(void *py, int kind, size_t n);
+void bs_py_aio_stream_ready(void *py, int kind, size_t n);
 #ifdef BS_CDEF
 }
 #endif

@@ -3,7 +3,7 @@
  *
  * One C trampoline per callback ABI. libevent calls bs_event_trampoline with the LibEvent record
  * as its arg; the trampoline either calls the user's C EventCallback directly (no Python at all)
- * or the "Python+C" function bs_py_event_cb with the ffi.new_handle of the Python LibEvent. No
+ * or the "Python+C" function bs_py_event_fired with the ffi.new_handle of the Python LibEvent. No
  * ffi.callback anywhere, so no writable-and-executable memory.
  *
  * Who owns what is told once, in docs/design/lifetimes.md; this file holds the C half
@@ -116,7 +116,7 @@ void bs_record_free(void *record, size_t size)
 {
     bs_memory_cleanse(record, size);
     if (atomic_load_explicit(&release_probe, memory_order_relaxed))
-        bs_py_release_probe(record, size);
+        bs_py_handle_wiped(record, size);
     free(record);
 }
 
@@ -159,7 +159,7 @@ static void base_internal_cb(evutil_socket_t fd, short what, void *arg)
     }
     b->depth++;
     if (b->py != NULL) {
-        bs_py_base_cb(b->py);
+        bs_py_base_notified(b->py);
         /* libevent does not count internal callbacks as work done, so loop(EVLOOP_ONCE) would
            go back to waiting after running queued calls; activating an ordinary event in the
            same pass makes the run count. */
@@ -414,7 +414,7 @@ static void bs_event_trampoline(evutil_socket_t fd, short what, void *arg)
     if (e->c_cb != NULL)
         e->c_cb(e, e->c_arg);
     else if (e->py != NULL)
-        again = bs_py_event_cb(e->py, pending); /* the handle is resolved before the callback */
+        again = bs_py_event_fired(e->py, pending); /* the handle is resolved before the callback */
     bs_tree_lock();
     free_it = --e->running == 0 && e->dead;
     bs_tree_unlock();

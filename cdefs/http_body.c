@@ -29,7 +29,7 @@ static void refuse(bs_http_req_t *rec, int code)
         bs_rec_enter(rec, BS_REQ_SENT);
         evhttp_send_error(r, code, NULL); /* "Connection: close": freed once written */
         if ((rec->holds & BS_HOLD_PY) && rec->py != NULL)
-            _bs_http_on_gone(rec->py); /* Python closes its wrapper: it can no longer reply */
+            bs_py_http_gone(rec->py); /* Python closes its wrapper: it can no longer reply */
     } else if (rec->evcon != NULL) {
         evhttp_connection_free(rec->evcon); /* on_close() tells Python */
     }
@@ -48,7 +48,7 @@ static void body_cb(evutil_socket_t fd, short what, void *arg)
         if (n > 65536)
             n = 65536;
         const char *p = (const char *)evbuffer_pullup(rec->body_in, (ev_ssize_t)n);
-        _bs_http_on_body(rec->body_py, p, n, BS_BODY_PIECE);
+        bs_py_http_body(rec->body_py, p, n, BS_BODY_PIECE);
         evbuffer_drain(rec->body_in, n);
     }
     if (rec->body_py == NULL && !(rec->holds & BS_HOLD_PY))
@@ -64,7 +64,7 @@ static void body_cb(evutil_socket_t fd, short what, void *arg)
     if (st != BS_BODY_PIECE && (evbuffer_get_length(rec->body_in) == 0 || st != BS_BODY_END) &&
         (rec->body_py != NULL || !(rec->holds & BS_HOLD_PY))) {
         if (rec->body_py != NULL)
-            _bs_http_on_body(rec->body_py, NULL, 0, st);
+            bs_py_http_body(rec->body_py, NULL, 0, st);
         rec->body_py = NULL;
         bs_rec_drop(rec, BS_HOLD_BODY); /* the call still holds it */
     }

@@ -47,7 +47,7 @@ static void client_cb(struct evhttp_request *r, void *arg)
     if (b != NULL)
         bs_base_enter(b);
     if ((rec->holds & BS_HOLD_PY) && rec->py != NULL)
-        _bs_http_on_response(rec->py);
+        bs_py_http_response(rec->py);
     if (b != NULL)
         bs_base_leave(b);
     rec->req = NULL;

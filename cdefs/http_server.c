@@ -65,7 +65,7 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
     if ((rec->holds & BS_HOLD_PY) && rec->py != NULL && !bs_in_orphan) {
         void *py = rec->py;
         bs_rec_enter_call(rec);
-        _bs_http_on_gone(py); /* Python closes the wrapper and lets go of the record */
+        bs_py_http_gone(py); /* Python closes the wrapper and lets go of the record */
         bs_rec_drop(rec, BS_HOLD_EV);
         bs_rec_leave_call(rec);
         return;
@@ -153,7 +153,7 @@ static void py_request(struct evhttp_request *r, bs_http_route_t *route)
         return;
     }
     bs_rec_enter_call(rec);
-    int failed = _bs_http_on_request(rec, route->py);
+    int failed = bs_py_http_request(rec, route->py);
     bs_http_finish_callback(rec, failed);
     bs_rec_leave_call(rec);
 }
@@ -256,7 +256,7 @@ static void sent_cb(evutil_socket_t fd, short what, void *arg)
         return;
     int gone = rec->sent_gone;
     bs_rec_enter_call(rec); /* on_sent may close the request, its connection, its server */
-    unsigned long long next = _bs_http_on_sent(rec->sent_py, rec->out_drained, gone);
+    unsigned long long next = bs_py_http_sent(rec->sent_py, rec->out_drained, gone);
     if (gone || next == 0) {
         rec->sent_next = 0;
         rec->sent_py = NULL;
