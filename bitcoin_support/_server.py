@@ -611,10 +611,13 @@ class EvHttp(Finalized):
         return self._require(f"{what}").http
 
     def _release_native(self, rec: Any) -> None:
-        """Answer 503 to the requests still waiting for a reply, then free the server.
+        """Answer 503 to the requests still waiting for a reply, cancel the handlers of every
+        request it holds (``serve_http``), then free the server.
 
-        Inside one of its own request callbacks libevent is still working on one of its
-        connections, so C stops it accepting now and frees it on the next loop round.
+        A server Python owns closes its connections when it is freed: the 503s are written to
+        their sockets first, so that they reach the clients. Inside one of its own request
+        callbacks libevent is still working on one of its connections, so C stops it accepting
+        now and frees it on the next loop round.
         """
         later = self._running > 0
         wrapped = self._address is not None
@@ -628,7 +631,16 @@ class EvHttp(Finalized):
                 r = req._rec
                 if r is not None and r.req != _NULL and r.state in _REPLYABLE:
                     lib.bs_http_send_error(r, 503, _NULL)
+                    if not wrapped:
+                        lib.bs_http_flush(r)
                     req._released()
+                gone = getattr(req, "_gone", None)  # set only through _on_gone()
+                if gone is not None:
+                    req._gone = None
+                    try:
+                        gone()  # its handler's task is cancelled (it finds the request closed)
+                    except Exception as exc:
+                        http_log.error("cancelling a handler failed", exc_info=exc)
             if later or wrapped:  # libevent must not call routes that are about to go
                 for path in self._routes:
                     if path is not None:

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 
@@ -435,6 +436,32 @@ BS_EXPORT long long bs_http_output_buffered(bs_http_req_t *rec)
         return -1;
     struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
     return bev != NULL ? (long long)evbuffer_get_length(bufferevent_get_output(bev)) : -1;
+}
+
+/*
+ * Write what is queued on the request's connection to its socket now, as far as the socket
+ * takes it without blocking: a server about to be freed (which closes its connections at once)
+ * first gets the replies it queued last (503s) to its clients. Filters (the framing filter) are
+ * flushed into the socket's bufferevent first, so the bytes keep their order. 0, or -1 when the
+ * connection is gone or has no socket.
+ */
+BS_EXPORT int bs_http_flush(bs_http_req_t *rec)
+{
+    if (rec->evcon == NULL)
+        return -1;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
+    struct bufferevent *under;
+    while (bev != NULL && (under = bufferevent_get_underlying(bev)) != NULL) {
+        bufferevent_flush(bev, EV_WRITE, BEV_FLUSH);
+        bev = under;
+    }
+    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return -1;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    while (evbuffer_get_length(out) > 0 && evbuffer_write(out, fd) > 0)
+        ;
+    return 0;
 }
 
 BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
