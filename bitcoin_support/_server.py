@@ -647,6 +647,12 @@ class EvHttp(Finalized):
                         lib.evhttp_del_cb(rec.http, path.encode("utf-8", "surrogateescape"))
             if wrapped and None in self._routes:  # no getter for the host's: libevent's 404
                 lib.evhttp_set_gencb(rec.http, _NULL, _NULL)
+            if wrapped:  # the host's new connections are read by libevent again, not a filter
+                lib.bs_evhttp_gen_stream(rec, 0)  # whose record is about to be freed
+                lib.bs_evhttp_strict(rec, 0)
+                for path in self._routes:
+                    if path is not None:
+                        lib.bs_evhttp_route_stream(rec, path.encode("utf-8", "surrogateescape"), -1)
         lib.bs_evhttp_release(rec, 1 if later else 0)  # on_close() closes what is left
 
     def _after_release(self) -> None:
