@@ -181,8 +181,19 @@ def detach(ffi: Any, base: Any) -> int:
 
 
 def pending(ffi: Any, base: Any) -> int:
-    """``bs_python_pending``: 1 while a detach of the base waits for its jobs, else 0."""
-    return 1 if _address(ffi, base) in _finishing else 0
+    """``bs_python_pending``: 1 while a detach of the base waits for its jobs (the state is
+    kept: the base must not be freed yet); else 2 while replies Python made on the host's
+    evhttp servers are still being written (or their connections still open); else 0."""
+    from ._server import live_requests
+
+    try:
+        address = _address(ffi, base)
+        if address in _finishing:
+            return 1
+        return 2 if live_requests(address) > 0 else 0
+    except BaseException:
+        traceback.print_exc()
+        return -1
 
 
 def _forget_gates(address: int) -> None:

@@ -60,6 +60,16 @@ _owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
 # applied to every wrapper made for that address; kept until bs_python_detach, so Python code
 # that closes its wrapper and wraps the evhttp again is still behind the host's gate.
 _gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
+# By the address of a host's event_base: how many request records of Python's on the host's
+# evhttp servers there are still alive (C counts them down as it frees them; a host's shutdown
+# waits for the replies to be written: bs_python_pending). Never freed: records may point here.
+_live_counts: dict[int, Any] = {}
+
+
+def live_requests(base_address: int) -> int:
+    """Python's request records still alive on the host's evhttp servers of a base."""
+    live = _live_counts.get(base_address)
+    return 0 if live is None else int(live[0])
 
 
 def _set_gate(address: int, gate: int, arg: int) -> None:
@@ -489,7 +499,7 @@ class EvHttp(Finalized):
     the client gets 500 if nothing was sent; the server keeps serving.
     """
 
-    __slots__ = ("_address", "_base", "_bound", "_pending", "_routes", "_running", "_st")
+    __slots__ = ("_address", "_base", "_bound", "_live", "_pending", "_routes", "_running", "_st")
 
     _kind = "EvHttp"
 
@@ -499,6 +509,7 @@ class EvHttp(Finalized):
     _pending: set[_ServerRequest]
     _routes: dict[str | None, _Route]
     _running: int
+    _live: Any  # for a from_address wrapper: its base's entry of _live_counts; else None
     # For a from_address wrapper: the host's evhttp address (in _wrappers); None when Python
     # owns the server.
     _address: int | None
@@ -517,6 +528,7 @@ class EvHttp(Finalized):
         self._bound = []
         self._running = 0
         self._address = None
+        self._live = None
         self._init_handle(rec, dummy=base.dummy, parent=base)
         if rec.http != _NULL:
             with _registry_lock:
@@ -577,6 +589,10 @@ class EvHttp(Finalized):
                 self._bound = []
                 self._running = 0
                 self._address = address
+                live = _live_counts.get(owner.address)
+                if live is None:
+                    live = _live_counts[owner.address] = ffi.new("int *")
+                self._live = live
                 self._init_handle(rec, dummy=False, parent=owner)
                 _wrappers[address] = self
                 gate = _gates.get(address)
@@ -913,6 +929,10 @@ def _bs_http_on_request(rec: Any, handle: Any) -> int:
     req._init_request(rec, http._st)
     req._http = http
     req._handle = None
+    live = http._live
+    if live is not None:  # a host's evhttp: its shutdown waits for the record (C counts down)
+        rec.live = live
+        live[0] += 1
     http._running += 1
     try:
         route.cb(req, route.arg)

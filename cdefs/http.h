@@ -127,6 +127,7 @@ typedef struct bs_http_req {
     int body_refused;                /* the refusal was answered */
     int body_paused;                 /* Python's sink is full: pieces wait */
     int streaming;                   /* a stream_body request: no whole body */
+    int *live;                       /* server, a host's evhttp: counts the records alive */
 } bs_http_req_t;
 
 

@@ -86,7 +86,7 @@ int bs_python_attach_evhttp(struct evhttp *http, const char *module, const char 
  * when something still needs rounds of the host's loop to finish (detach called inside one of
  * the package's callbacks or a request gate, a job's clean-up waiting for I/O, or still running
  * after 10 s): Python keeps its state on `base` and releases it by itself once that is done;
- * the host runs its loop until bs_python_pending(base) returns 0 (or calls bs_python_detach
+ * the host runs its loop while bs_python_pending(base) returns 1 (or calls bs_python_detach
  * again until it returns 0) before event_base_free() or attaching again on `base`. -1: Python
  * failed (printed to stderr). 0, a no-op, when Python was never started. (Before, it returned
  * void: a host that ignores the result still compiles.)
@@ -94,8 +94,12 @@ int bs_python_attach_evhttp(struct evhttp *http, const char *module, const char 
 int bs_python_detach(struct event_base *base);
 
 /*
- * 1 while Python's state on `base` waits, after bs_python_detach returned 1, for its jobs to
- * finish in the host's loop; 0 once it is released (and when Python was never started).
+ * What is left of Python on `base`, for a host's shutdown after bs_python_detach: 1 while its
+ * state waits for jobs to finish in the host's loop (run the loop; do not free the base yet);
+ * 2 while only replies Python made on the host's evhttp servers (503s, the end of a streamed
+ * reply) are still being written or their connections are still open (running the loop
+ * delivers them; freeing the evhttp now closes those connections); 0 when nothing is left (and
+ * when Python was never started). -1: Python failed (printed to stderr).
  */
 int bs_python_pending(struct event_base *base);
 

@@ -17,7 +17,8 @@
  * While bs_python_pending() says 1 it runs its loop. Then every job must have finished (the
  * Python side counts in `counters`, whose address it finds in BS_TEST_COUNTERS) and every
  * client must read its reply: 503 for the held requests, the whole streamed reply (ended), 200
- * for the gate's own answer. One line per cycle: "cycle N: rc R rss KB fds N"; then "all ok"
+ * for the gate's own answer; once they have, bs_python_pending() must come down to 0 (every
+ * request record Python had is freed). One line per cycle: "cycle N: rc R rss KB fds N"; then "all ok"
  * and exit 0, or a line "FAILED ..." and exit 1.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -267,7 +268,7 @@ int main(int argc, char **argv)
                 return fail(cycle, "still pending");
             run_for(h.base, 2000);
         }
-        if (bs_python_pending(h.base) != 0)
+        if (bs_python_pending(h.base) < 0)
             return fail(cycle, "bs_python_pending failed");
         if (counters[TRIO_DONE] - before[TRIO_DONE] != 1)
             return fail(cycle, "the trio run did not finish");
@@ -299,6 +300,12 @@ int main(int argc, char **argv)
                 return fail(cycle, "wrong reply");
             }
             close(clients[i].fd);
+        }
+        deadline = now() + 30; /* every reply written and its record freed */
+        while (bs_python_pending(h.base) != 0) {
+            if (now() > deadline)
+                return fail(cycle, "replies still pending");
+            run_for(h.base, 2000);
         }
         printf("cycle %d: rc %d rss %ld fds %d\n", cycle, rc, rss_kb(), open_fds());
         fflush(stdout);
