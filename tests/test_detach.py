@@ -192,3 +192,23 @@ def test_attach_while_finishing_is_refused_then_works(host: Host) -> None:
     assert jobs.finished()
     _, jobs = attach_jobs(host)  # attaching again works once it is over
     assert detach(host) == 0 and jobs.finished()
+
+
+BEVCB = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+extra_lib = ctypes.CDLL("libevent_extra-2.1.so.7")
+extra_lib.evhttp_set_bevcb.argtypes = [ctypes.c_void_p, BEVCB, ctypes.c_void_p]
+core.bufferevent_socket_new.restype = ctypes.c_void_p
+core.bufferevent_socket_new.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+
+
+def test_closing_the_wrapper_takes_back_the_framing_filter(host: Host) -> None:
+    """A framing filter Python put on the host's evhttp (a stream_body route) is taken back
+    when the wrapper closes (its record is freed with it): the host's new connections are
+    read by libevent again (under ASan, a filter left behind is a use after free)."""
+    http = EvHttp.from_address(host.http)
+    http.set_cb("/py", lambda req, arg: req.send_reply(200, body=b"py"), stream_body=True)
+    assert host.get("/py") == (200, b"py")
+    assert detach(host) == 0 and http.closed
+    for _ in range(3):
+        assert host.get("/host") == (200, b"")  # the host answers from C
+    assert host.get("/py")[0] == 404
