@@ -663,14 +663,6 @@ class EvHttp(Finalized):
                         lib.evhttp_del_cb(rec.http, path.encode("utf-8", "surrogateescape"))
             if wrapped and None in self._routes:  # no getter for the host's: libevent's 404
                 lib.evhttp_set_gencb(rec.http, _NULL, _NULL)
-            if wrapped and _filtered(rec):
-                # The host's new connections are read by libevent again, not by a filter whose
-                # record is about to be freed (only if Python set one: a host's own stays).
-                lib.bs_evhttp_gen_stream(rec, 0)
-                lib.bs_evhttp_strict(rec, 0)
-                for path in self._routes:
-                    if path is not None:
-                        lib.bs_evhttp_route_stream(rec, path.encode("utf-8", "surrogateescape"), -1)
         lib.bs_evhttp_release(rec, 1 if later else 0)  # on_close() closes what is left
 
     def _after_release(self) -> None:
@@ -856,18 +848,6 @@ class EvHttp(Finalized):
                 )
             mask |= bit
         lib.evhttp_set_allowed_methods(self._http("set_allowed_methods"), mask)
-
-
-def _filtered(rec: Any) -> bool:
-    """Whether the server's new connections go through the framing filter (Python set it)."""
-    if rec.gen_stream or rec.strict:
-        return True
-    route = rec.routes
-    while route != _NULL:
-        if route.stream:
-            return True
-        route = route.next
-    return False
 
 
 def _path_arg(where: str, path: object) -> tuple[str, bytes]:

@@ -441,21 +441,22 @@ BS_EXPORT long long bs_http_output_buffered(bs_http_req_t *rec)
 /*
  * Write what is queued on the request's connection to its socket now, as far as the socket
  * takes it without blocking: a server about to be freed (which closes its connections at once)
- * first gets the replies it queued last (503s) to its clients. Filters (the framing filter) are
- * flushed into the socket's bufferevent first, so the bytes keep their order. 0, or -1 when the
- * connection is gone or has no socket.
+ * first gets the replies it queued last (503s) to its clients. On a framed connection the
+ * framing filter passes the reply bytes unchanged and writes them to the socket itself, so its
+ * own output is written, unless bytes wait below it (they would be overtaken). 0, or -1 when
+ * the connection is gone, has no socket, or has bytes below its filter.
  */
 BS_EXPORT int bs_http_flush(bs_http_req_t *rec)
 {
     if (rec->evcon == NULL)
         return -1;
     struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
-    struct bufferevent *under;
-    while (bev != NULL && (under = bufferevent_get_underlying(bev)) != NULL) {
-        bufferevent_flush(bev, EV_WRITE, BEV_FLUSH);
-        bev = under;
-    }
-    evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
+    if (bev == NULL)
+        return -1;
+    struct bufferevent *under = bufferevent_get_underlying(bev);
+    if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) != 0)
+        return -1;
+    evutil_socket_t fd = bufferevent_getfd(under != NULL ? under : bev);
     if (fd < 0)
         return -1;
     struct evbuffer *out = bufferevent_get_output(bev);
