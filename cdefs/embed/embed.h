@@ -1,7 +1,8 @@
 /*
  * The embedding API of bitcoin_support._embed (build_embed.py): the functions cffi generates
  * for the C side. bs_python_attach(), bs_python_attach_evhttp(), bs_python_detach() and
- * bs_python_pending() in attach.c call them after starting Python; their Python side is bitcoin_support._attach.
+ * bs_python_pending() in attach.c call them after starting Python; their Python side is
+ * bitcoin_support._attach.
  * `result` is preset to -1 by the caller and written by Python, so a failed cffi start-up still
  * reads as failure.
  */

@@ -18,8 +18,8 @@
  * Python side counts in `counters`, whose address it finds in BS_TEST_COUNTERS) and every
  * client must read its reply: 503 for the held requests, the whole streamed reply (ended), 200
  * for the gate's own answer; once they have, bs_python_pending() must come down to 0 (every
- * request record Python had is freed). One line per cycle: "cycle N: rc R rss KB fds N"; then "all ok"
- * and exit 0, or a line "FAILED ..." and exit 1.
+ * request record Python had is freed). One line per cycle: "cycle N: rc R rss KB fds N";
+ * then "all ok" and exit 0, or a line "FAILED ..." and exit 1.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <bitcoin_support.h>
