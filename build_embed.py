@@ -6,10 +6,10 @@ A C host links this library and calls the functions of ``bitcoin_support.h``:
   compiled in from ``cdefs/cleanse.c``, ``lockedpool.c``, ``zeroafterfree.c`` and ``utf8.c``,
   and usable without starting Python;
 - the accessors of the ``LibEvent`` record (``cdefs/event_access.c``, also in ``_native``);
-- ``bs_python_attach``, ``bs_python_attach_evhttp`` and ``bs_python_detach``
-  (``cdefs/embed/attach.c``), which start Python when needed and then call the cffi embedding
-  API functions declared in ``cdefs/embed/embed.h``, implemented in Python by
-  ``bitcoin_support._attach``.
+- ``bs_python_attach``, ``bs_python_attach_evhttp``, ``bs_python_detach`` and
+  ``bs_python_pending`` (``cdefs/embed/attach.c``), which start Python when needed and then
+  call the cffi embedding API functions declared in ``cdefs/embed/embed.h``, implemented in
+  Python by ``bitcoin_support._attach``.
 
 The library is linked against libpython with an rpath to its folder, so a host needs nothing but
 this library. The python running the build is baked in (``BS_BUILD_EXECUTABLE``) as the fallback
@@ -42,7 +42,7 @@ FLAGS = HERE / "build_flags.py"
 # Runs once, on the first bs_python_attach(), with the GIL held, after attach.c started Python.
 INIT_CODE = """
 from bitcoin_support._embed import ffi
-from bitcoin_support._attach import attach, attach_evhttp, detach, set_gate, set_strict
+from bitcoin_support._attach import attach, attach_evhttp, detach, pending, set_gate, set_strict
 
 
 @ffi.def_extern()
@@ -56,8 +56,13 @@ def _bs_embed_attach_evhttp(http, module, function, result):
 
 
 @ffi.def_extern()
-def _bs_embed_detach(base):
-    detach(ffi, base)
+def _bs_embed_detach(base, result):
+    result[0] = detach(ffi, base)
+
+
+@ffi.def_extern()
+def _bs_embed_pending(base, result):
+    result[0] = pending(ffi, base)
 
 
 @ffi.def_extern()

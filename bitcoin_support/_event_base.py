@@ -60,7 +60,7 @@ class _LoopState:
     Kept apart from EventBase so that the C record's handle does not keep the base alive.
     """
 
-    __slots__ = ("deferred", "error", "guard", "lock", "queue", "rec", "running")
+    __slots__ = ("deferred", "draining", "error", "guard", "lock", "queue", "rec", "running")
 
     def __init__(self, rec: Any, guard: _Guard) -> None:
         self.rec: Any = rec
@@ -73,6 +73,9 @@ class _LoopState:
         self.lock = threading.RLock()
         # The event whose own callback, running now, deferred its re-activation (LibEvent.active).
         self.deferred: LibEvent | None = None
+        # Calls from the queue running now (bs_py_base_cb, run_queued): a C host's detach made
+        # inside one of them must not run the queue again (trio's tick is not re-entrant).
+        self.draining = 0
 
     def reraise(self) -> None:
         """Raise the first error a callback stored, with its traceback, and forget it."""
@@ -434,16 +437,35 @@ _from_handle = ffi.from_handle
 def bs_py_base_notified(handle: Any) -> None:
     """The base's notify or wakeup event fired: run the calls queued so far, in order."""
     st: _LoopState = _from_handle(handle)
+    run_queued(st)
+
+
+def run_queued(st: _LoopState) -> bool:
+    """Run the calls queued so far on ``st``, in order; whether any ran.
+
+    Also what a C host's ``bs_python_detach`` runs, inside the host's own callback, to let
+    cancelled trio runs finish without a round of the host's loop. The queue may be emptied
+    under us (a call that closed the base): the count is only an upper bound.
+    """
     queue = st.queue
-    for _ in range(len(queue)):
-        fn, args = queue.popleft()
-        try:
-            fn(*args)
-        except BaseException as exc:
-            st.fail(exc)
-            if queue and st.rec is not None:
-                lib.bs_base_notify(st.rec)  # the rest runs on the next round
-            return
+    ran = False
+    st.draining += 1
+    try:
+        for _ in range(len(queue)):
+            if not queue:
+                break
+            fn, args = queue.popleft()
+            ran = True
+            try:
+                fn(*args)
+            except BaseException as exc:
+                st.fail(exc)
+                if queue and st.rec is not None:
+                    lib.bs_base_notify(st.rec)  # the rest runs on the next round
+                break
+    finally:
+        st.draining -= 1
+    return ran
 
 
 @ffi.def_extern(onerror=_callback_error)  # type: ignore[untyped-decorator]

@@ -63,6 +63,16 @@ _owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
 # applied to every wrapper made for that address; kept until bs_python_detach, so Python code
 # that closes its wrapper and wraps the evhttp again is still behind the host's gate.
 _gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
+# By the address of a host's event_base: how many request records of Python's on the host's
+# evhttp servers there are still alive (C counts them down as it frees them; a host's shutdown
+# waits for the replies to be written: bs_python_pending). Never freed: records may point here.
+_live_counts: dict[int, Any] = {}
+
+
+def live_requests(base_address: int) -> int:
+    """Python's request records still alive on the host's evhttp servers of a base."""
+    live = _live_counts.get(base_address)
+    return 0 if live is None else int(live[0])
 
 
 def _set_gate(address: int, gate: int, arg: int) -> None:
@@ -492,7 +502,7 @@ class EvHttp(Finalized):
     the client gets 500 if nothing was sent; the server keeps serving.
     """
 
-    __slots__ = ("_address", "_base", "_bound", "_pending", "_routes", "_running", "_st")
+    __slots__ = ("_address", "_base", "_bound", "_live", "_pending", "_routes", "_running", "_st")
 
     _kind = "EvHttp"
 
@@ -502,6 +512,7 @@ class EvHttp(Finalized):
     _pending: set[_ServerRequest]
     _routes: dict[str | None, _Route]
     _running: int
+    _live: Any  # for a from_address wrapper: its base's entry of _live_counts; else None
     # For a from_address wrapper: the host's evhttp address (in _wrappers); None when Python
     # owns the server.
     _address: int | None
@@ -520,6 +531,7 @@ class EvHttp(Finalized):
         self._bound = []
         self._running = 0
         self._address = None
+        self._live = None
         self._init_handle(rec, dummy=base.dummy, parent=base)
         if rec.http != _NULL:
             with _registry_lock:
@@ -580,6 +592,10 @@ class EvHttp(Finalized):
                 self._bound = []
                 self._running = 0
                 self._address = address
+                live = _live_counts.get(owner.address)
+                if live is None:
+                    live = _live_counts[owner.address] = ffi.new("int *")
+                self._live = live
                 self._init_handle(rec, dummy=False, parent=owner)
                 _wrappers[address] = self
                 gate = _gates.get(address)
@@ -614,10 +630,13 @@ class EvHttp(Finalized):
         return self._require(f"{what}").http
 
     def _release_native(self, rec: Any) -> None:
-        """Answer 503 to the requests still waiting for a reply, then free the server.
+        """Answer 503 to the requests still waiting for a reply, cancel the handlers of every
+        request it holds (``serve_http``), then free the server.
 
-        Inside one of its own request callbacks libevent is still working on one of its
-        connections, so C stops it accepting now and frees it on the next loop round.
+        A server Python owns closes its connections when it is freed: the 503s are written to
+        their sockets first, so that they reach the clients. Inside one of its own request
+        callbacks libevent is still working on one of its connections, so C stops it accepting
+        now and frees it on the next loop round.
         """
         later = self._running > 0
         wrapped = self._address is not None
@@ -631,7 +650,16 @@ class EvHttp(Finalized):
                 r = req._rec
                 if r is not None and r.req != _NULL and r.state in _REPLYABLE:
                     lib.bs_http_send_error(r, 503, _NULL)
+                    if not wrapped:
+                        lib.bs_http_flush(r)
                     req._released()
+                gone = getattr(req, "_gone", None)  # set only through _on_gone()
+                if gone is not None:
+                    req._gone = None
+                    try:
+                        gone()  # its handler's task is cancelled (it finds the request closed)
+                    except Exception as exc:
+                        http_log.error("cancelling a handler failed", exc_info=exc)
             if later or wrapped:  # libevent must not call routes that are about to go
                 for path in self._routes:
                     if path is not None:
@@ -898,6 +926,10 @@ def bs_py_http_request(rec: Any, handle: Any) -> int:
     req._init_request(rec, http._st)
     req._http = http
     req._handle = None
+    live = http._live
+    if live is not None:  # a host's evhttp: its shutdown waits for the record (C counts down)
+        rec.live = live
+        live[0] += 1
     http._running += 1
     try:
         route.cb(req, route.arg)

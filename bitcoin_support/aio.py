@@ -156,6 +156,7 @@ class EventLoop(asyncio.SelectorEventLoop):
     _bs_armed: bool
     _bs_in_run: bool
     _bs_streams: set[Any]
+    _bs_detaching: bool
     _selector: LibeventSelector
     #: Plain TCP and Unix stream sockets get the transport whose reads and writes run in C
     #: (``_aio_transport``); False: asyncio's own selector transports, as before.
@@ -192,6 +193,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._bs_own = own
         self._bs_tick = None
         self._bs_forget_detach: Callable[[], None] | None = None
+        self._bs_detaching = False  # a C host's detach cancelled the tasks: close when done
         self._bs_armed = False
         self._bs_in_run = False
         self._bs_streams = set()  # open C stream transports, held as the selector holds asyncio's
@@ -296,7 +298,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         else:
             tick.delete()
 
-    def _bs_on_tick(self, _ev: LibEvent, _arg: object) -> None:
+    def _bs_on_tick(self, _ev: LibEvent | None, _arg: object) -> None:
         """One iteration of asyncio's loop, inside the base's dispatch (attached mode)."""
         self._bs_armed = False
         if self.is_closed() or self._bs_in_run or self._thread_id is not None:
@@ -315,6 +317,16 @@ class EventLoop(asyncio.SelectorEventLoop):
             _set_running_loop(previous)
             if not self.is_closed():
                 self._bs_rearm()
+                if self._bs_detaching:
+                    self._bs_detach_check()
+
+    def _bs_detach_check(self) -> None:
+        """After a C host's detach cancelled the tasks: close the loop once none is left."""
+        if self.is_closed() or self._thread_id is not None or self._bs_in_run:
+            return
+        if any(not t.done() for t in asyncio.all_tasks(self)):
+            return
+        self.close()
 
     def _bs_enter(self) -> bool:
         """Before a C stream callback outside the loop's run (an attached loop's base, run by
@@ -583,26 +595,52 @@ def attach(base: EventBase) -> EventLoop:
     except BaseException:
         loop.close()
         raise
-    loop._bs_forget_detach = _attach.at_detach(base.address, lambda: _detached(loop))
+    loop._bs_forget_detach = _attach.add_job(base.address, _AttachedJob(loop))
     return loop
 
 
-def _detached(loop: EventLoop) -> None:
-    """The C host called ``bs_python_detach`` on the loop's base: cancel the loop's tasks, let
-    them finish when nobody dispatches the base (a host shutting down), then close the loop."""
-    loop._bs_forget_detach = None
-    if loop.is_closed():
-        return
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks and not loop.is_running():
-        try:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        except RuntimeError:  # the base is being dispatched: cancelled, not waited for
-            pass
-    if not loop.is_running():
-        loop.close()
+class _AttachedJob:
+    """An attached loop on a C host's base, as a job of ``bs_python_detach``
+    (``_attach.Job``): its tasks are cancelled and run to their end from the loop's ready
+    queue and timers, then the loop is closed."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+
+    @property
+    def finished(self) -> bool:
+        return self.loop.is_closed()
+
+    def cancel(self) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
+        loop._bs_detaching = True
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        if not self.blocked():
+            loop._bs_detach_check()
+
+    def blocked(self) -> bool:
+        loop = self.loop
+        return loop._thread_id is not None or loop._bs_in_run
+
+    def step(self) -> float | None:
+        loop = self.loop
+        if loop.is_closed():
+            return None
+        scheduled = loop._scheduled
+        if not loop._ready and scheduled:
+            wait = scheduled[0].when() - loop.time()
+            if wait > loop._clock_resolution:
+                return wait
+        if loop._ready or scheduled:
+            loop._bs_on_tick(None, None)  # one iteration, as the tick event would run it
+            return 0.0
+        loop._bs_detach_check()
+        return None
 
 
 def new_event_loop(base: EventBase | None = None) -> EventLoop:

@@ -23,11 +23,9 @@ task). Trio keeps its own ``signal.set_wakeup_fd``; the base's loop leaves it al
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 try:
     import outcome
@@ -42,7 +40,7 @@ from . import _attach
 from ._errors import ClosedError
 from ._errors import type_name as _type_name
 from ._event import EV_PERSIST, LibEvent, obtain_event
-from ._event_base import EVLOOP_NO_EXIT_ON_EMPTY, EVLOOP_ONCE, EventBase
+from ._event_base import EVLOOP_NO_EXIT_ON_EMPTY, EventBase
 from ._request import EvHttpRequest
 from ._server import EvHttp
 from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
@@ -50,10 +48,6 @@ from ._serving import BodyPieces, answer_error, answer_result, handler_raised, u
 __all__ = ["iter_body", "run", "send_chunk", "serve_http", "start", "wait_event"]
 
 T = TypeVar("T")
-
-_http_log: Final = logging.getLogger("bitcoin_support.http")
-# How long bs_python_detach lets a cancelled trio run on a C host's base finish.
-_DETACH_SECONDS: Final = 10.0
 
 
 def _check_base(where: str, base: object) -> EventBase:
@@ -90,62 +84,73 @@ def start(
             done_callback=done,
         )
         return
-    # A C host's base: bs_python_detach cancels the run and lets it finish first.
+    # A C host's base: bs_python_detach cancels the run and sees it finish first.
     guest = _Guest(base, done)
-    guest.forget = _attach.at_detach(base.address, guest.detach)
-    trio.lowlevel.start_guest_run(
-        guest.main,
-        async_fn,
-        *args,
-        run_sync_soon_threadsafe=base.call_soon_threadsafe,
-        done_callback=guest.done,
-    )
+    guest.ended = _attach.add_job(base.address, guest)
+    try:
+        trio.lowlevel.start_guest_run(
+            guest.main,
+            async_fn,
+            *args,
+            run_sync_soon_threadsafe=base.call_soon_threadsafe,
+            done_callback=guest.done,
+        )
+    except BaseException:
+        guest.finished = True
+        guest.ended()
+        raise
 
 
 class _Guest:
-    """A trio run started on a C host's base: ``bs_python_detach`` cancels it and runs the
-    base's loop until trio has finished (unless the host's loop is running: then it is only
-    cancelled, since libevent's loop cannot be entered twice)."""
+    """A trio run started on a C host's base, as a job of ``bs_python_detach``
+    (``_attach.Job``): cancelled there, and finished through the base's call queue, where
+    trio's ticks arrive."""
 
-    __slots__ = ("base", "finished", "forget", "scope", "token", "user_done")
+    __slots__ = ("base", "cancelled", "ended", "finished", "scope", "token", "user_done")
 
     def __init__(self, base: EventBase, done: Callable[[outcome.Outcome[Any]], object]) -> None:
         self.base = base
         self.user_done = done
         self.finished = False
-        self.forget: Callable[[], None] | None = None
+        self.cancelled = False
+        self.ended: Callable[[], None] = _no_op
         self.scope: trio.CancelScope | None = None
         self.token: trio.lowlevel.TrioToken | None = None
 
     async def main(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         self.token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as self.scope:
+            if self.cancelled:  # bs_python_detach came before trio's first tick
+                self.scope.cancel()
             return await async_fn(*args)
         return None  # cancelled by bs_python_detach
 
     def done(self, result: outcome.Outcome[Any]) -> None:
         self.finished = True
-        if self.forget is not None:
-            self.forget()
+        self.ended()
         self.user_done(result)
 
-    def detach(self) -> None:
-        deadline = time.monotonic() + _DETACH_SECONDS
-        cancelled = False
-        # Wakes the loop at the deadline, whatever trio waits for; closed with the base.
-        obtain_event(self.base, -1, 0, lambda ev, arg: None).add(_DETACH_SECONDS)
-        while not self.finished and time.monotonic() < deadline:
-            if not cancelled and self.scope is not None and self.token is not None:
-                self.token.run_sync_soon(self.scope.cancel)
-                cancelled = True
+    def cancel(self) -> None:
+        if self.cancelled or self.finished:
+            return
+        self.cancelled = True
+        scope, token = self.scope, self.token
+        if scope is not None and token is not None:
             try:
-                self.base.loop(EVLOOP_ONCE)
-            except RuntimeError:  # the host's loop is running: only cancelled
-                if not cancelled and self.token is not None and self.scope is not None:
-                    self.token.run_sync_soon(self.scope.cancel)
-                return
-        if not self.finished:
-            _http_log.error("trio_guest: the trio run did not finish within bs_python_detach")
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
+
+    def blocked(self) -> bool:
+        st = self.base._st
+        return st.draining > 0  # trio's tick may be the call running now: not re-entrant
+
+    def step(self) -> float | None:
+        return None  # its ticks come through the base's call queue, which detach runs
+
+
+def _no_op() -> None:
+    pass
 
 
 class _Run:
@@ -228,7 +233,8 @@ async def wait_event(
     def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
         nonlocal waiting
         waiting = False
-        ev.delete()
+        if not ev.closed:  # closed with its base (a C host's detach): nothing to delete
+            ev.delete()
         return trio.lowlevel.Abort.SUCCEEDED
 
     # The event lives only for this call: deleted on cancel, closed (freed) on the way out.

@@ -127,6 +127,7 @@ typedef struct bs_http_req {
     int body_refused;                /* the refusal was answered */
     int body_paused;                 /* Python's sink is full: pieces wait */
     int streaming;                   /* a stream_body request: no whole body */
+    int *live;                       /* server, a host's evhttp: counts the records alive */
 } bs_http_req_t;
 
 
@@ -235,6 +236,7 @@ int bs_http_send_error(bs_http_req_t *rec, int code, const char *reason);
 int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reason);
 long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);
 long long bs_http_output_buffered(bs_http_req_t *rec);
+int bs_http_flush(bs_http_req_t *rec);
 int bs_http_on_body(bs_http_req_t *rec, void *py);
 void bs_http_body_pause(bs_http_req_t *rec, int paused);
 int bs_evhttp_route_stream(bs_evhttp *h, const char *path, int stream);

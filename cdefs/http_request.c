@@ -113,6 +113,8 @@ bs_http_req_t *bs_rec_new(int state, unsigned holds)
 
 static void rec_free(bs_http_req_t *rec)
 {
+    if (rec->live != NULL)
+        --*rec->live; /* a host's shutdown waits for them (bs_python_pending) */
     bs_memory_cleanse(rec, sizeof(*rec)); /* state BS_REQ_FREE, no holders */
 #if BS_REC_CACHE
     if (rec_cached < BS_REC_CACHE) {

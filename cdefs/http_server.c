@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 
@@ -435,6 +436,33 @@ BS_EXPORT long long bs_http_output_buffered(bs_http_req_t *rec)
         return -1;
     struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
     return bev != NULL ? (long long)evbuffer_get_length(bufferevent_get_output(bev)) : -1;
+}
+
+/*
+ * Write what is queued on the request's connection to its socket now, as far as the socket
+ * takes it without blocking: a server about to be freed (which closes its connections at once)
+ * first gets the replies it queued last (503s) to its clients. On a framed connection the
+ * framing filter passes the reply bytes unchanged and writes them to the socket itself, so its
+ * own output is written, unless bytes wait below it (they would be overtaken). 0, or -1 when
+ * the connection is gone, has no socket, or has bytes below its filter.
+ */
+BS_EXPORT int bs_http_flush(bs_http_req_t *rec)
+{
+    if (rec->evcon == NULL)
+        return -1;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rec->evcon);
+    if (bev == NULL)
+        return -1;
+    struct bufferevent *under = bufferevent_get_underlying(bev);
+    if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) != 0)
+        return -1;
+    evutil_socket_t fd = bufferevent_getfd(under != NULL ? under : bev);
+    if (fd < 0)
+        return -1;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    while (evbuffer_get_length(out) > 0 && evbuffer_write(out, fd) > 0)
+        ;
+    return 0;
 }
 
 BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)

@@ -81,13 +81,14 @@ int main(void)
     EvutilSocket fd = -1;
     int (*attach)(struct event_base *, const char *, const char *) = bs_python_attach;
     int (*attach_http)(struct evhttp *, const char *, const char *) = bs_python_attach_evhttp;
-    void (*detach)(struct event_base *) = bs_python_detach;
+    int (*detach)(struct event_base *) = bs_python_detach;
+    int (*pending)(struct event_base *) = bs_python_pending;
     int (*set_gate)(struct evhttp *, BsRequestGate, void *) = bs_python_set_request_gate;
     void *(*alloc)(size_t) = bs_secure_allocate;
     void (*dealloc)(void *) = bs_secure_deallocate;
     void (*cleanse)(void *, size_t) = bs_memory_cleanse;
-    return (ecb && rcb && g && attach && attach_http && detach && set_gate && alloc && dealloc
-            && cleanse && fd == -1) ? 0 : 1;
+    return (ecb && rcb && g && attach && attach_http && detach && pending && set_gate && alloc
+            && dealloc && cleanse && fd == -1) ? 0 : 1;
 }
 """
 

@@ -3,8 +3,8 @@
  *
  * Secure memory (usable from C without starting Python), the callback ABIs of the libevent
  * handles and the accessors of the package's event record, and bs_python_attach(),
- * bs_python_attach_evhttp() and bs_python_detach() for C hosts that run their own libevent
- * loop. Link the library named by bitcoin_support.embed_library_path().
+ * bs_python_attach_evhttp(), bs_python_detach() and bs_python_pending() for C hosts that run
+ * their own libevent loop. Link the library named by bitcoin_support.embed_library_path().
  */
 #ifndef BITCOIN_SUPPORT_H
 #define BITCOIN_SUPPORT_H
@@ -78,12 +78,30 @@ int bs_python_attach_evhttp(struct evhttp *http, const char *module, const char 
 
 /*
  * Release everything Python made on `base`: events, evhttp callbacks (the host's stay), the
- * wrappers; requests Python still holds are answered 503 (the host's loop must run on for the
- * replies to be written). Trio runs started on it are cancelled and, when the host's loop is
- * not running, run until they finish. Afterwards nothing of Python's runs on `base`; call it
- * before event_base_free(). A no-op when Python was never started.
+ * wrappers; requests Python still holds are answered 503 and their handlers cancelled (the
+ * host's loop must run on for the replies to be written). Trio runs and asyncio tasks started
+ * on it are cancelled and run to their end here, without the host's loop, which works from
+ * anywhere: between loop rounds, or inside the host's own callbacks while its loop runs.
+ * Returns 0 when all of it is released: nothing of Python's runs on `base` any more. Returns 1
+ * when something still needs rounds of the host's loop to finish (detach called inside one of
+ * the package's callbacks or a request gate, a job's clean-up waiting for I/O, or still running
+ * after 10 s): Python keeps its state on `base` and releases it by itself once that is done;
+ * the host runs its loop while bs_python_pending(base) returns 1 (or calls bs_python_detach
+ * again until it returns 0) before event_base_free() or attaching again on `base`. -1: Python
+ * failed (printed to stderr). 0, a no-op, when Python was never started. (Before, it returned
+ * void: a host that ignores the result still compiles.)
  */
-void bs_python_detach(struct event_base *base);
+int bs_python_detach(struct event_base *base);
+
+/*
+ * What is left of Python on `base`, for a host's shutdown after bs_python_detach: 1 while its
+ * state waits for jobs to finish in the host's loop (run the loop; do not free the base yet);
+ * 2 while only replies Python made on the host's evhttp servers (503s, the end of a streamed
+ * reply) are still being written or their connections are still open (running the loop
+ * delivers them; freeing the evhttp now closes those connections); 0 when nothing is left (and
+ * when Python was never started). -1: Python failed (printed to stderr).
+ */
+int bs_python_pending(struct event_base *base);
 
 /*
  * Run `gate(req, arg)` in C before every request that one of Python's callbacks on `http`

@@ -16,9 +16,10 @@
  *     memory; py_gate() runs in C before every request Python would get and answers 401 unless
  *     the request carries "Authorization: Bearer <token>", compared in constant time.
  *   - SIGTERM or SIGINT (libevent signal events on the host's base): stop accepting; let the
- *     in-flight C requests finish; leave the loop; bs_python_detach() (Python's routes, events
- *     and trio run go; requests Python still holds get 503); run the loop 200 ms more so those
- *     replies are written; evhttp_free(); event_base_free(); exit 0.
+ *     in-flight C requests finish; leave the loop; bs_python_detach() (Python's routes, events,
+ *     trio run and asyncio job go; requests Python still holds get 503); run the loop while
+ *     bs_python_pending() says Python still has jobs finishing or replies being written (at
+ *     most 2 s for the replies); evhttp_free(); event_base_free(); exit 0.
  *
  * It compiles as C99 and as C++ (the Makefile builds both).
  */
@@ -43,7 +44,7 @@
 
 #define TOKEN_MAX 256
 #define SLOW_USEC 200000
-#define LINGER_USEC 200000
+#define LINGER_USEC 2000000 /* at most, for Python's last replies to be written */
 
 static const char DEMO_TOKEN[] = "host-api-token-0123456789abcdef";
 
@@ -365,12 +366,27 @@ int main(int argc, char **argv)
 
     event_base_dispatch(h.base);
 
-    /* 3. Python lets go of the base: routes, events, trio; its pending requests get 503. */
-    bs_python_detach(h.base);
-    /* 4. The replies queued last (503s, C replies) are written while the loop runs a little. */
-    struct timeval linger = {0, LINGER_USEC};
-    event_base_loopexit(h.base, &linger);
-    event_base_dispatch(h.base);
+    /* 3. Python lets go of the base: routes, events, its trio and asyncio jobs (cancelled and
+       finished); its pending requests get 503. */
+    int rc = bs_python_detach(h.base);
+    if (rc < 0)
+        fprintf(stderr, "host: bs_python_detach failed\n");
+    /* 4. The loop runs (one round of 10 ms for the C replies queued last) while Python says
+       something is left: jobs still finishing (1), then the replies it queued last (503s)
+       being written (2), the latter for at most LINGER_USEC. */
+    struct timeval tick = {0, 10000};
+    struct timeval start, now, spent;
+    evutil_gettimeofday(&start, NULL);
+    int left;
+    do {
+        event_base_loopexit(h.base, &tick);
+        event_base_dispatch(h.base);
+        left = bs_python_pending(h.base);
+        evutil_gettimeofday(&now, NULL);
+        evutil_timersub(&now, &start, &spent);
+        if (left == 2 && spent.tv_sec * 1000000L + spent.tv_usec >= LINGER_USEC)
+            break; /* a client that does not read its reply is not waited for */
+    } while (left > 0);
     /* 5. The server, the host's events, the base, the token. */
     evhttp_free(h.http);
     event_free(h.drain);
