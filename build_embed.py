@@ -46,32 +46,32 @@ from bitcoin_support._attach import attach, attach_evhttp, detach, pending, set_
 
 
 @ffi.def_extern()
-def _bs_embed_attach(base, module, function, result):
+def bs_py_embed_attach(base, module, function, result):
     result[0] = attach(ffi, base, module, function)
 
 
 @ffi.def_extern()
-def _bs_embed_attach_evhttp(http, module, function, result):
+def bs_py_embed_attach_evhttp(http, module, function, result):
     result[0] = attach_evhttp(ffi, http, module, function)
 
 
 @ffi.def_extern()
-def _bs_embed_detach(base, result):
+def bs_py_embed_detach(base, result):
     result[0] = detach(ffi, base)
 
 
 @ffi.def_extern()
-def _bs_embed_pending(base, result):
+def bs_py_embed_pending(base, result):
     result[0] = pending(ffi, base)
 
 
 @ffi.def_extern()
-def _bs_embed_set_gate(http, gate, arg, result):
+def bs_py_embed_set_gate(http, gate, arg, result):
     result[0] = set_gate(ffi, http, gate, arg)
 
 
 @ffi.def_extern()
-def _bs_embed_set_strict(http, on, result):
+def bs_py_embed_set_strict(http, on, result):
     result[0] = set_strict(ffi, http, on)
 """
 

@@ -73,7 +73,7 @@ class _LoopState:
         self.lock = threading.RLock()
         # The event whose own callback, running now, deferred its re-activation (LibEvent.active).
         self.deferred: LibEvent | None = None
-        # Calls from the queue running now (bs_py_base_cb, run_queued): a C host's detach made
+        # Calls from the queue running now (bs_py_base_notified, run_queued): a C host's detach made
         # inside one of them must not run the queue again (trio's tick is not re-entrant).
         self.draining = 0
 

@@ -6,9 +6,9 @@
  * `result` is preset to -1 by the caller and written by Python, so a failed cffi start-up still
  * reads as failure.
  */
-void _bs_embed_attach(void *base, const char *module, const char *function, int *result);
-void _bs_embed_attach_evhttp(void *http, const char *module, const char *function, int *result);
-void _bs_embed_detach(void *base, int *result);
-void _bs_embed_pending(void *base, int *result);
-void _bs_embed_set_gate(void *http, void *gate, void *arg, int *result);
-void _bs_embed_set_strict(void *http, int on, int *result);
+void bs_py_embed_attach(void *base, const char *module, const char *function, int *result);
+void bs_py_embed_attach_evhttp(void *http, const char *module, const char *function, int *result);
+void bs_py_embed_detach(void *base, int *result);
+void bs_py_embed_pending(void *base, int *result);
+void bs_py_embed_set_gate(void *http, void *gate, void *arg, int *result);
+void bs_py_embed_set_strict(void *http, int on, int *result);
