@@ -1,5 +1,6 @@
-"""The request base shared by both roles of an evhttp request (server: ``_server.py``; client:
-``_client.py``): the handle surface, what was received, and the thread rule on its hot path.
+"""The request base shared by both roles of an evhttp request (server:
+``_server_request.py``; client: ``_client.py``): the handle surface, what was received, and the
+thread rule on its hot path.
 
 Who owns a request, and when (libevent and Python share it), is told in
 docs/design/lifetimes.md; the state machine of the C record is drawn in ``cdefs/http_request.c``.
@@ -278,7 +279,7 @@ class EvHttpRequest(Handle):
             raise ClosedError("EvHttpRequest.error: the request is closed")
         return None
 
-    # -- the server's replies (``_server.py``) and the client's body (``_client.py``)
+    # -- the server's replies (``_server_request.py``) and the client's body (``_client.py``)
 
     def send_reply(
         self,
@@ -325,7 +326,7 @@ class EvHttpRequest(Handle):
         fn: Callable[[EvHttpRequest, bytes], object],
         on_error: Callable[[int], object] | None,
     ) -> Any:
-        """Private hook of the ``iter_body`` helpers (server requests, see ``_server.py``)."""
+        """Private hook of the ``iter_body`` helpers (server requests: ``_server_stream.py``)."""
         raise _not_for("on_body", "server request has a body to stream")
 
     def set_body(self, data: Any) -> None:
@@ -333,7 +334,7 @@ class EvHttpRequest(Handle):
         raise _not_for("set_body", "client request has a body to send")
 
     def _when_below(self, high_water: int, cb: Callable[[bool], object]) -> bool:
-        """Private hook of the ``send_chunk`` helpers (server requests, see ``_server.py``)."""
+        """Private hook of the ``send_chunk`` helpers (server requests: ``_server_stream.py``)."""
         raise _not_for("send_chunk", "server request has a reply to write")
 
     def _on_gone(self, cb: Callable[[], object] | None) -> None:

@@ -25,15 +25,15 @@ void bs_py_base_notified(void *handle);
 /* _event_base.py: test probe: a handle record was just wiped and is about to be freed. */
 void bs_py_handle_wiped(void *record, size_t size);
 
-/* _server.py: a request for a Python route; 1 when the callback raised. */
+/* _server_request.py: a request for a Python route; 1 when the callback raised. */
 int bs_py_http_request(struct bs_http_req *rec, void *route);
-/* _server.py: the connection of a deferred request closed. */
+/* _server_request.py: the connection of a deferred request closed. */
 void bs_py_http_gone(void *py);
-/* _server.py: reply bytes were written (drained: the count so far), or the connection closed
-   (gone) with on_sent callbacks pending; returns the next threshold to wait for, 0: none. */
+/* _server_stream.py: reply bytes were written (drained: the count so far), or the connection
+   closed (gone) with on_sent callbacks pending; returns the next threshold to wait for, 0: none. */
 unsigned long long bs_py_http_sent(void *py, unsigned long long drained, int gone);
-/* _server.py: a piece of a streamed body (status BS_BODY_PIECE), or, with data NULL, its end
-   (BS_BODY_END), refusal (413, 400) or loss (BS_BODY_LOST); see http.h. */
+/* _server_stream.py: a piece of a streamed body (status BS_BODY_PIECE), or, with data NULL, its
+   end (BS_BODY_END), refusal (413, 400) or loss (BS_BODY_LOST); see http.h. */
 void bs_py_http_body(void *py, const char *data, size_t len, int status);
 /* _client.py: a client request completed or failed. */
 void bs_py_http_response(void *py);

@@ -109,7 +109,7 @@ typedef struct bs_http_req {
     int state;
     int error;                       /* client: enum evhttp_request_error + 1, or 0 */
     int sys_errno;                   /* client: errno seen when the request failed */
-    /* server, chunked replies: written-byte counting and on_sent (see http_server.c) */
+    /* server, chunked replies: written-byte counting and on_sent (see http_reply.c) */
     struct evbuffer *out;            /* the connection's output while its bytes are counted */
     struct evbuffer_cb_entry *out_cb;
     struct event *sent_ev;           /* runs the on_sent callbacks in the loop */

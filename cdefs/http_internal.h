@@ -12,14 +12,14 @@
 /* Holders of a record. */
 #define BS_HOLD_PY 0x01u /* the Python EvHttpRequest wrapper (until it is closed) */
 #define BS_HOLD_EV 0x02u /* libevent may still call back with it */
-#define BS_HOLD_SENT 0x04u /* on_sent callbacks pending: sent_ev will run (http_server.c) */
+#define BS_HOLD_SENT 0x04u /* on_sent callbacks pending: sent_ev will run (http_reply.c) */
 #define BS_HOLD_BODY 0x08u /* a streamed body's end is still to be told (http_stream.c) */
 extern __thread int bs_in_orphan; /* a base is freeing its children: no calls into Python */
 bs_http_req_t *bs_rec_new(int state, unsigned holds);
 void bs_rec_enter(bs_http_req_t *rec, int state);
 void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
 void bs_rec_hold(bs_http_req_t *rec, unsigned hold);
-void bs_stop_counting(bs_http_req_t *rec); /* http_server.c */
+void bs_stop_counting(bs_http_req_t *rec); /* http_reply.c */
 /* http_stream.c: the framing filter on each connection */
 #define BS_PAUSE_AT (1u << 20)   /* body bytes waiting for Python before reading pauses */
 #define BS_RESUME_AT (256u << 10)

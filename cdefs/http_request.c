@@ -10,7 +10,7 @@
  * wipes and frees it (rec_drop), and a holder never lets go twice (that aborts: it would be a
  * double free). The holders are Python's wrapper (PY), libevent while it may still call us
  * back with the record (EV), and, for a chunked reply with on_sent callbacks pending, the
- * record's own sent_ev (SENT, http_server.c: it outlives the request, whose last chunk is
+ * record's own sent_ev (SENT, http_reply.c: it outlives the request, whose last chunk is
  * written after the reply completed, and lets go once Python's queue is empty or the
  * connection closed), and, for a stream_body request, its body_ev while the body's end, refusal
  * or loss is still to be told (BODY, http_stream.c: a body may go on after the reply); besides,

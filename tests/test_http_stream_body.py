@@ -12,7 +12,7 @@ import pytest
 from http_helpers import LoopThread, open_fds, request, wait_for
 
 from bitcoin_support import EvHttpRequest
-from bitcoin_support import _server as server_room
+from bitcoin_support import _server_stream as server_room
 
 MAX_BODY = 100_000
 

@@ -14,7 +14,7 @@ import pytest
 from http_helpers import LoopThread, open_fds, request, wait_for
 
 from bitcoin_support import ClosedError, EvHttpRequest
-from bitcoin_support import _server as server_room
+from bitcoin_support import _server_stream as server_room
 
 MiB = 1 << 20
 # ASan keeps freed memory in quarantine (hundreds of MiB): RSS says nothing about the package
