@@ -9,13 +9,15 @@ trio runs in guest mode on an EventBase (``bitcoin_support.trio_guest``). On tha
 - a trio TCP client sends HTTP requests to the server over 127.0.0.1, through trio's own sockets.
 A libevent timer on the same base counts too, to show both kinds of callbacks taking turns.
 Stops after ``--seconds`` (or on Ctrl-C, exit status 0 all the same) and prints what each part
-did.
+did. Ctrl-C is read with ``trio.open_signal_receiver`` and cancels the nursery, so every task
+ends at a checkpoint rather than wherever a ``KeyboardInterrupt`` happens to land.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import trio
@@ -74,11 +76,9 @@ def main() -> int:
         parser.error(f"--seconds must be > 0, got {args.seconds}")
 
     counts = {"trio ticks": 0, "client round trips": 0, "libevent ticks": 0}
-    # Ctrl-C is a way to stop too: trio delivers it inside its nursery's exception group, and
-    # before trio starts it is a plain KeyboardInterrupt; both end here, with exit status 0.
+    stopped_by_ctrl_c = False
     try:
-        with obtain_event_base() as base:
-            http = obtain_evhttp(base)
+        with obtain_event_base() as base, obtain_evhttp(base) as http:
             try:
                 port = http.bind("127.0.0.1", args.port)
             except OSError as exc:  # e.g. the port is taken: one line, not a traceback
@@ -88,7 +88,6 @@ def main() -> int:
                     file=sys.stderr,
                 )
                 return 1
-            print(f"listening on http://127.0.0.1:{port}/", flush=True)
 
             def libevent_tick(ev: LibEvent, arg: object) -> None:
                 counts["libevent ticks"] += 1
@@ -96,15 +95,30 @@ def main() -> int:
             obtain_event(base, -1, EV_PERSIST, libevent_tick).add(0.1)
 
             async def everything() -> None:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio_guest.serve_http, http, handler)
-                    nursery.start_soon(ticker, counts)
-                    nursery.start_soon(client, port, counts)
-                    await trio.sleep(args.seconds)
-                    nursery.cancel_scope.cancel()
+                nonlocal stopped_by_ctrl_c
+                with trio.open_signal_receiver(signal.SIGINT) as ctrl_c:
+                    async with trio.open_nursery() as nursery:
+
+                        async def stop_on_ctrl_c() -> None:
+                            nonlocal stopped_by_ctrl_c
+                            async for _ in ctrl_c:
+                                stopped_by_ctrl_c = True
+                                nursery.cancel_scope.cancel()
+                                return
+
+                        nursery.start_soon(stop_on_ctrl_c)
+                        nursery.start_soon(trio_guest.serve_http, http, handler)
+                        nursery.start_soon(ticker, counts)
+                        nursery.start_soon(client, port, counts)
+                        # Printed once Ctrl-C is trio's to read: from here it stops cleanly.
+                        print(f"listening on http://127.0.0.1:{port}/", flush=True)
+                        await trio.sleep(args.seconds)
+                        nursery.cancel_scope.cancel()
 
             trio_guest.run(base, everything)
-    except* KeyboardInterrupt:
+    except* KeyboardInterrupt:  # Ctrl-C before trio started reading it
+        stopped_by_ctrl_c = True
+    if stopped_by_ctrl_c:
         print("stopped by Ctrl-C", flush=True)
     for name, value in counts.items():
         print(f"{name}: {value}")
