@@ -50,8 +50,11 @@ def _listen(host: str, port: int, reuseport: bool) -> socket.socket:
     return sock
 
 
-def _run_worker(sock: socket.socket, max_body: int, ready_fd: int = -1) -> int:
-    """Serve on ``sock`` until SIGINT or SIGTERM; 0 after a graceful stop."""
+def _run_worker(sock: socket.socket, max_body: int, ready: Callable[[], object]) -> int:
+    """Serve on ``sock`` until SIGINT or SIGTERM; 0 after a graceful stop.
+
+    ``ready()`` runs once the stop handlers are in place, so that whoever it tells may signal.
+    """
     base = obtain_event_base(epoll_changelist=True)
     http: EvHttp = obtain_evhttp(base)
     http.set_max_body_size(max_body)
@@ -73,9 +76,7 @@ def _run_worker(sock: socket.socket, max_body: int, ready_fd: int = -1) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGUSR1, report)
-    if ready_fd >= 0:
-        os.write(ready_fd, b"r")
-        os.close(ready_fd)
+    ready()
     try:
         base.dispatch()
     finally:
@@ -94,13 +95,22 @@ def serve(
         raise ValueError(f"max_body must be >= 0, got {max_body}")
     if workers == 1:
         sock = _listen(host, port, reuseport=False)
-        print(f"listening on http://{_url_host(host)}:{sock.getsockname()[1]}/", flush=True)
-        return _run_worker(sock, max_body)
+        url = f"http://{_url_host(host)}:{sock.getsockname()[1]}/"
+        return _run_worker(sock, max_body, lambda: print(f"listening on {url}", flush=True))
     return _supervise(host, port, workers, max_body)
+
+
+def _tell(fd: int) -> None:
+    """A worker tells the supervisor it is ready: one byte on its pipe, then the pipe closes."""
+    os.write(fd, b"r")
+    os.close(fd)
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+_STOP_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 class _Stop(Exception):
@@ -117,7 +127,8 @@ def _spawn(host: str, port: int, max_body: int) -> tuple[int, int]:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            status = _run_worker(_listen(host, port, reuseport=True), max_body, w)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent
+            status = _run_worker(_listen(host, port, reuseport=True), max_body, lambda: _tell(w))
         except BaseException as exc:  # report and leave without running the parent's cleanup
             print(f"echo worker {os.getpid()}: {exc!r}", file=sys.stderr, flush=True)
         finally:
@@ -141,16 +152,28 @@ def _supervise(host: str, port: int, workers: int, max_body: int) -> int:
     def stop(signum: int, frame: object) -> None:
         raise _Stop  # waitpid() would otherwise be retried after the signal (PEP 475)
 
+    children: dict[int, float] = {}
+
+    def start_worker() -> None:
+        # The stop signals wait while a worker is forked and recorded, so that a stop never
+        # leaves one behind; then wait until it listens (b"" if it died first).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid, ready = _spawn(host, port, max_body)
+            children[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        try:
+            os.read(ready, 1)
+        finally:
+            os.close(ready)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    children: dict[int, float] = {}
-    for _ in range(workers):
-        pid, ready = _spawn(host, port, max_body)
-        children[pid] = time.monotonic()
-        os.read(ready, 1)  # b"" if the worker died before it was ready
-        os.close(ready)
-    print(f"listening on http://{_url_host(host)}:{port}/", flush=True)
     try:
+        for _ in range(workers):
+            start_worker()
+        print(f"listening on http://{_url_host(host)}:{port}/", flush=True)
         while children:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -163,12 +186,7 @@ def _supervise(host: str, port: int, workers: int, max_body: int) -> int:
             print(f"echo: worker {pid} exited with {code}; restarting", file=sys.stderr, flush=True)
             if time.monotonic() - started < 1.0:
                 time.sleep(1.0)  # a worker that dies at once must not spin the supervisor
-            new, ready = _spawn(host, port, max_body)
-            children[new] = time.monotonic()
-            try:
-                os.read(ready, 1)  # wait until it listens (b"" if it died first)
-            finally:
-                os.close(ready)
+            start_worker()
     except _Stop:
         pass
     finally:

@@ -101,6 +101,18 @@ def test_graceful_stop_exit_zero(sig: int) -> None:
     assert e.stop(sig) == 0
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_right_after_listening_line_is_graceful(sig: int, workers: str) -> None:
+    # The line is printed only once the stop handlers are in place: a signal sent the moment it
+    # is read stops the server with status 0 and nothing on stderr (no KeyboardInterrupt).
+    e = Echo("--workers", workers)
+    assert e.proc.stderr is not None
+    e.proc.send_signal(sig)
+    err = e.proc.stderr.read()
+    assert (e.stop(sig), err) == (0, "")
+
+
 def test_in_flight_request_answered_on_stop() -> None:
     e = Echo()
     with RawClient(e.port) as c:
