@@ -9,8 +9,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._request import EvHttpRequest
 from ._server import EvHttp
 from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 from . import _aio_transport
 from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
+from ._args import type_name as _type_name
 from ._errors import ClosedError, DummyHandleError
-from ._errors import type_name as _type_name
 from ._event import LibEvent, obtain_event
 from ._event_base import EventBase, obtain_event_base
 

@@ -1,29 +1,46 @@
-"""The one home of argument checks for the handle rooms (pynacl's ``ensure`` style): ints in a
-range, seconds, C callbacks and their ``arg``, text and bodies for C, and the OSError of a failed
-C call.
+"""The one home of argument checks (pynacl's ``ensure`` style): ints in a range, sizes, seconds,
+C callbacks and their ``arg``, text and bodies for C, and the OSError of a failed C call.
 
 Each check names the call and the argument (``Type.method: name ...``) and returns the value in
-the form C wants, or raises TypeError / ValueError.
+the form C wants, or raises TypeError / ValueError. Only ``_native`` is below this module, so
+every other one, the secure-memory ones included, may import it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
-from ._errors import type_name as _type_name
 from ._native import ffi
-from ._serialize import SerializeData
 
 _NULL = ffi.NULL
 _VOID_P: Final = ffi.typeof("void *")
 _ADDRESS_LIMIT: Final = 2 ** (8 * ffi.sizeof("void *"))
 
+# Types whose bytes a body is read through (the method that gives them), not through the buffer
+# protocol: SerializeData adds itself in _serialize.py, which this module is below.
+BODY_VIEWS: dict[type, Callable[[Any], object]] = {}
+
+
+def type_name(obj: object) -> str:
+    """The name of ``obj``'s type, for messages about a bad argument."""
+    return type(obj).__name__
+
+
+def nonnegative_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 0 (bool excluded), else TypeError or ValueError naming it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type_name(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
 
 def _check_int(where: str, name: str, value: object, low: int, high: int) -> int:
     """``value`` if it is an int in [low, high] (bool excluded)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: {name} must be an int, not {_type_name(value)}")
+        raise TypeError(f"{where}: {name} must be an int, not {type_name(value)}")
     if not low <= value <= high:
         raise ValueError(f"{where}: {name} must be in [{low}, {high}], got {value}")
     return value
@@ -39,7 +56,7 @@ def _seconds(where: str, name: str, value: object, *, zero: bool) -> float:
     for the event timeouts and the evhttp ones alike.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{where}: {name} must be seconds (int or float), not {_type_name(value)}")
+        raise TypeError(f"{where}: {name} must be seconds (int or float), not {type_name(value)}")
     seconds = float(value)
     low_ok = seconds >= 0.0 if zero else seconds > 0.0
     if not (low_ok and seconds <= MAX_SECONDS):  # also refuses NaN
@@ -84,7 +101,7 @@ def _c_callback(where: str, cb: Any, arg: object, ctype: Any, shape: str) -> tup
         return cb, ffi.cast(_VOID_P, arg)
     raise TypeError(
         f"{where}: arg of a C callback must be None, a cffi pointer or an int address, "
-        f"not {_type_name(arg)}"
+        f"not {type_name(arg)}"
     )
 
 
@@ -95,24 +112,26 @@ def _text_arg(where: str, name: str, value: object) -> bytes:
     elif isinstance(value, bytes):
         data = value
     else:
-        raise TypeError(f"{where}: {name} must be str or bytes, not {_type_name(value)}")
+        raise TypeError(f"{where}: {name} must be str or bytes, not {type_name(value)}")
     if b"\r" in data or b"\n" in data or b"\0" in data:
         raise ValueError(f"{where}: {name} must not contain CR, LF or NUL")
     return data
 
 
 def _body_arg(where: str, data: object) -> tuple[Any, int]:
-    """A C pointer (or bytes) and length for any bytes-like object or a SerializeData."""
+    """A C pointer (or bytes) and length for any bytes-like object or a SerializeData
+    (``BODY_VIEWS``)."""
     if type(data) is bytes:
         return data, len(data)
     if isinstance(data, str):
         raise TypeError(f"{where}: body must be bytes-like, not str")
-    if isinstance(data, SerializeData):
-        data = data._buffer()
+    view_of = BODY_VIEWS.get(type(data))
+    if view_of is not None:  # a SerializeData: its bytes, pinned
+        data = view_of(data)
     try:
         view = memoryview(data)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"{where}: body must be bytes-like, not {_type_name(data)}") from None
+        raise TypeError(f"{where}: body must be bytes-like, not {type_name(data)}") from None
     with view:
         n = view.nbytes
     if n == 0:
@@ -132,7 +151,7 @@ def _address_arg(where: str, ptr: int | Any) -> int:
         address = ptr
     else:
         raise TypeError(
-            f"{where}: ptr must be an int address or a cffi pointer, not {_type_name(ptr)}"
+            f"{where}: ptr must be an int address or a cffi pointer, not {type_name(ptr)}"
         )
     if address <= 0 or address >= 2 ** (8 * ffi.sizeof("void *")):
         raise ValueError(f"{where}: ptr must be a non-NULL address, got {ptr!r}")

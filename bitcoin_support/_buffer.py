@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from ._errors import ClosedError, nonnegative_int
+from ._args import nonnegative_int
+from ._errors import ClosedError
 from ._native import ffi, lib
 from ._secure import Allocator, Block, _bounded, _register_cleansable
 

@@ -12,8 +12,8 @@ import time
 from typing import Any, Final, final
 
 from ._args import _body_arg, _check_int, _oserror, _seconds, _text_arg
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._event_base import EventBase, _LoopState
 from ._guard import _guarded, _on_turn
 from ._handles import Finalized, dropped_message, warn_dropped

@@ -1,5 +1,4 @@
-"""The package's exceptions, and the argument checks that raise TypeError or ValueError naming
-the argument."""
+"""The package's exceptions (the argument checks that raise builtin ones are in ``_args.py``)."""
 
 from __future__ import annotations
 
@@ -15,17 +14,3 @@ class ClosedError(BitcoinSupportError, ValueError):
 
 class DummyHandleError(BitcoinSupportError, RuntimeError):
     """A dummy handle was asked for something that needs libevent."""
-
-
-def type_name(obj: object) -> str:
-    """The name of ``obj``'s type, for messages about a bad argument."""
-    return type(obj).__name__
-
-
-def nonnegative_int(name: str, value: object) -> int:
-    """``value`` if it is an int >= 0 (bool excluded), else TypeError or ValueError naming it."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type_name(value)}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value

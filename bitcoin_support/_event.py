@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any, Final, final
 
 from ._args import MAX_SECONDS, _c_callback, _oserror, _seconds
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._event_base import EventBase, _callback_error, _LoopState
 from ._guard import _get_ident, _guarded
 from ._handles import Finalized

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._args import _address_arg, _oserror, _seconds
-from ._errors import type_name as _type_name
+from ._args import type_name as _type_name
 from ._guard import _get_ident, _Guard, _guarded
 from ._handles import Finalized, Handle
 from ._log import events_log

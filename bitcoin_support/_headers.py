@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._errors import type_name as _type_name
+from ._args import type_name as _type_name
 from ._guard import _on_turn
 from ._native import ffi, lib
 

@@ -12,8 +12,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._guard import _get_ident, _on_turn, refusal
 from ._handles import Handle
 from ._headers import _Headers, _OutputHeaders

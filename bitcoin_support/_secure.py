@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, NoReturn, Protocol, final
 
-from ._errors import ClosedError, nonnegative_int
+from ._args import nonnegative_int
+from ._errors import ClosedError
 from ._log import secure_alloc_log
 from ._native import ffi, lib
 

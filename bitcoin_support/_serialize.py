@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, SupportsIndex, final, overload
 
+from ._args import BODY_VIEWS, nonnegative_int
 from ._buffer import WipingBuffer, _locked
-from ._errors import nonnegative_int
 from ._native import ffi, lib
 from ._secure import Allocator, ZeroAfterFreeAllocator
 
@@ -220,6 +220,9 @@ class SerializeData(WipingBuffer):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SerializeData, (bytes(self),))
+
+
+BODY_VIEWS[SerializeData] = SerializeData._buffer  # a reply body may be one (_args._body_arg)
 
 
 def _check_byte(value: Any) -> int:

@@ -23,7 +23,7 @@ from ._args import (
     _seconds,
     _text_arg,
 )
-from ._errors import type_name as _type_name
+from ._args import type_name as _type_name
 from ._event_base import EventBase, _LoopState, _registry_lock
 from ._guard import _guarded
 from ._handles import Finalized

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._args import _body_arg, _check_int, _text_arg
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._guard import _on_turn
 from ._headers import _header_bytes
 from ._log import http_log

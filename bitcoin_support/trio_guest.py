@@ -36,8 +36,8 @@ except ImportError as exc:  # trio is the optional extra [trio]
     ) from exc
 
 from . import _attach
+from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._errors import type_name as _type_name
 from ._event import EV_PERSIST, LibEvent, obtain_event
 from ._event_base import EVLOOP_NO_EXIT_ON_EMPTY, EventBase
 from ._trio_http import iter_body, send_chunk, serve_http

@@ -1,7 +1,7 @@
 /*
  * http_body.c - the bodies of stream_body requests, given to Python in pieces.
  *
- * The framing filter (http_stream.c) moves a stream request's body, de-chunked, into its
+ * The framing filter (http_filter.c) moves a stream request's body, de-chunked, into its
  * record's body_in and activates body_ev; body_cb gives the pieces to Python in the loop (the
  * filter runs inside libevent's reads, so it never calls Python or libevent's HTTP layer
  * itself). Past PAUSE_AT bytes waiting for Python the filter stops reading the socket, and

@@ -1,12 +1,15 @@
 /*
  * http_internal.h - what only the http_*.c files share (cffi never reads this header): the
  * request records' holders and helpers, the framer (http_framing.c), body delivery
- * (http_body.c) and the framing filter's connections (http_stream.c).
+ * (http_body.c) and the framing filter (http_filter.c, http_filter_write.c) with its
+ * connections (http_stream.c).
  */
 #ifndef BS_HTTP_INTERNAL_H
 #define BS_HTTP_INTERNAL_H
 
 #include "http.h"
+
+#include <event2/bufferevent.h>
 
 /* For the http_*.c files only (http_request.c unless said otherwise). */
 /* Holders of a record. */
@@ -20,17 +23,17 @@ void bs_rec_enter(bs_http_req_t *rec, int state);
 void bs_rec_drop(bs_http_req_t *rec, unsigned hold);
 void bs_rec_hold(bs_http_req_t *rec, unsigned hold);
 void bs_stop_counting(bs_http_req_t *rec); /* http_reply.c */
-/* http_stream.c: the framing filter on each connection */
+/* The framing filter on each connection (see the last part of this header) */
 #define BS_PAUSE_AT (1u << 20)   /* body bytes waiting for Python before reading pauses */
 #define BS_RESUME_AT (256u << 10)
 int bs_stream_claim(bs_evhttp *h, bs_http_req_t *rec, struct evhttp_request *r);
 int bs_stream_offered(bs_evhttp *h, struct evhttp_request *r);
 void bs_stream_unclaimed(bs_evhttp *h, struct evhttp_request *r);
-void bs_stream_unlink(bs_http_req_t *rec);
 void bs_stream_server_gone(bs_evhttp *h);
 int bs_stream_update(bs_evhttp *h);
-void bs_stream_resume(struct bs_stream_conn *c);
-void bs_stream_linger(struct bs_stream_conn *c);
+void bs_stream_unlink(bs_http_req_t *rec); /* http_filter.c */
+void bs_stream_resume(struct bs_stream_conn *c); /* http_filter.c */
+void bs_stream_linger(struct bs_stream_conn *c); /* http_filter.c */
 /* http_body.c: a stream request's body, given to Python */
 int bs_body_start(bs_http_req_t *rec);
 void bs_body_wake(bs_http_req_t *rec);
@@ -100,5 +103,53 @@ enum {
 void bs_framer_init(bs_framer *f, size_t max_head);
 int bs_framer_next(bs_framer *f, struct evbuffer *src, bs_head *head, size_t *n);
 void bs_framer_took(bs_framer *f, size_t n);
+
+/* ---- the framing filter (http_filter.c reads, http_filter_write.c writes) and its
+        connections (http_stream.c) ---- */
+
+/* A connection's mode, and where the body being framed goes */
+enum { BS_CONN_FRAME, BS_CONN_BODY, BS_CONN_HOLD, BS_CONN_DEAD };
+enum { BS_DEST_PASS, BS_DEST_CHUNK, BS_DEST_STREAM, BS_DEST_DROP };
+
+typedef struct bs_stream_conn {
+    struct bs_stream_conn *prev, *next; /* in the server's list */
+    bs_evhttp *h;                       /* NULL once the server is freed */
+    struct bufferevent *bev;            /* the filter libevent reads */
+    struct bufferevent *under;          /* the socket's own bufferevent (ours) */
+    bs_framer fr;
+    int mode;
+    int dest;                           /* where the body being framed goes */
+    unsigned long long size;            /* body bytes so far (the limit) */
+    unsigned long long max_body;        /* the server's limits, kept for after it is gone */
+    size_t max_head;
+    int offered;                        /* a stream head passed, not claimed yet */
+    int reply_done;                     /* the current request's reply is complete */
+    int wrote_reply;                    /* libevent wrote a reply since the head passed */
+    int paused;                         /* reading stopped: Python has PAUSE_AT bytes waiting */
+    int error;                          /* 413 or 400 found before the claim */
+    int ended;                          /* the stream body ended before the claim */
+    int linger;                         /* close slowly (a refusal was sent) */
+    struct evbuffer *pending;           /* stream body read before the claim */
+    struct event *wr;                   /* the socket is writable: write the reply on */
+    struct event *rd;                   /* read on, from the loop (never inside libevent) */
+    int writing;                        /* inside wr_cb: the one place bs_filter_out writes */
+    int armed;                          /* wr_cb is due (active, or waiting for EV_WRITE) */
+    bs_http_req_t *rec;                 /* the claimed record (BODY holder) */
+    char *length, *coding;              /* the framing line libevent did not see */
+} bs_stream_conn;
+
+int bs_filter_alive(bs_stream_conn *c);   /* libevent has not freed the connection yet */
+int bs_filter_reading(bs_stream_conn *c); /* libevent reads: it is not writing a reply */
+void bs_filter_read_on(bs_stream_conn *c);
+void bs_filter_read_cb(evutil_socket_t fd, short what, void *arg);
+void bs_filter_reply_complete(bs_stream_conn *c);
+enum bufferevent_filter_result bs_filter_in(struct evbuffer *src, struct evbuffer *dst,
+                                            ev_ssize_t lim, enum bufferevent_flush_mode how,
+                                            void *arg);
+/* http_filter_write.c */
+enum bufferevent_filter_result bs_filter_out(struct evbuffer *src, struct evbuffer *dst,
+                                             ev_ssize_t lim, enum bufferevent_flush_mode how,
+                                             void *arg);
+void bs_filter_out_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
 #endif

@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. scripts/venv_pass.sh
 DEBIAN_PYTHON=/usr/bin/python3
 if [ ! -x "$DEBIAN_PYTHON" ]; then
     echo "== no $DEBIAN_PYTHON: the Debian Python run is skipped"
@@ -20,40 +21,23 @@ if ! "$DEBIAN_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; the
     exit 0
 fi
 venv="$root/.venv-debian"
-work=$(mktemp -d /tmp/bitcoin_support-debian.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-log=$(mktemp)
-quiet() { # run "$@" silently; show its output if it fails
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log"
-        rm -f "$log"
-        exit 1
-    fi
-}
+pass_begin debian
 export PIP_CONSTRAINT="$root/scripts/cffi-recommended.txt"
 if [ ! -x "$venv/bin/python" ]; then
     "$DEBIAN_PYTHON" -m venv "$venv"
     quiet "$venv/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel cffi \
         pytest pytest-timeout trio outcome
 fi
-git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work"
-stamp=$(
-    {
-        "$venv/bin/python" --version
-        git ls-files -z --cached --others --exclude-standard -- bitcoin_support cdefs \
-            build_ffi.py build_embed.py build_flags.py setup.py pyproject.toml MANIFEST.in |
-            sort -z | xargs -0 cat
-    } | sha256sum
-)
-if [ "$(cat "$venv/.source-stamp" 2>/dev/null)" != "$stamp" ]; then
+pass_copy_tree
+stamp=$(pass_stamp "$venv/bin/python" --version)
+if pass_stale "$venv" "$stamp"; then
     echo "== building the package with $DEBIAN_PYTHON into $venv (its sources changed)"
     quiet "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall \
         --no-cache-dir "$work"
-    echo "$stamp" >"$venv/.source-stamp"
+    pass_built "$venv" "$stamp"
 fi
 rm -f "$log"
-# Whatever runs in the copy imports the installed package: only the C header stays.
-find "$work/bitcoin_support" -mindepth 1 -maxdepth 1 ! -name include -exec rm -rf {} +
+pass_installed_only
 rm -rf "$work/build"
 echo "== the C host and pool tests under $DEBIAN_PYTHON ($("$DEBIAN_PYTHON" --version))"
 cd "$work/tests"

@@ -8,41 +8,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. scripts/venv_pass.sh
 venv="$root/.venv-cffi-newest"
-work=$(mktemp -d /tmp/bitcoin_support-cffi.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-log=$(mktemp)
-quiet() { # run "$@" silently; show its output if it fails
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log"
-        rm -f "$log"
-        exit 1
-    fi
-}
+pass_begin cffi
 if [ ! -x "$venv/bin/python" ]; then
     "${PYTHON:-python3}" -m venv "$venv"
     quiet "$venv/bin/python" -m pip install -q --upgrade pip
 fi
 quiet "$venv/bin/python" -m pip install -q --upgrade cffi
-stamp=$(
-    {
-        "$venv/bin/python" -c 'import cffi; print(cffi.__version__)'
-        git ls-files -z --cached --others --exclude-standard -- bitcoin_support cdefs \
-            build_ffi.py build_embed.py build_flags.py setup.py pyproject.toml MANIFEST.in |
-            sort -z | xargs -0 cat
-    } | sha256sum
-)
-if [ "$(cat "$venv/.source-stamp" 2>/dev/null)" != "$stamp" ]; then
+stamp=$(pass_stamp "$venv/bin/python" -c 'import cffi; print(cffi.__version__)')
+if pass_stale "$venv" "$stamp"; then
     echo "== installing the package and its test tools into $venv (its sources changed)"
     # --upgrade rebuilds the package from the source tree; its dependencies come from the cache.
     quiet "$venv/bin/python" -m pip install -q --upgrade "$root[test]" cffi
-    echo "$stamp" >"$venv/.source-stamp"
+    pass_built "$venv" "$stamp"
 fi
 rm -f "$log"
-git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work"
-# Whatever runs in the copy imports the installed package: only the C header stays (without
-# __init__.py the folder cannot shadow the installed package).
-find "$work/bitcoin_support" -mindepth 1 -maxdepth 1 ! -name include -exec rm -rf {} +
+pass_copy_tree
+pass_installed_only
 args=()
 for a in "$@"; do
     case $a in

@@ -3,6 +3,7 @@ one clear line when libevent's headers are missing."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -108,6 +109,27 @@ def test_package_errors_share_one_base() -> None:
         pass
     with bs.obtain_event_base(dummy=True) as base, pytest.raises(bs.BitcoinSupportError):
         base.dispatch()
+
+
+def _package_imports(module: str) -> set[str]:
+    """The package modules ``bitcoin_support/<module>.py`` imports (relative imports)."""
+    tree = ast.parse((ROOT / "bitcoin_support" / f"{module}.py").read_text())
+    return {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+    }
+
+
+def test_exceptions_and_argument_checks_sit_below_every_other_module() -> None:
+    # _errors.py is the exception classes alone, _args.py the checks over the C binding only:
+    # every module may import both, and no import cycle runs through them.
+    errors = ast.parse((ROOT / "bitcoin_support" / "_errors.py").read_text())
+    defined = [n for n in errors.body if not isinstance(n, ast.Expr | ast.ImportFrom)]
+    assert defined and all(isinstance(n, ast.ClassDef) for n in defined)
+    assert _package_imports("_errors") == set()
+    assert _package_imports("_args") == {"_native"}
+    assert "_args" in _package_imports("_serialize")  # the checks it uses come from there
 
 
 def test_trio_guest_is_a_public_submodule() -> None:

@@ -6,18 +6,21 @@ the package's servers, over raw sockets on 127.0.0.1.
 - no case makes a server answer a request made of bytes llhttp read as a body, not even with
   the opt-out (set_strict_framing(False));
 - no case makes a strict server answer a request past llhttp's rejection except the listed
-  request-target ones (not framing: libevent parses the target itself).
+  request-target ones (not framing: libevent parses the target itself);
+- docs/http-conformance.md is what scripts/conformance_table.py writes from the same run.
+
+Each server runs the cases once for the whole file (about a second a server).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import conformance_table as page_script  # puts bench/ on sys.path for http_conformance
 import http_conformance as conf
 
 # request-line cases both framing servers answer (not framing: libevent parses the target)
@@ -31,14 +34,21 @@ def cases() -> list[conf.Case]:
     return found
 
 
-@pytest.fixture(scope="module", params=conf.MODES)
-def rows(request: pytest.FixtureRequest, cases: list[conf.Case]) -> Iterator[list[conf.Row]]:
-    yield conf.run(cases, request.param)
+@pytest.fixture(scope="module")
+def results(cases: list[conf.Case]) -> dict[str, list[conf.Row]]:
+    return page_script.run(cases)
 
 
-@pytest.fixture(scope="module", params=("default", "stream_body"))
-def strict_rows(request: pytest.FixtureRequest, cases: list[conf.Case]) -> Iterator[list[conf.Row]]:
-    yield conf.run(cases, request.param)
+@pytest.fixture(params=conf.MODES)
+def rows(request: pytest.FixtureRequest, results: dict[str, list[conf.Row]]) -> list[conf.Row]:
+    return results[request.param]
+
+
+@pytest.fixture(params=("default", "stream_body"))
+def strict_rows(
+    request: pytest.FixtureRequest, results: dict[str, list[conf.Row]]
+) -> list[conf.Row]:
+    return results[request.param]
 
 
 def test_framing_errors_refused(strict_rows: list[conf.Row]) -> None:
@@ -55,9 +65,26 @@ def test_no_body_answered_as_a_request(rows: list[conf.Row]) -> None:
     assert bad == []
 
 
-def test_the_opt_out_reads_as_libevent_does(cases: list[conf.Case]) -> None:
+def test_the_opt_out_reads_as_libevent_does(results: dict[str, list[conf.Row]]) -> None:
     """set_strict_framing(False) is libevent's own reader: it answers a chunk size followed by
     a space, which the default server refuses."""
-    rows = {r.case.where: r for r in conf.run(cases, "lax")}
+    rows = {r.case.where: r for r in results["lax"]}
     assert rows["transfer-encoding.md:293"].case.framing
     assert not rows["transfer-encoding.md:293"].refused
+
+
+def test_the_conformance_page_is_current(
+    cases: list[conf.Case], results: dict[str, list[conf.Row]]
+) -> None:
+    """The committed page's generated part is what the script writes from this run (rows that
+    differ are sent again alone first, so a slow moment of a loaded machine is not a change).
+    Without httptools its column is taken from the page and every other one is compared."""
+    page = page_script.PAGE.read_text()
+    assert page_script.BEGIN in page
+    if not page_script.has_httptools():
+        page_script.borrow_httptools(cases, page)
+    fresh = page_script.settle(page, results)
+    assert fresh.count("\n| ") > len(cases)  # the totals and a row per case
+    assert fresh == page, (
+        "docs/http-conformance.md is out of date: run scripts/conformance_table.py"
+    )
