@@ -25,8 +25,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from . import _attach
+from ._aio_attached import AttachedJob
 from ._aio_http import iter_body, send_chunk, serve_http
-from ._aio_loop import EventLoop, _AttachedJob, _check_base
+from ._aio_loop import EventLoop, _check_base
 from ._event_base import EventBase
 
 __all__ = [
@@ -58,7 +59,7 @@ def attach(base: EventBase) -> EventLoop:
     except BaseException:
         loop.close()
         raise
-    loop._bs_forget_detach = _attach.add_job(base.address, _AttachedJob(loop))
+    loop._bs_forget_detach = _attach.add_job(base.address, AttachedJob(loop))
     return loop
 
 
