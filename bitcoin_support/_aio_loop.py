@@ -28,9 +28,9 @@ from ._aio_handles import new_timer as _new_timer
 from ._aio_handles import object_new as _object_new
 from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
-from ._errors import ClosedError, DummyHandleError
-from ._errors import type_name as _type_name
+from ._errors import ClosedError
 from ._event_base import EventBase, obtain_event_base
+from ._host_base import check_host_base
 
 __all__ = ["EventLoop"]
 
@@ -48,16 +48,6 @@ Ts = TypeVarTuple("Ts")
 
 _getframe: Final = sys._getframe
 _extract_stack: Final = _format_helpers.extract_stack
-
-
-def _check_base(where: str, base: object) -> EventBase:
-    if not isinstance(base, EventBase):
-        raise TypeError(f"{where}: base must be an EventBase or None, not {_type_name(base)}")
-    if base.closed:
-        raise ClosedError(f"{where}: the base is closed")
-    if base.dummy:
-        raise DummyHandleError(f"{where}: a dummy base has no libevent loop to run asyncio on")
-    return base
 
 
 class EventLoop(AttachedMode):
@@ -88,7 +78,7 @@ class EventLoop(AttachedMode):
     def __new__(cls, base: EventBase | None = None) -> EventLoop:
         # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
         if base is not None:
-            _check_base("aio.EventLoop", base)
+            check_host_base("aio.EventLoop", base, none_ok=True)
         return super().__new__(cls)
 
     def __init__(self, base: EventBase | None = None) -> None:

@@ -109,7 +109,11 @@ def test_loop_owns_its_base_or_leaves_a_given_one_open(base: EventBase) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="base must be an EventBase"):
         aio.EventLoop(base="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^aio\.EventLoop: base must be an EventBase or None,"):
+        aio.EventLoop(base="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
+        aio.attach("x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^aio\.attach: base must be an EventBase, not str"):
         aio.attach("x")  # type: ignore[arg-type]
     closed = obtain_event_base()
     closed.close()
@@ -122,6 +126,10 @@ def test_bad_arguments() -> None:
         aio.attach(dummy)
     with pytest.raises(DummyHandleError):
         aio.EventLoop(dummy)
+    with pytest.raises(DummyHandleError, match=r"^aio\.attach: "):
+        aio.attach(dummy)
+    with pytest.raises(ClosedError, match=r"^aio\.EventLoop: "):
+        aio.EventLoop(closed)
     dummy.close()
 
 

@@ -361,3 +361,35 @@ def test_start_on_a_closed_base_raises_closed_error() -> None:
     with pytest.raises(bitcoin_support.ClosedError, match=r"trio_guest\.start"):
         trio_guest.start(b, main, done=outcomes.append)
     assert outcomes == []
+
+
+def test_a_dummy_or_closed_base_is_refused_before_trio_starts(base: EventBase) -> None:
+    # Regression: on a dummy base start() began a guest run that trio then found abandoned
+    # ("Trio guest run got abandoned"), since the base cannot run trio's ticks.
+    dummy = bitcoin_support.obtain_event_base(dummy=True)
+    closed = bitcoin_support.obtain_event_base()
+    closed.close()
+    outcomes: list[object] = []
+
+    async def main() -> None:
+        pass
+
+    async def wait_on(other: EventBase) -> None:
+        await trio_guest.wait_event(other, -1, 0, timeout=0.01)
+
+    try:
+        with pytest.raises(bitcoin_support.DummyHandleError, match=r"^trio_guest\.start: "):
+            trio_guest.start(dummy, main, done=outcomes.append)
+        with pytest.raises(bitcoin_support.DummyHandleError, match=r"^trio_guest\.run: "):
+            trio_guest.run(dummy, main)
+        with pytest.raises(bitcoin_support.ClosedError, match=r"^trio_guest\.run: "):
+            trio_guest.run(closed, main)
+        with pytest.raises(bitcoin_support.DummyHandleError, match=r"^trio_guest\.wait_event: "):
+            trio_guest.run(base, wait_on, dummy)
+        with pytest.raises(bitcoin_support.ClosedError, match=r"^trio_guest\.wait_event: "):
+            trio_guest.run(base, wait_on, closed)
+        with pytest.raises(TypeError, match=r"^trio_guest\.wait_event: base must be an EventBase,"):
+            trio_guest.run(base, wait_on, "not a base")
+    finally:
+        dummy.close()
+    assert outcomes == []
