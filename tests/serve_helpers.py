@@ -110,6 +110,7 @@ class Aio(Framework):
 
         async def main() -> Any:
             server = asyncio.ensure_future(aio.serve_http(http, handler, **kw))
+            await asyncio.sleep(0)  # serve_http ran to its first wait: its callback is set
             serving = Serving(loop.call_soon_threadsafe)
             serving._cancel = server.cancel
             server.add_done_callback(lambda _f: serving.stopped.set())
@@ -149,15 +150,21 @@ class Trio(Framework):
             scope = trio.CancelScope()
             serving._cancel = scope.cancel
 
+            ready = trio.Event()
+
             async def serve() -> None:
                 try:
                     with scope:
+                        # serve_http sets its callback before its first checkpoint, so before
+                        # the waiting task runs again.
+                        ready.set()
                         await trio_guest.serve_http(http, handler, **kw)
                 finally:
                     serving.stopped.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve)
+                await ready.wait()
                 with trio.fail_after(60):
                     out = await trio.to_thread.run_sync(client, port, serving)
                 nursery.cancel_scope.cancel()

@@ -1,8 +1,9 @@
-"""``serve_http`` under asyncio (``aio``) and trio (``trio_guest``): each behaviour written once
-and run on both frameworks (``serve_helpers``); clients are blocking sockets on 127.0.0.1 in a
-worker thread, every wait bounded.
+"""``serve_http``, ``send_chunk`` and ``iter_body`` under asyncio (``aio``) and trio
+(``trio_guest``): each behaviour written once and run on both frameworks (``serve_helpers``);
+clients are blocking sockets on 127.0.0.1 in a worker thread, every wait bounded.
 
-What only one framework has stays in its own file (``test_aio.py``, ``test_trio_guest.py``).
+What only one framework has stays in its own file (``test_aio.py``, ``test_trio_guest.py``,
+``test_trio_stream.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from http_helpers import exchange, exchange_many, post, read_to_eof, request, wa
 from serve_helpers import Framework, Serving, frameworks
 
 from bitcoin_support import (
+    ClosedError,
     EventBase,
     EvHttp,
     EvHttpRequest,
@@ -302,4 +305,158 @@ def test_close_cancels_every_handler_and_the_clients_get_503(
         assert data.startswith(b"HTTP/1.1 503 "), data  # not EOF: the reply came first
     assert cancelled == ["cancelled"] * N
     assert elapsed < 10
+    assert EvHttpRequest.live() == 0
+
+
+# -- streaming: send_chunk and iter_body (SPEC section 4)
+
+KiB = 1024
+
+
+@frameworks
+def test_send_chunk_keeps_the_queue_under_high_water(
+    fw: Framework, base: EventBase, server: tuple[EvHttp, int]
+) -> None:
+    http, port = server
+    after: list[int] = []
+    chunk = b"s" * (64 * KiB)
+    total = 8 << 20
+
+    async def handler(req: EvHttpRequest) -> None:
+        req.send_reply_start(200)
+        for _ in range(total // len(chunk)):
+            await fw.send_chunk(req, chunk, high_water=256 * KiB)
+            after.append(req.output_buffered)
+        req.send_reply_end()
+
+    def client(port: int, _serving: Serving) -> int:
+        got = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            while data := sock.recv(16 * KiB):
+                got += len(data)
+                time.sleep(0.0002)  # a slow reader
+        return got
+
+    got = fw.serve(base, http, port, handler, client)
+    assert got > total
+    assert len(after) == total // len(chunk)
+    assert max(after) < 256 * KiB
+    assert EvHttpRequest.live() == 0
+
+
+@frameworks
+@pytest.mark.parametrize("leave", ["after_reading", "abort_unread"])
+def test_send_chunk_when_the_client_leaves(
+    fw: Framework, base: EventBase, server: tuple[EvHttp, int], leave: str
+) -> None:
+    """The waiting producer learns it: ClosedError from send_chunk, or its task cancelled."""
+    http, port = server
+    ended: list[str] = []
+
+    async def handler(req: EvHttpRequest) -> None:
+        req.send_reply_start(200)
+        try:
+            while True:
+                await fw.send_chunk(req, b"x" * (256 * KiB), high_water=64 * KiB)
+        except ClosedError:
+            ended.append("closed")
+        except fw.cancelled:
+            ended.append("cancelled")
+            raise
+
+    def client(port: int, _serving: Serving) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            if leave == "after_reading":
+                assert sock.recv(1000)
+            else:  # never read: the queue fills and the producer waits; then a reset
+                time.sleep(0.3)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert wait_for(lambda: bool(ended), 10)
+
+    fw.serve(base, http, port, handler, client)
+    assert ended in (["closed"], ["cancelled"])
+    assert EvHttpRequest.live() == 0
+
+
+@frameworks
+def test_send_chunk_arguments(fw: Framework, base: EventBase) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="high_water"):
+            await fw.send_chunk(None, b"x", high_water=0)
+
+    fw.run(base, main)
+
+
+@frameworks
+@pytest.mark.parametrize("size", [4, 1024])
+def test_iter_body_reads_a_body_sent_in_pauses(
+    fw: Framework, base: EventBase, server: tuple[EvHttp, int], size: int
+) -> None:
+    http, port = server
+    seen: list[bytes] = []
+    pieces = [bytes([65 + i]) * size for i in range(5)]
+
+    async def handler(req: EvHttpRequest) -> bytes:
+        async for piece in fw.iter_body(req):
+            seen.append(piece)
+        return b"%d bytes" % sum(map(len, seen))
+
+    def client(port: int, _serving: Serving) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            for piece in pieces:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                time.sleep(0.05)
+            sock.sendall(b"0\r\n\r\n")
+            return read_to_eof(sock)
+
+    reply = fw.serve(base, http, port, handler, client, stream_body=True)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"%d bytes" % (5 * size))
+    assert b"".join(seen) == b"".join(pieces)
+    assert len(seen) >= 3  # pieces as they came, not the whole body at the end
+
+
+@frameworks
+@pytest.mark.parametrize("framing", ["chunked", "content_length"])
+def test_iter_body_over_the_limit(
+    fw: Framework, base: EventBase, server: tuple[EvHttp, int], framing: str
+) -> None:
+    """413 for the client; a handler already reading gets ClosedError or is cancelled."""
+    http, port = server
+    errors: list[BaseException] = []
+
+    async def handler(req: EvHttpRequest) -> bytes:
+        try:
+            async for _piece in fw.iter_body(req):
+                pass
+        except (ClosedError, fw.cancelled) as exc:  # serve_http cancels it: the request is gone
+            errors.append(exc)
+            raise
+        return b"unreachable"
+
+    def client(port: int, _serving: Serving) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            if framing == "chunked":  # refused in the middle of the body
+                http_head = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                sock.sendall(http_head + b"200\r\n" + b"x" * 0x200 + b"\r\n")
+                time.sleep(0.05)
+                sock.sendall(b"400\r\n" + b"y" * 0x400 + b"\r\n")
+            else:  # over the limit by its Content-Length, sent whole
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 65536\r\n\r\n")
+                sock.sendall(b"z" * 65536)
+            reply = read_to_eof(sock)
+        if framing == "chunked":
+            assert wait_for(lambda: bool(errors), 10)
+        return reply
+
+    http.set_max_body_size(1000 if framing == "chunked" else 4 * KiB)
+    reply = fw.serve(base, http, port, handler, client, stream_body=True)
+    assert reply.startswith(b"HTTP/1.1 413")
+    if framing == "chunked":
+        assert errors and (isinstance(errors[0], fw.cancelled) or "413" in str(errors[0]))
     assert EvHttpRequest.live() == 0
