@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from aio_helpers import no_leaks  # noqa: F401 (autouse)
 from http_helpers import post
 
 from bitcoin_support import (
@@ -30,13 +31,6 @@ from bitcoin_support import (
     obtain_evhttp,
     trio_guest,
 )
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = live_counts()
-    yield
-    assert live_counts() == before
 
 
 @contextlib.contextmanager
