@@ -13,7 +13,7 @@ from ._args import type_name as _type_name
 from ._errors import ClosedError
 from ._request import EvHttpRequest
 from ._server import EvHttp
-from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
+from ._serving import BodyPieces, run_handler, unavailable
 
 __all__ = ["iter_body", "send_chunk", "serve_http"]
 
@@ -80,8 +80,6 @@ async def _serve_one(
     req: EvHttpRequest, handler: Callable[[EvHttpRequest], Awaitable[Any]]
 ) -> None:
     """A request's task: run the handler, send what it returned; cancelled if the client leaves."""
-    if req.closed:  # the client left before the task started
-        return
     task = asyncio.current_task()
     assert task is not None
     gone = False
@@ -91,25 +89,12 @@ async def _serve_one(
         gone = True
         task.cancel()
 
-    # The evhttp layer calls this when the connection closes before the reply is complete; the
-    # request is closed by then, so the cancelled handler cannot answer it.
-    req._on_gone(on_gone)
     try:
-        result = await handler(req)
+        await run_handler(req, handler, on_gone)
     except asyncio.CancelledError:
         if gone:
-            return
-        answer_error(req, 503)  # serve_http cancelled: shutting down
+            return  # the client left (the request is closed): the task just ends
         raise
-    except Exception as exc:
-        handler_raised(req, exc)
-        return
-    except BaseException:
-        answer_error(req, 503)
-        raise
-    finally:
-        req._on_gone(None)
-    answer_result(req, result)
 
 
 # -- streaming (SPEC section 4): the asyncio twins of trio_guest.send_chunk and iter_body

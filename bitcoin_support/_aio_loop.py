@@ -1,7 +1,8 @@
-"""asyncio's Unix selector loop over libevent: :class:`EventLoop`, its hot path, and attached mode.
+"""asyncio's Unix selector loop over libevent: :class:`EventLoop` and its hot path.
 
-The public face is :mod:`bitcoin_support.aio`; docs/design/asyncio-internals.md says which asyncio
-internals this module relies on.
+The public face is :mod:`bitcoin_support.aio`; the attached mode is ``_aio_attached``'s, the
+fast handles ``_aio_handles``'s, the C stream transport ``_aio_transport``'s.
+docs/design/asyncio-internals.md says which asyncio internals these modules rely on.
 """
 
 from __future__ import annotations
@@ -11,21 +12,25 @@ import collections
 import contextvars
 import heapq
 import sys
-import threading
 import time
-from asyncio import events as _events
 from asyncio import format_helpers as _format_helpers
 from asyncio import sslproto as _sslproto
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple
 
 from . import _aio_transport
+from ._aio_attached import AttachedMode
+from ._aio_handles import FAST_HANDLES as _FAST_HANDLES
+from ._aio_handles import INLINE_RUN as _INLINE_RUN
+from ._aio_handles import callback_failed as _callback_failed
+from ._aio_handles import copy_context as _copy_context
+from ._aio_handles import new_timer as _new_timer
+from ._aio_handles import object_new as _object_new
 from ._aio_selector import POLL_INTERVAL as _POLL_INTERVAL
 from ._aio_selector import LibeventSelector
-from ._args import type_name as _type_name
-from ._errors import ClosedError, DummyHandleError
-from ._event import LibEvent, obtain_event
+from ._errors import ClosedError
 from ._event_base import EventBase, obtain_event_base
+from ._host_base import check_host_base
 
 __all__ = ["EventLoop"]
 
@@ -41,85 +46,11 @@ _MIN_CANCELLED_FRACTION: Final = 0.5
 _MAX_SELECT_TIMEOUT: Final = 24 * 3600
 Ts = TypeVarTuple("Ts")
 
-_get_ident: Final = threading.get_ident
 _getframe: Final = sys._getframe
 _extract_stack: Final = _format_helpers.extract_stack
-_get_running_loop: Final = _events._get_running_loop
-_set_running_loop: Final = _events._set_running_loop
 
 
-# asyncio.TimerHandle's slots (CPython 3.11's), all of which _new_timer_fast fills.
-_TIMER_SLOTS: Final = frozenset(
-    {
-        *("_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr"),
-        *("__weakref__", "_context", "_scheduled", "_when"),
-    }
-)
-_object_new: Final = object.__new__
-_copy_context: Final = contextvars.copy_context
-
-
-def _new_timer_fast(
-    when: float, callback: Any, args: Any, loop: Any, context: Any
-) -> asyncio.TimerHandle:
-    """``asyncio.TimerHandle(when, callback, args, loop, context)`` for a loop not in debug
-    mode, without its two ``__init__`` frames and ``loop.get_debug()``: half the cost."""
-    timer: Any = _object_new(_TimerHandle)
-    timer._callback = callback
-    timer._args = args
-    timer._cancelled = False
-    timer._loop = loop
-    timer._source_traceback = None
-    timer._repr = None
-    timer._context = _copy_context() if context is None else context
-    timer._when = when
-    timer._scheduled = False
-    return timer  # type: ignore[no-any-return]
-
-
-def _slots(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        slots = klass.__dict__.get("__slots__", ())
-        names.update((slots,) if isinstance(slots, str) else slots)
-    return names
-
-
-# Another Python's TimerHandle with other fields: its own constructor.
-_new_timer: Final = _new_timer_fast if _slots(_TimerHandle) == _TIMER_SLOTS else _TimerHandle
-# The same for Handle (call_soon fills its slots inline).
-_FAST_HANDLES: Final = _slots(_Handle) == _TIMER_SLOTS - {"_scheduled", "_when"}
-
-
-# _run_once runs asyncio's Handle._run inline where it is CPython 3.11's (3.12 has the same):
-# its try block, and on an exception the same context for the exception handler.
-_INLINE_RUN = sys.version_info[:2] in ((3, 11), (3, 12)) and _TimerHandle._run is _Handle._run
-
-
-def _callback_failed(handle: Any, exc: BaseException) -> None:
-    """What asyncio's ``Handle._run`` does with a callback's exception."""
-    cb = _format_helpers._format_callback_source(handle._callback, handle._args)
-    context: dict[str, Any] = {
-        "message": f"Exception in callback {cb}",
-        "exception": exc,
-        "handle": handle,
-    }
-    if handle._source_traceback:
-        context["source_traceback"] = handle._source_traceback
-    handle._loop.call_exception_handler(context)
-
-
-def _check_base(where: str, base: object) -> EventBase:
-    if not isinstance(base, EventBase):
-        raise TypeError(f"{where}: base must be an EventBase or None, not {_type_name(base)}")
-    if base.closed:
-        raise ClosedError(f"{where}: the base is closed")
-    if base.dummy:
-        raise DummyHandleError(f"{where}: a dummy base has no libevent loop to run asyncio on")
-    return base
-
-
-class EventLoop(asyncio.SelectorEventLoop):
+class EventLoop(AttachedMode):
     """An asyncio event loop on an :class:`EventBase` (its own one when ``base`` is None).
 
     With no ``base`` the loop makes its own and closes it in :meth:`close`; with one it uses that
@@ -127,26 +58,14 @@ class EventLoop(asyncio.SelectorEventLoop):
     round at a time. See :func:`attach` for a loop that runs whenever someone else dispatches.
     """
 
-    _bs_base: EventBase
     _bs_own: bool
-    _bs_tick: LibEvent | None
-    _bs_armed: bool
-    _bs_in_run: bool
     _bs_streams: set[Any]
-    _bs_detaching: bool
-    _selector: LibeventSelector
     #: Plain TCP and Unix stream sockets get the transport whose reads and writes run in C
     #: (``_aio_transport``); False: asyncio's own selector transports, as before.
     c_streams: bool = True
-    # asyncio's own (BaseEventLoop), which typeshed does not declare.
-    _ready: collections.deque[asyncio.Handle]
-    _scheduled: list[asyncio.TimerHandle]
-    _thread_id: int | None
-    _stopping: bool
-    _closed: bool
+    # asyncio's own (BaseEventLoop), which typeshed does not declare (more in AttachedMode).
     _debug: bool
     _timer_cancelled_count: int
-    _clock_resolution: float
     _transports: Any
 
     if TYPE_CHECKING:
@@ -159,7 +78,7 @@ class EventLoop(asyncio.SelectorEventLoop):
     def __new__(cls, base: EventBase | None = None) -> EventLoop:
         # Checked here, before an object exists whose __del__ (asyncio's) would find it half made.
         if base is not None:
-            _check_base("aio.EventLoop", base)
+            check_host_base("aio.EventLoop", base, none_ok=True)
         return super().__new__(cls)
 
     def __init__(self, base: EventBase | None = None) -> None:
@@ -174,7 +93,7 @@ class EventLoop(asyncio.SelectorEventLoop):
         self._bs_armed = False
         self._bs_in_run = False
         self._bs_streams = set()  # open C stream transports, held as the selector holds asyncio's
-        self._bs_prev_loop: asyncio.AbstractEventLoop | None = None
+        self._bs_prev_loop = None
         self._bs_rbuf: Any = None  # where the C stream transports read (made on first use)
         # time() is asyncio's (time.monotonic()): the hot paths may call the clock directly.
         self._bs_plain_time = type(self).time is asyncio.BaseEventLoop.time
@@ -194,11 +113,6 @@ class EventLoop(asyncio.SelectorEventLoop):
     def base(self) -> EventBase:
         """The :class:`EventBase` the loop runs on."""
         return self._bs_base
-
-    @property
-    def attached(self) -> bool:
-        """Whether the loop runs whenever its base is dispatched (see :func:`attach`)."""
-        return self._bs_tick is not None
 
     def __repr__(self) -> str:
         mode = "attached" if self._bs_tick is not None else "own" if self._bs_own else "shared"
@@ -245,83 +159,6 @@ class EventLoop(asyncio.SelectorEventLoop):
             if not self.is_closed():
                 sel.wake = wake
                 self._bs_rearm()
-
-    # -- attached mode
-
-    def _bs_attach(self) -> None:
-        if self._bs_tick is None:
-            self._bs_tick = obtain_event(self._bs_base, -1, 0, self._bs_on_tick)
-            self._selector.attach(self._bs_wake)
-            self._bs_rearm()
-
-    def _bs_wake(self) -> None:
-        """Readiness arrived while the attached loop is idle: run a tick after this round."""
-        if not self._bs_armed and not self._bs_in_run:
-            tick = self._bs_tick
-            if tick is not None:
-                self._bs_armed = True
-                tick.add(0)
-
-    def _bs_rearm(self) -> None:
-        """After a tick (or between runs): schedule the next one, for callbacks or the timer."""
-        tick = self._bs_tick
-        if tick is None or self._bs_in_run or self._bs_armed:
-            return  # not attached, run by run_forever(), or a tick is due this round anyway
-        if self._ready:
-            self._bs_armed = True
-            tick.add(0)
-        elif self._scheduled:
-            tick.add(max(0.0, self._scheduled[0].when() - self.time()))
-        else:
-            tick.delete()
-
-    def _bs_on_tick(self, _ev: LibEvent | None, _arg: object) -> None:
-        """One iteration of asyncio's loop, inside the base's dispatch (attached mode)."""
-        self._bs_armed = False
-        if self.is_closed() or self._bs_in_run or self._thread_id is not None:
-            return
-        sel = self._selector
-        previous = _get_running_loop()
-        self._thread_id = _get_ident()
-        _set_running_loop(self)
-        sel.collect_only = True
-        try:
-            self._run_once()
-        finally:
-            sel.collect_only = False
-            self._stopping = False  # stop() only ends run_forever()
-            self._thread_id = None
-            _set_running_loop(previous)
-            if not self.is_closed():
-                self._bs_rearm()
-                if self._bs_detaching:
-                    self._bs_detach_check()
-
-    def _bs_detach_check(self) -> None:
-        """After a C host's detach cancelled the tasks: close the loop once none is left."""
-        if self.is_closed() or self._thread_id is not None or self._bs_in_run:
-            return
-        if any(not t.done() for t in asyncio.all_tasks(self)):
-            return
-        self.close()
-
-    def _bs_enter(self) -> bool:
-        """Before a C stream callback outside the loop's run (an attached loop's base, run by
-        its owner): make the loop the running one, as its tick does. False if it cannot be."""
-        if self._closed:
-            return False
-        self._bs_prev_loop = _get_running_loop()
-        self._thread_id = _get_ident()
-        _set_running_loop(self)
-        return True
-
-    def _bs_leave(self) -> None:
-        """After _bs_enter's callback: not running any more; schedule what it made ready."""
-        previous, self._bs_prev_loop = self._bs_prev_loop, None
-        self._thread_id = None
-        _set_running_loop(previous)
-        if not self._closed:
-            self._bs_rearm()
 
     # -- transports: plain stream sockets get the C one (TLS runs asyncio's sslproto on it)
 
@@ -460,14 +297,14 @@ class EventLoop(asyncio.SelectorEventLoop):
     def _run_once(self) -> None:
         """asyncio's ``BaseEventLoop._run_once``, the same steps with fewer attribute lookups."""
         if self._debug:
-            super()._run_once()  # type: ignore[misc]
+            super()._run_once()
             return
         scheduled: list[Any] = self._scheduled
         clock = _monotonic if self._bs_plain_time else self.time
         if scheduled:
             n = len(scheduled)
             if n > _MIN_SCHEDULED and self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION:
-                super()._run_once()  # type: ignore[misc]  # asyncio's own clean-up of many cancelled timers
+                super()._run_once()  # asyncio's own clean-up of many cancelled timers
                 return
             while scheduled and scheduled[0]._cancelled:
                 self._timer_cancelled_count -= 1
@@ -555,47 +392,3 @@ class EventLoop(asyncio.SelectorEventLoop):
                     pass
             if self._bs_own:
                 self._bs_base.close()
-
-
-class _AttachedJob:
-    """An attached loop on a C host's base, as a job of ``bs_python_detach``
-    (``_attach.Job``): its tasks are cancelled and run to their end from the loop's ready
-    queue and timers, then the loop is closed."""
-
-    __slots__ = ("loop",)
-
-    def __init__(self, loop: EventLoop) -> None:
-        self.loop = loop
-
-    @property
-    def finished(self) -> bool:
-        return self.loop.is_closed()
-
-    def cancel(self) -> None:
-        loop = self.loop
-        if loop.is_closed():
-            return
-        loop._bs_detaching = True
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        if not self.blocked():
-            loop._bs_detach_check()
-
-    def blocked(self) -> bool:
-        loop = self.loop
-        return loop._thread_id is not None or loop._bs_in_run
-
-    def step(self) -> float | None:
-        loop = self.loop
-        if loop.is_closed():
-            return None
-        scheduled = loop._scheduled
-        if not loop._ready and scheduled:
-            wait = scheduled[0].when() - loop.time()
-            if wait > loop._clock_resolution:
-                return wait
-        if loop._ready or scheduled:
-            loop._bs_on_tick(None, None)  # one iteration, as the tick event would run it
-            return 0.0
-        loop._bs_detach_check()
-        return None

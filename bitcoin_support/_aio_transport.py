@@ -1,15 +1,16 @@
 """The stream transport of ``aio.EventLoop``: TCP and Unix sockets read and written in C.
 
 asyncio's ``_SelectorSocketTransport`` with its two hot paths moved into C (cdefs/aio_stream.c):
-the read event's C callback reads once and calls :func:`bs_py_aio_stream_ready` with the bytes for
-``data_received``; ``write()`` sends in C at once and queues the rest in an evbuffer that the
-write event's C callback drains, calling Python back only to resume a paused protocol or when
-asked to hear of the queue emptying (close with pending data, ``write_eof``, sendfile). Everything
-else is asyncio's contract, step for step: the order of ``connection_made`` and the first read,
-flow control through ``_FlowControlMixin``, ``close`` / ``abort`` / ``write_eof``, protocol errors
-to the loop's exception handler through ``_fatal_error``, ``KeyboardInterrupt`` and
-``SystemExit`` out of the loop's run, the server's count of connections, sendfile's empty waiter,
-and ``get_extra_info`` (``socket``, ``sockname``, ``peername``).
+the read event's C callback reads once and calls ``bs_py_aio_stream_ready`` (``_aio_transport_cb``)
+with the bytes for ``data_received``; ``write()`` sends in C at once and queues the rest in an
+evbuffer that the write event's C callback drains, calling Python back only to resume a paused
+protocol or when asked to hear of the queue emptying (close with pending data, ``write_eof``,
+sendfile). Everything else is asyncio's contract, step for step: the order of ``connection_made``
+and the first read, flow control through ``_FlowControlMixin``, ``close`` / ``abort`` /
+``write_eof``, protocol errors to the loop's exception handler through ``_fatal_error``,
+``KeyboardInterrupt`` and ``SystemExit`` out of the loop's run, the server's count of
+connections, sendfile's empty waiter, and ``get_extra_info`` (``socket``, ``sockname``,
+``peername``).
 
 A protocol callback runs inside the base's round. On an attached loop that round is its owner's,
 so the loop is made the running one around the callback (as its own tick does).
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any, Final
 
+from ._aio_transport_cb import oserror as _oserror  # and registers the C callbacks' Python end
 from ._errors import ClosedError
 from ._event import EV_PERSIST, EV_READ, EV_WRITE, LibEvent, obtain_event
 from ._native import ffi, lib
@@ -38,17 +39,8 @@ __all__ = ["StreamTransport", "usable"]
 logger: Final = logging.getLogger("asyncio")
 _READ_CB: Final = ffi.addressof(lib, "bs_aio_stream_read_cb")
 _WRITE_CB: Final = ffi.addressof(lib, "bs_aio_stream_write_cb")
-_DATA: Final = lib.BS_STREAM_DATA
-_EOF: Final = lib.BS_STREAM_EOF
-_READ_ERR: Final = lib.BS_STREAM_READ_ERR
-_READABLE: Final = lib.BS_STREAM_READABLE
-_WRITE_ERR: Final = lib.BS_STREAM_WRITE_ERR
-_LOW: Final = lib.BS_STREAM_LOW
-_EMPTY: Final = lib.BS_STREAM_EMPTY
 _write: Final = lib.bs_aio_stream_write
 _buffered: Final = lib.bs_aio_stream_buffered
-_unpack: Final = ffi.unpack
-_from_handle: Final = ffi.from_handle
 _from_buffer: Final = ffi.from_buffer
 # asyncio 3.13 counts a server's transports by identity (Server._attach(transport)).
 _SERVER_TAKES_TRANSPORT: Final = sys.version_info >= (3, 13)
@@ -64,10 +56,6 @@ def usable(sock: socket.socket) -> bool:
 def read_buffer() -> Any:
     """A loop's read buffer for its C stream transports (one read's most: asyncio's max_size)."""
     return ffi.new("char[]", _READ_MAX)
-
-
-def _oserror(err: int) -> OSError:
-    return OSError(err, os.strerror(err))
 
 
 class StreamTransport(transports._FlowControlMixin, transports.Transport):
@@ -475,55 +463,3 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._sock = None
         if self._rec is not None:
             self._release()
-
-
-def _stream_error(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
-    """onerror of bs_py_aio_stream_ready: what escaped its own handlers (a bug) is logged."""
-    logger.error("aio stream callback failed", exc_info=exc)
-
-
-@ffi.def_extern(onerror=_stream_error)  # type: ignore[untyped-decorator]
-def bs_py_aio_stream_ready(handle: Any, kind: int, n: int) -> None:
-    """A stream's C callback reports (cdefs/aio_stream.h): run the protocol's part of it.
-
-    Protocol errors are the transport's (``_fatal_error``); ``KeyboardInterrupt`` and
-    ``SystemExit`` stop the base's round and leave the loop's run as from any callback. The
-    data path (the loop running, bytes read) is inlined: it runs once per read.
-    """
-    tr: StreamTransport = _from_handle(handle)
-    loop = tr._loop
-    if kind == _DATA and loop._thread_id is not None:
-        if tr._conn_lost:
-            return
-        try:
-            tr._protocol.data_received(_unpack(tr._rbuf, n))
-        except (SystemExit, KeyboardInterrupt) as exc:
-            loop._bs_base._st.fail(exc)
-        except BaseException as exc:
-            try:
-                tr._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-            except BaseException as again:  # KeyboardInterrupt in the exception handler
-                loop._bs_base._st.fail(again)
-        return
-    entered = loop._thread_id is None and loop._bs_enter()
-    try:
-        if kind == _DATA:
-            tr._on_data(_unpack(tr._rbuf, n))
-        elif kind == _READABLE:
-            tr._on_readable()
-        elif kind == _LOW:
-            tr._maybe_resume_protocol()
-        elif kind == _EMPTY:
-            tr._rec.notify_empty = 0
-            tr._on_empty()
-        elif kind == _EOF:
-            tr._on_eof()
-        elif kind == _READ_ERR:
-            tr._fatal_error(_oserror(n), "Fatal read error on socket transport")
-        elif kind == _WRITE_ERR:
-            tr._on_write_error(n)
-    except BaseException as exc:  # KeyboardInterrupt, SystemExit, or a bug here
-        loop._bs_base._st.fail(exc)
-    finally:
-        if entered:
-            loop._bs_leave()

@@ -1,11 +1,11 @@
-"""What the ``serve_http`` and streaming helpers of trio (``trio_guest``) and asyncio (``aio``)
-share, apart from waiting, which is each framework's: answering a handler's outcome, and the
-queue of a streamed body's pieces."""
+"""What the ``serve_http`` and streaming helpers of trio (``_trio_http``) and asyncio
+(``_aio_http``) share, apart from waiting and cancelling, which are each framework's: a request
+task's run of the handler and its answer, and the queue of a streamed body's pieces."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ._args import type_name as _type_name
@@ -13,6 +13,8 @@ from ._errors import ClosedError
 from ._log import http_log
 from ._native import lib
 from ._request import EvHttpRequest
+
+__all__ = ["BODY_HIGH", "DEFAULT_CONTENT_TYPE", "BodyPieces", "run_handler", "unavailable"]
 
 # A streamed body's status (cdefs/http.h); a refusal is its HTTP code.
 _BODY_PIECE: Final[int] = lib.BS_BODY_PIECE
@@ -28,7 +30,7 @@ def unavailable(req: EvHttpRequest, _arg: object) -> None:
     req.send_error(503)
 
 
-def answer_error(req: EvHttpRequest, code: int) -> None:
+def _answer_error(req: EvHttpRequest, code: int) -> None:
     """Answer ``code`` unless the request is already answered or its client gone."""
     if not req.closed:
         try:
@@ -37,7 +39,7 @@ def answer_error(req: EvHttpRequest, code: int) -> None:
             pass  # the handler started a reply, or the connection closed meanwhile
 
 
-def answer_result(req: EvHttpRequest, result: Any) -> None:
+def _answer_result(req: EvHttpRequest, result: Any) -> None:
     """Send what a handler returned: 200 with a bytes-like body (``DEFAULT_CONTENT_TYPE`` unless
     the handler set a Content-Type); 500 (logged) for ``None`` without a reply or a body that is
     not bytes-like. Nothing when the handler replied."""
@@ -45,7 +47,7 @@ def answer_result(req: EvHttpRequest, result: Any) -> None:
         return
     if result is None:
         http_log.error("serve_http: handler returned None without replying (request id=%d)", req.id)
-        answer_error(req, 500)
+        _answer_error(req, 500)
         return
     # A handler that set its own Content-Type keeps it; otherwise bytes are just bytes (not
     # libevent's default, text/html in ISO-8859-1).
@@ -59,13 +61,44 @@ def answer_result(req: EvHttpRequest, result: Any) -> None:
             req.id,
             exc_info=exc,
         )
-        answer_error(req, 500)
+        _answer_error(req, 500)
 
 
-def handler_raised(req: EvHttpRequest, exc: BaseException) -> None:
+def _handler_raised(req: EvHttpRequest, exc: BaseException) -> None:
     """A handler raised: log it at ERROR and answer 500."""
     http_log.error("serve_http: handler raised (request id=%d)", req.id, exc_info=exc)
-    answer_error(req, 500)
+    _answer_error(req, 500)
+
+
+async def run_handler(
+    req: EvHttpRequest,
+    handler: Callable[[EvHttpRequest], Awaitable[Any]],
+    on_gone: Callable[[], object],
+) -> None:
+    """A ``serve_http`` request task's body, after the framework's set-up: unless the client
+    left already, ``await handler(req)`` with ``on_gone()`` hooked to the client leaving first
+    (it cancels the task, the framework's way), then answer what the handler returned
+    (:func:`_answer_result`).
+
+    A handler's exception is logged and answered 500. A cancellation (``serve_http``
+    cancelled, the client gone) or ``KeyboardInterrupt`` answers 503 if the request is still
+    open, and propagates: what it means is the framework's."""
+    if req.closed:  # the client left before the task started
+        return
+    # The evhttp layer calls on_gone when the connection closes before the reply is complete;
+    # the request is closed by then, so the cancelled handler cannot answer it.
+    req._on_gone(on_gone)
+    try:
+        result = await handler(req)
+    except Exception as exc:
+        _handler_raised(req, exc)
+        return
+    except BaseException:
+        _answer_error(req, 503)  # serve_http cancelled (or KeyboardInterrupt): shutting down
+        raise
+    finally:
+        req._on_gone(None)
+    _answer_result(req, result)
 
 
 BODY_HIGH: Final = 256 * 1024  # bytes of a streamed body held before its reading pauses

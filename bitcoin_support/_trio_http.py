@@ -15,7 +15,7 @@ from ._args import type_name as _type_name
 from ._errors import ClosedError
 from ._request import EvHttpRequest
 from ._server import EvHttp
-from ._serving import BodyPieces, answer_error, answer_result, handler_raised, unavailable
+from ._serving import BodyPieces, run_handler, unavailable
 
 __all__ = ["iter_body", "send_chunk", "serve_http"]
 
@@ -72,23 +72,8 @@ async def _serve_one(
     req: EvHttpRequest, handler: Callable[[EvHttpRequest], Awaitable[Any]]
 ) -> None:
     """A request's task: run the handler, send what it returned; cancelled if the client leaves."""
-    with trio.CancelScope() as gone_scope:
-        if req.closed:  # the client left before the task started
-            return
-        # The evhttp layer calls this when the connection closes before the reply is complete;
-        # the request is closed by then, so the cancelled handler cannot answer it.
-        req._on_gone(gone_scope.cancel)
-        try:
-            result = await handler(req)
-        except Exception as exc:
-            handler_raised(req, exc)
-            return
-        except BaseException:
-            answer_error(req, 503)  # serve_http cancelled (or KeyboardInterrupt): shutting down
-            raise
-        finally:
-            req._on_gone(None)
-        answer_result(req, result)
+    with trio.CancelScope() as gone_scope:  # cancelled when the client leaves first
+        await run_handler(req, handler, gone_scope.cancel)
 
 
 async def send_chunk(req: EvHttpRequest, data: Any, high_water: int = 65536) -> None:

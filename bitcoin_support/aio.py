@@ -25,9 +25,11 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from . import _attach
+from ._aio_attached import AttachedJob
 from ._aio_http import iter_body, send_chunk, serve_http
-from ._aio_loop import EventLoop, _AttachedJob, _check_base
+from ._aio_loop import EventLoop
 from ._event_base import EventBase
+from ._host_base import check_host_base
 
 __all__ = [
     "EventLoop",
@@ -52,13 +54,13 @@ def attach(base: EventBase) -> EventLoop:
     leaves the base open. ``run_until_complete`` / ``run_forever`` dispatch the base themselves
     when nobody else is, and raise RuntimeError when the base is being dispatched.
     """
-    loop = EventLoop(_check_base("aio.attach", base))
+    loop = EventLoop(check_host_base("aio.attach", base))
     try:
         loop._bs_attach()
     except BaseException:
         loop.close()
         raise
-    loop._bs_forget_detach = _attach.add_job(base.address, _AttachedJob(loop))
+    loop._bs_forget_detach = _attach.add_job(base.address, AttachedJob(loop))
     return loop
 
 

@@ -37,20 +37,14 @@ except ImportError as exc:  # trio is the optional extra [trio]
 
 from . import _attach
 from ._args import type_name as _type_name
-from ._errors import ClosedError
 from ._event import EV_PERSIST, LibEvent, obtain_event
 from ._event_base import EVLOOP_NO_EXIT_ON_EMPTY, EventBase
+from ._host_base import check_host_base
 from ._trio_http import iter_body, send_chunk, serve_http
 
 __all__ = ["iter_body", "run", "send_chunk", "serve_http", "start", "wait_event"]
 
 T = TypeVar("T")
-
-
-def _check_base(where: str, base: object) -> EventBase:
-    if not isinstance(base, EventBase):
-        raise TypeError(f"{where}: base must be an EventBase, not {_type_name(base)}")
-    return base
 
 
 def start(
@@ -66,13 +60,11 @@ def start(
     on the loop's thread, with trio's :class:`outcome.Outcome` of the run (what ``trio.run``
     would have returned or raised); keep dispatching until then, as trio's guest mode requires.
     """
-    base = _check_base("trio_guest.start", base)
+    base = check_host_base("trio_guest.start", base)
     if not callable(async_fn):
         raise TypeError(f"trio_guest.start: async_fn must be callable, not {_type_name(async_fn)}")
     if not callable(done):
         raise TypeError(f"trio_guest.start: done must be callable, not {_type_name(done)}")
-    if base.closed:
-        raise ClosedError("trio_guest.start: the base is closed")
     if base._address is None:
         trio.lowlevel.start_guest_run(
             async_fn,
@@ -186,7 +178,7 @@ def run(base: EventBase, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T
     runs on until trio has finished cleaning up, and that error is raised, as ``trio.run`` does
     with an error that escapes its own machinery.
     """
-    base = _check_base("trio_guest.run", base)
+    base = check_host_base("trio_guest.run", base)
     state = _Run(base)
     start(base, state.main, async_fn, *args, done=state.done)
     loop_error: BaseException | None = None
@@ -215,7 +207,7 @@ async def wait_event(
     at the first activation). Returns ``EV_TIMEOUT`` when ``timeout`` seconds passed first.
     ``base`` must be the base trio runs on. Cancelling the waiting task removes the event.
     """
-    base = _check_base("trio_guest.wait_event", base)
+    base = check_host_base("trio_guest.wait_event", base)
     await trio.lowlevel.checkpoint_if_cancelled()
     task = trio.lowlevel.current_task()
     waiting = True

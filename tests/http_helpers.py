@@ -175,3 +175,37 @@ def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return pred()
+
+
+def post(path: str, body: bytes) -> bytes:
+    """A raw POST of ``body`` with Connection: close."""
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def read_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything ``sock`` receives until the peer closes (each receive bounded by ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send a raw request (with Connection: close) and read the whole response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        return read_to_eof(sock, timeout)
+
+
+def exchange_many(port: int, requests: list[bytes], timeout: float = 30.0) -> list[bytes]:
+    """Send every raw request on its own connection first, then read each whole response."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=timeout) for _ in requests]
+    try:
+        for sock, req in zip(socks, requests, strict=True):
+            sock.sendall(req)
+        return [read_to_eof(sock, timeout) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import trio
+from aio_helpers import no_leaks  # noqa: F401 (autouse)
+from http_helpers import post
 
 from bitcoin_support import (
     EV_PERSIST,
@@ -21,7 +23,6 @@ from bitcoin_support import (
     ClosedError,
     DummyHandleError,
     EventBase,
-    EvHttpRequest,
     LibEvent,
     aio,
     live_counts,
@@ -30,13 +31,6 @@ from bitcoin_support import (
     obtain_evhttp,
     trio_guest,
 )
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = live_counts()
-    yield
-    assert live_counts() == before
 
 
 @contextlib.contextmanager
@@ -69,11 +63,6 @@ async def http_exchange(port: int, request: bytes) -> bytes:
     writer.close()
     await writer.wait_closed()
     return data
-
-
-def post(path: str, body: bytes) -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
 # -- own loops
@@ -109,7 +98,11 @@ def test_loop_owns_its_base_or_leaves_a_given_one_open(base: EventBase) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="base must be an EventBase"):
         aio.EventLoop(base="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^aio\.EventLoop: base must be an EventBase or None,"):
+        aio.EventLoop(base="x")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
+        aio.attach("x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^aio\.attach: base must be an EventBase, not str"):
         aio.attach("x")  # type: ignore[arg-type]
     closed = obtain_event_base()
     closed.close()
@@ -122,6 +115,10 @@ def test_bad_arguments() -> None:
         aio.attach(dummy)
     with pytest.raises(DummyHandleError):
         aio.EventLoop(dummy)
+    with pytest.raises(DummyHandleError, match=r"^aio\.attach: "):
+        aio.attach(dummy)
+    with pytest.raises(ClosedError, match=r"^aio\.EventLoop: "):
+        aio.EventLoop(closed)
     dummy.close()
 
 
@@ -418,121 +415,6 @@ def test_own_loop_runs_the_bases_other_users(base: EventBase) -> None:
     http.close()
     assert response.endswith(b"\r\n\r\nhi")
     assert len(ticks) > 5
-
-
-# -- serve_http
-
-
-def serve(base: EventBase, handler: Any, client: Any) -> Any:
-    """Run serve_http and ``client(port)`` on an aio loop on ``base``; return client's result."""
-    http = obtain_evhttp(base)
-    port = http.bind("127.0.0.1", 0)
-    loop = aio.EventLoop(base)
-
-    async def main() -> Any:
-        server = asyncio.ensure_future(aio.serve_http(http, handler))
-        try:
-            return await asyncio.wait_for(client(port, server), 30)
-        finally:
-            server.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await server
-
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
-        http.close()
-
-
-def test_serve_http_200_and_500(base: EventBase) -> None:
-    async def handler(req: EvHttpRequest) -> Any:
-        await asyncio.sleep(0)
-        if req.path == "/raise":
-            raise RuntimeError("handler failed")
-        if req.path == "/none":
-            return None
-        if req.path == "/own":
-            req.send_reply(201, body=b"made", content_type="text/plain")
-            return None
-        if req.path == "/notbytes":
-            return 42
-        return b"echo:" + req.body
-
-    async def client(port: int, _server: Any) -> list[bytes]:
-        many = await asyncio.gather(
-            *(http_exchange(port, post(f"/{i}", b"b%d" % i)) for i in range(20))
-        )
-        return [
-            await http_exchange(port, post(p, b""))
-            for p in ("/raise", "/none", "/own", "/notbytes")
-        ] + list(many)
-
-    raised, none, own, notbytes, *many = serve(base, handler, client)
-    assert raised.startswith(b"HTTP/1.1 500 ")
-    assert none.startswith(b"HTTP/1.1 500 ")
-    assert notbytes.startswith(b"HTTP/1.1 500 ")
-    assert own.startswith(b"HTTP/1.1 201 ") and own.endswith(b"made")
-    for i, r in enumerate(many):
-        assert r.startswith(b"HTTP/1.1 200 ") and r.endswith(b"\r\n\r\necho:b%d" % i)
-
-
-def test_serve_http_cancels_the_handler_when_the_client_leaves(base: EventBase) -> None:
-    events: list[str] = []
-    started = asyncio.Event()
-
-    async def handler(req: EvHttpRequest) -> bytes:
-        started.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            events.append("cancelled")
-            assert req.closed
-            raise
-        return b"too late"
-
-    async def client(port: int, _server: Any) -> float:
-        _r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-        await started.wait()
-        t0 = time.monotonic()
-        w.close()
-        await w.wait_closed()
-        while not events:
-            await asyncio.sleep(0.005)
-        return time.monotonic() - t0
-
-    assert serve(base, handler, client) < 5
-    assert events == ["cancelled"]
-    assert EvHttpRequest.live() == 0
-
-
-def test_serve_http_cancelled_answers_503(base: EventBase) -> None:
-    async def handler(req: EvHttpRequest) -> bytes:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    async def client(port: int, server: Any) -> tuple[bytes, bytes]:
-        waiting = asyncio.ensure_future(http_exchange(port, post("/", b"")))
-        await asyncio.sleep(0.2)
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
-        during = await waiting
-        after = await http_exchange(port, post("/", b""))
-        return during, after
-
-    during, after = serve(base, handler, client)
-    assert during.startswith(b"HTTP/1.1 503 ")
-    assert after.startswith(b"HTTP/1.1 503 ")
-
-
-def test_serve_http_bad_arguments() -> None:
-    async def main() -> None:
-        with pytest.raises(TypeError):
-            await aio.serve_http("x", lambda r: None)  # type: ignore[arg-type]
-
-    aio.run(main())
 
 
 def test_socketpair_readers_and_writers() -> None:

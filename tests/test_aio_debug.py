@@ -9,10 +9,9 @@ import sys
 from typing import Any
 
 import pytest
+from aio_helpers import LOOPS
 
 from bitcoin_support import aio
-
-LOOPS = {"asyncio": asyncio.SelectorEventLoop, "aio": aio.new_event_loop}
 
 
 def record(kind: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bitcoin_support import aio
+from aio_helpers import LOOPS
 
-LOOPS = {"asyncio": asyncio.SelectorEventLoop, "aio": aio.new_event_loop}
+from bitcoin_support import aio
 
 
 def scenario(kind: str) -> dict[str, Any]:

@@ -13,35 +13,23 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aio_helpers import KINDS, new_loop, no_leaks  # noqa: F401 (no_leaks: autouse)
 
 from bitcoin_support import (
     EVLOOP_NO_EXIT_ON_EMPTY,
     EVLOOP_ONCE,
     aio,
-    live_counts,
     obtain_event_base,
 )
 from bitcoin_support._aio_transport import StreamTransport
 
 MiB = 1 << 20
 Scenario = Callable[[], Awaitable[Any]]
-KINDS = ("asyncio", "aio")
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    before = live_counts()
-    yield
-    assert live_counts() == before
-
-
-def new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    return aio.new_event_loop() if kind == "aio" else asyncio.SelectorEventLoop()
 
 
 # Transports the aio runs made, to check that the C transport served them.
