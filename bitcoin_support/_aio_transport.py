@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
 import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._aio_transport_cb import oserror as _oserror  # and registers the C callbacks' Python end
 from ._errors import ClosedError
 from ._event import EV_PERSIST, EV_READ, EV_WRITE, LibEvent, obtain_event
+from ._guard import refusal
 from ._native import ffi, lib
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ _WRITE_CB: Final = ffi.addressof(lib, "bs_aio_stream_write_cb")
 _write: Final = lib.bs_aio_stream_write
 _buffered: Final = lib.bs_aio_stream_buffered
 _from_buffer: Final = ffi.from_buffer
+_get_ident: Final = threading.get_ident
 # asyncio 3.13 counts a server's transports by identity (Server._attach(transport)).
 _SERVER_TAKES_TRANSPORT: Final = sys.version_info >= (3, 13)
 _READ_MAX: Final = 256 * 1024
@@ -192,7 +195,15 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     def is_reading(self) -> bool:
         return not self._closing and not self._paused
 
+    def _check_thread(self, what: str) -> None:
+        """The thread rule (``_guard.py``): the C half of a transport is the loop thread's while
+        the loop runs; from another thread only ``call_soon_threadsafe`` may reach it."""
+        thread = self._loop._thread_id
+        if thread is not None and thread != _get_ident():
+            raise refusal(what, thread)
+
     def pause_reading(self) -> None:
+        self._check_thread("StreamTransport.pause_reading")
         if not self.is_reading():
             return
         self._paused = True
@@ -201,6 +212,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             logger.debug("%r pauses reading", self)
 
     def resume_reading(self) -> None:
+        self._check_thread("StreamTransport.resume_reading")
         if self._closing or not self._paused:
             return
         self._paused = False
@@ -272,6 +284,9 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     # -- writing
 
     def write(self, data: Any) -> None:
+        thread = self._loop._thread_id  # the thread rule (_guard.py): C state, C's thread
+        if thread is not None and thread != _get_ident():
+            raise refusal("StreamTransport.write", thread)
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(
@@ -311,6 +326,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._rec.paused = int(self._protocol_paused)
 
     def _set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._check_thread("StreamTransport.set_write_buffer_limits")
         super()._set_write_buffer_limits(high, low)  # type: ignore[misc]
         if self._rec is not None:
             self._rec.low_water = self._low_water
@@ -323,6 +339,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
         return True
 
     def write_eof(self) -> None:
+        self._check_thread("StreamTransport.write_eof")
         if self._closing or self._eof:
             return
         self._eof = True
@@ -372,6 +389,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
     # -- closing
 
     def close(self) -> None:
+        self._check_thread("StreamTransport.close")
         if self._closing:
             return
         self._closing = True
@@ -383,6 +401,7 @@ class StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._rec.notify_empty = 1  # _on_empty ends the connection
 
     def abort(self) -> None:
+        self._check_thread("StreamTransport.abort")
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
