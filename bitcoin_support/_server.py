@@ -29,11 +29,7 @@ from ._guard import _guarded
 from ._handles import Finalized
 from ._log import http_log
 from ._native import ffi, lib
-from ._request import (
-    _REPLYABLE,
-    METHODS,
-    PyRequestCallback,
-)
+from ._request import METHODS, PyRequestCallback
 from ._server_request import _ServerRequest
 
 __all__ = ["EvHttp", "obtain_evhttp"]
@@ -42,6 +38,9 @@ _REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
 
 
 _NULL = ffi.NULL
+_REFUSE_ONLY: Final[int] = lib.BS_SETTLE_REFUSE_ONLY
+_FLUSH: Final[int] = lib.BS_SETTLE_FLUSH
+_SETTLE_NONE: Final[int] = lib.BS_SETTLE_NONE
 
 # EvHttp.from_address wrappers by address: strong while open (the host's evhttp may call their
 # routes with no Python reference left), like EventBase wrappers. Servers Python made, by
@@ -301,6 +300,9 @@ class EvHttp(Finalized):
         """
         later = self._running > 0
         wrapped = self._address is not None
+        # 503 to the requests still replyable, written at once when the server is freed next;
+        # the rest are settled when their connection closes, or by _after_release.
+        how = _REFUSE_ONLY if wrapped else _REFUSE_ONLY | _FLUSH
         if rec.http != _NULL:
             if not wrapped:
                 with _registry_lock:
@@ -309,11 +311,8 @@ class EvHttp(Finalized):
                         del _owned[address]
             for req in list(self._pending):
                 r = req._rec
-                if r is not None and r.req != _NULL and r.state in _REPLYABLE:
-                    lib.bs_http_send_error(r, 503, _NULL)
-                    if not wrapped:
-                        lib.bs_http_flush(r)
-                    req._released()
+                if r is not None and lib.bs_http_settle(r, 503, how) != _SETTLE_NONE:
+                    req._released()  # answered: Python's hold ended in C
                 gone = getattr(req, "_gone", None)  # set only through _on_gone()
                 if gone is not None:
                     req._gone = None
