@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import weakref
 from typing import Any, Final, final
 
+from . import _registry
 from ._args import (
     _address_arg,
     _c_callback,
@@ -24,7 +24,7 @@ from ._args import (
     _text_arg,
 )
 from ._errors import type_name as _type_name
-from ._event_base import EventBase, _LoopState, _registry_lock
+from ._event_base import EventBase, _LoopState
 from ._guard import _guarded
 from ._handles import Finalized
 from ._log import http_log
@@ -41,65 +41,6 @@ _NULL = ffi.NULL
 _REFUSE_ONLY: Final[int] = lib.BS_SETTLE_REFUSE_ONLY
 _FLUSH: Final[int] = lib.BS_SETTLE_FLUSH
 _SETTLE_NONE: Final[int] = lib.BS_SETTLE_NONE
-
-# EvHttp.from_address wrappers by address: strong while open (the host's evhttp may call their
-# routes with no Python reference left), like EventBase wrappers. Servers Python made, by
-# address (weak), so that one is never wrapped as if a host owned it.
-_wrappers: dict[int, EvHttp] = {}
-_owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
-# A host's BsRequestGate (bs_python_set_request_gate) by evhttp address: (gate, arg) addresses,
-# applied to every wrapper made for that address; kept until bs_python_detach, so Python code
-# that closes its wrapper and wraps the evhttp again is still behind the host's gate.
-_gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
-# By the address of a host's event_base: how many request records of Python's on the host's
-# evhttp servers there are still alive (C counts them down as it frees them; a host's shutdown
-# waits for the replies to be written: bs_python_pending). Never freed: records may point here.
-_live_counts: dict[int, Any] = {}
-
-
-def live_requests(base_address: int) -> int:
-    """Python's request records still alive on the host's evhttp servers of a base."""
-    live = _live_counts.get(base_address)
-    return 0 if live is None else int(live[0])
-
-
-def _set_gate(address: int, gate: int, arg: int) -> None:
-    """Set (or with gate 0 remove) a host's gate for the evhttp at ``address``."""
-    with _registry_lock:
-        if gate:
-            found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
-            _gates[address] = (gate, arg, int(ffi.cast("uintptr_t", found)))
-        else:
-            _gates.pop(address, None)
-        wrapper = _wrappers.get(address)
-        if wrapper is not None and wrapper._rec is not None:
-            _apply_gate(wrapper._rec, gate, arg)
-
-
-# A host's choice of strict framing (bs_python_set_strict_framing) by evhttp address: applied to
-# every wrapper made for that address, until bs_python_detach (which closes the wrappers, and
-# a closed wrapper takes the framer off the host's evhttp).
-_stricts: dict[int, tuple[bool, int]] = {}  # (on, base address or 0)
-
-
-def _set_strict(address: int, on: bool) -> None:
-    """Frame the connections of the host's evhttp at ``address`` strictly, or not. Without a
-    wrapper yet, its base must be findable (a listening socket) or wrapped already: the framer
-    is installed through a wrapper, made here when there is none."""
-    with _registry_lock:
-        found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
-        _stricts[address] = (on, int(ffi.cast("uintptr_t", found)))
-        wrapper = _wrappers.get(address)
-    if wrapper is not None and wrapper._rec is not None:
-        lib.bs_evhttp_strict(wrapper._rec, 1 if on else 0)
-    elif on:
-        EvHttp.from_address(address)  # applies _stricts, held until detach
-
-
-def _apply_gate(rec: Any, gate: int, arg: int) -> None:
-    lib.bs_evhttp_set_gate(
-        rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast("void *", arg)
-    )
 
 
 @final
@@ -172,9 +113,9 @@ class EvHttp(Finalized):
     _pending: set[_ServerRequest]
     _routes: dict[str | None, _Route]
     _running: int
-    _live: Any  # for a from_address wrapper: its base's entry of _live_counts; else None
-    # For a from_address wrapper: the host's evhttp address (in _wrappers); None when Python
-    # owns the server.
+    _live: Any  # for a from_address wrapper: its base's count of live records; else None
+    # For a from_address wrapper: the host's evhttp address (in _registry.servers); None when
+    # Python owns the server.
     _address: int | None
 
     def __init__(self, base: EventBase) -> None:
@@ -184,18 +125,9 @@ class EvHttp(Finalized):
         rec = lib.bs_evhttp_new(brec)
         if rec == _NULL:
             raise _oserror("obtain_evhttp: could not create the evhttp server")
-        self._base = base
-        self._st = base._st
-        self._pending = set()
-        self._routes = {}
-        self._bound = []
-        self._running = 0
-        self._address = None
-        self._live = None
-        self._init_handle(rec, dummy=base.dummy, parent=base)
+        self._setup(rec, base, None, None)
         if rec.http != _NULL:
-            with _registry_lock:
-                _owned[int(ffi.cast("uintptr_t", rec.http))] = self
+            _registry.servers.own(int(ffi.cast("uintptr_t", rec.http)), self)
 
     @classmethod
     def from_address(cls, ptr: int | Any, *, base: EventBase | int | Any = None) -> EvHttp:
@@ -232,41 +164,37 @@ class EvHttp(Finalized):
         guard = owner._st.guard
         if not guard.lock.acquire(False):
             guard.wait(where)
+        room = _registry.servers
         try:
-            with _registry_lock:
-                wrapper = _wrappers.get(address)
+            with _registry.lock:
+                wrapper = room.wrappers.get(address)
                 if wrapper is not None and wrapper._rec is not None:
                     if wrapper._base is not owner and wrapper._base.address != owner.address:
                         raise ValueError(f"{where}: the evhttp is wrapped on another base")
                     return wrapper
-                if address in _owned:
+                if address in room.owned:
                     raise ValueError(f"{where}: this evhttp was made by Python (obtain_evhttp)")
                 rec = lib.bs_evhttp_wrap(owner._require_open(where), http)
                 if rec == _NULL:
                     raise _oserror(f"{where}: could not wrap the evhttp")
                 self = cls.__new__(cls)
-                self._base = owner
-                self._st = owner._st
-                self._pending = set()
-                self._routes = {}
-                self._bound = []
-                self._running = 0
-                self._address = address
-                live = _live_counts.get(owner.address)
-                if live is None:
-                    live = _live_counts[owner.address] = ffi.new("int *")
-                self._live = live
-                self._init_handle(rec, dummy=False, parent=owner)
-                _wrappers[address] = self
-                gate = _gates.get(address)
-                if gate is not None:
-                    _apply_gate(rec, gate[0], gate[1])
-                strict = _stricts.get(address)
-                if strict is not None:
-                    lib.bs_evhttp_strict(rec, 1 if strict[0] else 0)
+                self._setup(rec, owner, address, _registry.live_count(owner.address))
+                room.wrappers[address] = self  # held until its release (_after_release)
+                _registry.apply_host_choices(address, rec)
         finally:
             guard.lock.release()
         return self
+
+    def _setup(self, rec: Any, base: EventBase, address: int | None, live: Any) -> None:
+        self._base = base
+        self._st = base._st
+        self._pending = set()
+        self._routes = {}
+        self._bound = []
+        self._running = 0
+        self._address = address
+        self._live = live
+        self._init_handle(rec, dummy=base.dummy, parent=base)
 
     @property
     @_guarded("EvHttp.address")
@@ -305,10 +233,7 @@ class EvHttp(Finalized):
         how = _REFUSE_ONLY if wrapped else _REFUSE_ONLY | _FLUSH
         if rec.http != _NULL:
             if not wrapped:
-                with _registry_lock:
-                    address = int(ffi.cast("uintptr_t", rec.http))
-                    if _owned.get(address) is self:
-                        del _owned[address]
+                _registry.servers.disown(int(ffi.cast("uintptr_t", rec.http)), self)
             for req in list(self._pending):
                 r = req._rec
                 if r is not None and lib.bs_http_settle(r, 503, how) != _SETTLE_NONE:
@@ -336,9 +261,8 @@ class EvHttp(Finalized):
         self._pending.clear()
         self._routes.clear()
         self._bound.clear()
-        with _registry_lock:
-            if self._address is not None and _wrappers.get(self._address) is self:
-                del _wrappers[self._address]
+        if self._address is not None:
+            _registry.servers.unwrap(self._address, self)  # held since from_address
 
     # -- sockets
 
