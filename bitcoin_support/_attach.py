@@ -316,7 +316,11 @@ def set_gate(ffi: Any, http: Any, gate: Any, arg: Any) -> int:
 @_reporting
 def set_strict(ffi: Any, http: Any, on: int) -> int:
     """``bs_python_set_strict_framing``: the host's evhttp framed strictly (or not); 0 or -1."""
-    _registry.set_strict(_address(ffi, http), bool(on))
+    address = _address(ffi, http)
+    if _registry.set_strict(address, bool(on)):
+        from ._server import EvHttp
+
+        EvHttp.from_address(address)  # applies the choice; held until detach
     return 0
 
 

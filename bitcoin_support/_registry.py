@@ -125,19 +125,18 @@ def set_gate(address: int, gate: int, arg: int) -> None:
             _apply_gate(wrapper._rec, gate, arg)
 
 
-def set_strict(address: int, on: bool) -> None:
-    """Frame the connections of the host's evhttp at ``address`` strictly, or not. Without a
-    wrapper yet, its base must be findable (a listening socket) or wrapped already: the framer
-    is installed through a wrapper, made here when there is none."""
+def set_strict(address: int, on: bool) -> bool:
+    """Frame the connections of the host's evhttp at ``address`` strictly, or not. The framer
+    is installed through a wrapper: True when there is none yet and ``on``, for the caller to
+    make one (``EvHttp.from_address`` applies the choice; the evhttp's base must be findable,
+    through a listening socket, or wrapped already)."""
     with lock:
         _stricts[address] = (on, _base_of(address))
         wrapper = servers.wrappers.get(address)
     if wrapper is not None and wrapper._rec is not None:
         lib.bs_evhttp_strict(wrapper._rec, 1 if on else 0)
-    elif on:
-        from ._server import EvHttp  # the server room imports this one
-
-        EvHttp.from_address(address)  # applies the choice, held until detach
+        return False
+    return on
 
 
 def apply_host_choices(address: int, rec: Any) -> None:

@@ -1,5 +1,7 @@
-"""The evhttp server room: EvHttp, its routes, sockets and paths. The requests it is given
-live in ``_server_request.py``, their streaming (on_sent, on_body) in ``_server_stream.py``.
+"""The evhttp server room: EvHttp, its callbacks, sockets and limits. Its routes are built in
+``_server_routes.py``, its listening sockets checked in ``_server_sockets.py``; the requests it
+is given live in ``_server_request.py``, their streaming (on_sent, on_body) in
+``_server_stream.py``.
 
 The per-request path is kept short on purpose: one ``extern "Python"`` call per request, no
 allocation besides the request object, and one C call for a whole reply (status, headers, body);
@@ -15,14 +17,7 @@ import socket
 from typing import Any, Final, final
 
 from . import _registry
-from ._args import (
-    _address_arg,
-    _c_callback,
-    _check_int,
-    _oserror,
-    _seconds,
-    _text_arg,
-)
+from ._args import _address_arg, _check_int, _oserror, _seconds
 from ._errors import type_name as _type_name
 from ._event_base import EventBase, _LoopState
 from ._guard import _guarded
@@ -31,66 +26,15 @@ from ._log import http_log
 from ._native import ffi, lib
 from ._request import METHODS, PyRequestCallback
 from ._server_request import _ServerRequest
+from ._server_routes import _make_route, _path_arg, _Route
+from ._server_sockets import _listening_fd, _sock_port
 
 __all__ = ["EvHttp", "obtain_evhttp"]
-
-_REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
-
 
 _NULL = ffi.NULL
 _REFUSE_ONLY: Final[int] = lib.BS_SETTLE_REFUSE_ONLY
 _FLUSH: Final[int] = lib.BS_SETTLE_FLUSH
 _SETTLE_NONE: Final[int] = lib.BS_SETTLE_NONE
-
-
-@final
-class _Route:
-    """A callback registered for a path (or the generic one): the C trampoline's arg.
-
-    Python and C callbacks alike go through ``bs_http_server_cb``, so the server's record knows
-    when one of its callbacks runs. The EvHttp holds its routes while libevent may call them.
-    """
-
-    __slots__ = ("arg", "cb", "crec", "handle", "http")
-
-    def __init__(
-        self, http: EvHttp, cb: Any, arg: Any, c_cb: Any = None, c_arg: Any = None
-    ) -> None:
-        self.http = http
-        self.cb = cb
-        self.arg = arg
-        self.crec = crec = ffi.new("bs_http_route_t *")
-        crec.h = http._rec
-        if c_cb is not None:
-            self.handle = None
-            crec.c_cb = c_cb
-            crec.c_arg = c_arg
-        else:
-            self.handle = crec.py = ffi.new_handle(self)
-
-
-def _make_route(
-    http: EvHttp, where: str, cb: Any, arg: Any, ccb: Any, carg: Any, is_c: bool, stream: object
-) -> _Route:
-    if not isinstance(stream, bool):
-        raise TypeError(f"{where}: stream_body must be a bool, not {_type_name(stream)}")
-    if is_c:
-        if stream:
-            raise ValueError(f"{where}: stream_body needs a Python callback")
-        return _Route(http, cb, arg, ccb, carg)
-    route = _Route(http, cb, arg)
-    route.crec.stream = 1 if stream else 0
-    return route
-
-
-def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
-    """(C callback, its arg, is_c) for a Python callable or an EvHttpRequestCallback."""
-    if isinstance(cb, ffi.CData):
-        ccb, carg = _c_callback(where, cb, arg, _REQUEST_CB, "void (*)(EvHttpRequest *, void *)")
-        return ccb, carg, True
-    if not callable(cb):
-        raise TypeError(f"{where}: cb must be callable, not {_type_name(cb)}")
-    return None, arg, False
 
 
 @final
@@ -291,12 +235,7 @@ class EvHttp(Finalized):
         where = "EvHttp.accept_socket"
         self._host_owned("accept_socket")
         http = self._http("accept_socket")
-        if isinstance(sock, bool):
-            raise TypeError(f"{where}: sock must be a socket or an fd, not bool")
-        fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"{where}: sock must be a socket or an fd, not {_type_name(sock)}")
-        port = _listening_tcp_port(where, fd)
+        fd, port = _listening_fd(where, sock)
         dup = os.dup(fd)
         try:
             os.set_blocking(dup, False)
@@ -336,8 +275,7 @@ class EvHttp(Finalized):
         ``stream_body=True``: the callback runs once the headers are in; see ``on_body``.
         """
         http = self._http("set_gencb")
-        ccb, carg, is_c = _callback_args("EvHttp.set_gencb", cb, arg)
-        route = _make_route(self, "EvHttp.set_gencb", cb, arg, ccb, carg, is_c, stream_body)
+        route = _make_route(self, "EvHttp.set_gencb", cb, arg, stream_body)
         lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
         self._routes[None] = route
         lib.bs_evhttp_gen_stream(self._rec, 1 if stream_body else 0)
@@ -353,8 +291,7 @@ class EvHttp(Finalized):
         """
         http = self._http("set_cb")
         key, cpath = _path_arg("EvHttp.set_cb", path)
-        ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
-        route = _make_route(self, "EvHttp.set_cb", cb, arg, ccb, carg, is_c, stream_body)
+        route = _make_route(self, "EvHttp.set_cb", cb, arg, stream_body)
         if lib.bs_evhttp_route_stream(self._rec, cpath, 1 if stream_body else 0) != 0:
             raise MemoryError("EvHttp.set_cb: out of memory")
         if self._address is None or key in self._routes:  # never a host's callback
@@ -435,57 +372,6 @@ class EvHttp(Finalized):
                 )
             mask |= bit
         lib.evhttp_set_allowed_methods(self._http("set_allowed_methods"), mask)
-
-
-def _path_arg(where: str, path: object) -> tuple[str, bytes]:
-    """A route's key (str) and its bytes for libevent: one route per path, whatever its type."""
-    if isinstance(path, bytes):
-        try:
-            key = path.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError(f"{where}: a bytes path must be ASCII, got {path!r}") from None
-    elif isinstance(path, str):
-        key = path
-    else:
-        raise TypeError(f"{where}: path must be str (or ASCII bytes), not {_type_name(path)}")
-    return key, _text_arg(where, "path", key)
-
-
-def _listening_tcp_port(where: str, fd: int) -> int:
-    """The port of a bound, listening TCP socket; ValueError for anything else."""
-    if fd < 0:
-        raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
-    try:
-        dup = os.dup(fd)
-    except OSError as exc:
-        raise ValueError(f"{where}: sock must be an open descriptor ({exc.strerror})") from None
-    try:
-        s = socket.socket(fileno=dup)  # refuses what is not a socket: a pipe, a file
-    except OSError as exc:
-        os.close(dup)  # not adopted by a socket object: ours to close
-        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
-    try:
-        ok = (
-            s.family in (socket.AF_INET, socket.AF_INET6)
-            and s.type == socket.SOCK_STREAM
-            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-        )
-        if not ok:
-            raise ValueError(f"{where}: sock must be a bound, listening TCP socket")
-        return int(s.getsockname()[1])
-    except OSError as exc:
-        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
-    finally:
-        s.close()
-
-
-def _sock_port(fd: int) -> int:
-    """The local port of a socket, without taking ownership of ``fd``."""
-    s = socket.socket(fileno=os.dup(fd))
-    try:
-        return int(s.getsockname()[1])
-    finally:
-        s.close()
 
 
 def obtain_evhttp(base: EventBase) -> EvHttp:

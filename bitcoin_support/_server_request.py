@@ -19,7 +19,8 @@ from ._request import EvHttpRequest, _other_thread
 from ._server_stream import _bodies, _BodySink, _SentQueue
 
 if TYPE_CHECKING:
-    from ._server import EvHttp, _Route
+    from ._server import EvHttp
+    from ._server_routes import _Route
 
 _NULL = ffi.NULL
 _LET_GO: Final[int] = lib.BS_SETTLE_LET_GO
