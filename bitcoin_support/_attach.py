@@ -16,6 +16,8 @@ done; detach then returns 1 and ``bs_python_pending`` says 1 until the state is 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -23,9 +25,13 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Final, Protocol
+from typing import Any, Final, ParamSpec, Protocol
+
+from . import _registry
+
+_P = ParamSpec("_P")
 
 # Modules loaded from a file path, by real path: a later attach (e.g. "teardown") finds the same
 # module object, with the state its "setup" left behind.
@@ -107,22 +113,39 @@ def _flush() -> None:
             stream.flush()
 
 
-def _call(ffi: Any, module: Any, function: Any, wrap: Callable[[], object]) -> int:
-    """Load ``module``, call ``module.function(wrap())``; 0 or -1.
-
-    Every exception (``SystemExit`` and ``KeyboardInterrupt`` included) is printed to stderr with
-    its traceback and turned into -1: the host keeps running whatever the Python code does.
-    """
+@contextlib.contextmanager
+def _printing() -> Iterator[None]:
+    """Print any exception (``SystemExit`` and ``KeyboardInterrupt`` included) to stderr with
+    its traceback, and go on: the host keeps running whatever the Python code does."""
     try:
-        module_name = os.fsdecode(ffi.string(module))
-        function_name = ffi.string(function).decode()
-        target = getattr(load_module(module_name), function_name)
-        target(wrap())
+        yield
     except BaseException:
         traceback.print_exc()
-        return -1
-    finally:
-        _flush()
+
+
+def _reporting(fn: Callable[_P, int]) -> Callable[_P, int]:
+    """For the functions a C host calls: an exception is printed (``_printing``) and turned
+    into -1, and Python's output is flushed before the host goes on."""
+
+    @functools.wraps(fn)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> int:
+        rc = -1
+        try:
+            with _printing():
+                rc = fn(*args, **kwargs)
+        finally:
+            _flush()
+        return rc
+
+    return call
+
+
+def _call(ffi: Any, module: Any, function: Any, wrap: Callable[[], object]) -> int:
+    """Load ``module``, call ``module.function(wrap())``; 0."""
+    module_name = os.fsdecode(ffi.string(module))
+    function_name = ffi.string(function).decode()
+    target = getattr(load_module(module_name), function_name)
+    target(wrap())
     return 0
 
 
@@ -134,6 +157,7 @@ def _refuse_finishing(address: int, what: str) -> None:
         )
 
 
+@_reporting
 def attach(ffi: Any, base: Any, module: Any, function: Any) -> int:
     """``bs_python_attach``: ``module.function(EventBase.from_address(base))``; 0 or -1."""
     from ._event_base import EventBase
@@ -146,6 +170,7 @@ def attach(ffi: Any, base: Any, module: Any, function: Any) -> int:
     return _call(ffi, module, function, wrap)
 
 
+@_reporting
 def attach_evhttp(ffi: Any, http: Any, module: Any, function: Any) -> int:
     """``bs_python_attach_evhttp``: ``module.function(EvHttp.from_address(http))``; 0 or -1."""
     from ._native import ffi as native_ffi
@@ -161,6 +186,7 @@ def attach_evhttp(ffi: Any, http: Any, module: Any, function: Any) -> int:
     return _call(ffi, module, function, wrap)
 
 
+@_reporting
 def detach(ffi: Any, base: Any) -> int:
     """``bs_python_detach``: release everything Python made on the host's base; 0, or 1 when
     jobs still need the host's loop to finish (the rest follows by itself once they have).
@@ -171,61 +197,28 @@ def detach(ffi: Any, base: Any) -> int:
     wrapper of the base (every event, server and connection made on it). Errors are printed to
     stderr. Called again while jobs are finishing, it tries again.
     """
-    try:
-        return _detach(_address(ffi, base))
-    except BaseException:
-        traceback.print_exc()
-        return -1
-    finally:
-        _flush()
+    return _detach(_address(ffi, base))
 
 
+@_reporting
 def pending(ffi: Any, base: Any) -> int:
     """``bs_python_pending``: 1 while a detach of the base waits for its jobs (the state is
     kept: the base must not be freed yet); else 2 while replies Python made on the host's
     evhttp servers are still being written (or their connections still open); else 0."""
-    from ._server import live_requests
-
-    try:
-        address = _address(ffi, base)
-        if address in _finishing:
-            return 1
-        return 2 if live_requests(address) > 0 else 0
-    except BaseException:
-        traceback.print_exc()
-        return -1
-
-
-def _forget_gates(address: int) -> None:
-    """The host's gates and strict-framing choices of its evhttp servers on the base end with
-    the detach (the servers' records keep theirs until they are closed)."""
-    from . import _event_base, _server
-
-    with _event_base._registry_lock:
-        on_base = {
-            h._address for h in _server._wrappers.values() if _base_address(h._base) == address
-        }
-        for http_address, (_, _, base_address) in list(_server._gates.items()):
-            if http_address in on_base or base_address == address:
-                del _server._gates[http_address]
-        for http_address, (_, base_address) in list(_server._stricts.items()):
-            if http_address in on_base or base_address == address:
-                del _server._stricts[http_address]
+    address = _address(ffi, base)
+    if address in _finishing:
+        return 1
+    return 2 if _registry.live_requests(address) > 0 else 0
 
 
 def _detach(address: int) -> int:
-    from . import _event_base
-
-    _forget_gates(address)
+    _registry.forget_host_choices(address)
     with _lock:
         jobs = list(_jobs.get(address, ()))
     for job in jobs:
-        try:
+        with _printing():
             job.cancel()
-        except BaseException:
-            traceback.print_exc()
-    with _event_base._registry_lock:
-        wrapper = _event_base._wrappers.get(address)
+    wrapper = _registry.bases.wrapper(address)
     st = wrapper._st if wrapper is not None and wrapper._rec is not None else None
     done = _finish(st, jobs, time.monotonic() + DETACH_SECONDS)
     inside = st is not None and st.rec is not None and (st.rec.depth > 0 or st.draining > 0)
@@ -279,10 +272,7 @@ def _finish(st: Any, jobs: list[Job], deadline: float) -> bool:
 def _release_soon(address: int) -> None:
     """Release the base's state in the next round of the host's loop (from its call queue),
     outside whatever callback is on the stack now."""
-    from . import _event_base
-
-    with _event_base._registry_lock:
-        wrapper = _event_base._wrappers.get(address)
+    wrapper = _registry.bases.wrapper(address)
     if wrapper is None or wrapper._rec is None:
         _release(address)
         return
@@ -292,77 +282,47 @@ def _release_soon(address: int) -> None:
 def _close_servers(address: int, *, only_idle: bool) -> None:
     """Close the wrappers of the host's evhttp servers on the base (not one whose request
     trampoline is running when ``only_idle``: libevent still needs its route)."""
-    from . import _event_base, _server
-
-    with _event_base._registry_lock:
-        https = [h for h in _server._wrappers.values() if _base_address(h._base) == address]
-    for h in https:
+    for h in _registry.servers_on(address):
         rec = h._rec
         if rec is None or (only_idle and rec.running > 0):
             continue
-        try:
+        with _printing():
             h.close()
-        except BaseException:
-            traceback.print_exc()
 
 
 def _release(address: int) -> None:
     """Close everything Python has on the base: servers, gates, then the base's wrapper (also
     from inside one of the base's callbacks: the host's event_base is never freed here, and
     the C record is freed when the callback returns)."""
-    from . import _event_base
-
     with _lock:
         _finishing.discard(address)
     _close_servers(address, only_idle=False)
-    _forget_gates(address)
-    with _event_base._registry_lock:
-        wrapper = _event_base._wrappers.get(address)
+    _registry.forget_host_choices(address)
+    wrapper = _registry.bases.wrapper(address)
     if wrapper is None:
         return
     guard = wrapper._st.guard
-    with guard.lock:
-        try:
-            wrapper._close(finalizing=False)
-        except BaseException:
-            traceback.print_exc()
+    with guard.lock, _printing():
+        wrapper._close(finalizing=False)
 
 
+@_reporting
 def set_gate(ffi: Any, http: Any, gate: Any, arg: Any) -> int:
     """``bs_python_set_request_gate``: the host's C check before Python's routes; 0 or -1."""
-    try:
-        from ._server import _set_gate
-
-        _set_gate(_address(ffi, http), _address(ffi, gate), _address(ffi, arg))
-    except BaseException:
-        traceback.print_exc()
-        return -1
-    finally:
-        _flush()
+    _registry.set_gate(_address(ffi, http), _address(ffi, gate), _address(ffi, arg))
     return 0
 
 
+@_reporting
 def set_strict(ffi: Any, http: Any, on: int) -> int:
     """``bs_python_set_strict_framing``: the host's evhttp framed strictly (or not); 0 or -1."""
-    try:
-        from ._server import _set_strict
+    address = _address(ffi, http)
+    if _registry.set_strict(address, bool(on)):
+        from ._server import EvHttp
 
-        _set_strict(_address(ffi, http), bool(on))
-    except BaseException:
-        traceback.print_exc()
-        return -1
-    finally:
-        _flush()
+        EvHttp.from_address(address)  # applies the choice; held until detach
     return 0
 
 
 def _address(ffi: Any, ptr: Any) -> int:
     return int(ffi.cast("uintptr_t", ptr))
-
-
-def _base_address(base: Any) -> int:
-    """The event_base address of an EventBase (0 once closed)."""
-    from ._native import ffi
-
-    rec = base._rec
-    return 0 if rec is None else int(ffi.cast("uintptr_t", rec.base))

@@ -1,5 +1,5 @@
-"""libevent's event base: the loop, its state (call_soon queue, callback errors), and the
-registry of bases a C host owns.
+"""libevent's event base: the loop and its state (call_soon queue, callback errors). The
+wrappers of bases a C host owns are in the registry room (``_registry.py``).
 
 Who keeps whom alive is written down in docs/design/lifetimes.md; the thread rule is
 ``_guard.py``'s; events on a base are ``_event.py``'s.
@@ -10,10 +10,10 @@ from __future__ import annotations
 import collections
 import signal
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
+from . import _registry
 from ._args import _address_arg, _oserror, _seconds
 from ._args import type_name as _type_name
 from ._guard import _get_ident, _Guard, _guarded
@@ -44,13 +44,10 @@ if lib.bs_event_init() != 0:  # evthread_use_pthreads(), before any base exists
 # The loop state of the base whose loop() runs on this thread, for errors raised where no
 # callback's own handler can catch them (a signal handler raising at a callback's first line).
 _tls = threading.local()
-# EventBase.from_address wrappers, by address: strong while open, so a C host's wrapper and the
-# handles made on it live without Python references, until the wrapper is closed (or
-# bs_python_detach). Python-owned bases by address (weak), so that a wrapper of one shares its
-# thread guard and is closed before the owner frees the event_base.
-_registry_lock = threading.RLock()
-_wrappers: dict[int, EventBase] = {}
-_owned: weakref.WeakValueDictionary[int, EventBase] = weakref.WeakValueDictionary()
+# EventBase.from_address wrappers are held in _registry.bases while open, so a C host's wrapper
+# and the handles made on it live without Python references until the wrapper is closed (or
+# bs_python_detach); Python-owned bases are known there weakly, so that a wrapper of one shares
+# its thread guard and is closed before the owner frees the event_base.
 _release_probe: Callable[[bytes], object] | None = None
 
 
@@ -125,8 +122,8 @@ class EventBase(Finalized):
     _kind = "EventBase"
 
     _keep: set[LibEvent]
-    # For a from_address wrapper: its address in _wrappers and its children, held strongly
-    # (the host's loop may call any of them); None for a base Python owns.
+    # For a from_address wrapper: its address (in _registry.bases) and its children, held
+    # strongly (the host's loop may call any of them); None for a base Python owns.
     _address: int | None
     _held: dict[int, Handle] | None
     _st: _LoopState
@@ -147,8 +144,7 @@ class EventBase(Finalized):
             raise _oserror("obtain_event_base: could not create an event_base")
         self._setup(rec, dummy, _Guard(), None)
         if not dummy:
-            with _registry_lock:
-                _owned[int(ffi.cast("uintptr_t", rec.base))] = self
+            _registry.bases.own(int(ffi.cast("uintptr_t", rec.base)), self)
 
     @classmethod
     def from_address(cls, ptr: int | Any) -> EventBase:
@@ -159,17 +155,18 @@ class EventBase(Finalized):
         ``call_soon_threadsafe`` to wake it from other threads.
         """
         address = _address_arg("EventBase.from_address", ptr)
-        with _registry_lock:
-            wrapper = _wrappers.get(address)
+        room = _registry.bases
+        with _registry.lock:
+            wrapper = room.wrappers.get(address)
             if wrapper is not None and wrapper._rec is not None:
                 return wrapper
             rec = lib.bs_base_wrap(ffi.cast("struct event_base *", address))
             if rec == ffi.NULL:
                 raise _oserror("EventBase.from_address: could not wrap the base")
-            owner = _owned.get(address)
+            owner = room.owned.get(address)
             self = cls.__new__(cls)
             self._setup(rec, False, owner._st.guard if owner is not None else _Guard(), address)
-            _wrappers[address] = self
+            room.wrappers[address] = self  # held until its release (_after_release)
         return self
 
     def _setup(self, rec: Any, dummy: bool, guard: _Guard, address: int | None) -> None:
@@ -210,10 +207,8 @@ class EventBase(Finalized):
         if self._address is None and not self._dummy:
             # Wrappers of this event_base go first: their events live in it.
             address = int(ffi.cast("uintptr_t", rec.base))
-            with _registry_lock:
-                wrapper = _wrappers.get(address)
-                if _owned.get(address) is self:
-                    del _owned[address]
+            wrapper = _registry.bases.wrapper(address)
+            _registry.bases.disown(address, self)
             if wrapper is not None:
                 wrapper._close(finalizing=False)
         st = self._st
@@ -226,11 +221,8 @@ class EventBase(Finalized):
         self._st.queue.clear()
         if self._held is not None:
             self._held.clear()
-        address = self._address
-        if address is not None:
-            with _registry_lock:
-                if _wrappers.get(address) is self:
-                    del _wrappers[address]
+        if self._address is not None:
+            _registry.bases.unwrap(self._address, self)  # held since from_address
 
     # -- the loop
 

@@ -40,12 +40,10 @@ METHODS: Final[dict[str, int]] = {
 
 _METHOD_NAMES: Final[dict[int, str]] = {v: k for k, v in METHODS.items()}
 
-# Request record states (cdefs/http.h)
+# Client request record states (cdefs/http.h); a server request's fate is bs_http_settle's
 _NEW: Final[int] = lib.BS_REQ_NEW
 _MADE: Final[int] = lib.BS_REQ_MADE
 _CANCELLED: Final[int] = lib.BS_REQ_CANCELLED
-_STARTED: Final[int] = lib.BS_REQ_STARTED
-_REPLYABLE: Final = frozenset((lib.BS_REQ_CALLBACK, lib.BS_REQ_DEFERRED))
 
 _NULL = ffi.NULL
 

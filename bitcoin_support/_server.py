@@ -1,5 +1,7 @@
-"""The evhttp server room: EvHttp, its routes, sockets and paths. The requests it is given
-live in ``_server_request.py``, their streaming (on_sent, on_body) in ``_server_stream.py``.
+"""The evhttp server room: EvHttp, its callbacks, sockets and limits. Its routes are built in
+``_server_routes.py``, its listening sockets checked in ``_server_sockets.py``; the requests it
+is given live in ``_server_request.py``, their streaming (on_sent, on_body) in
+``_server_stream.py``.
 
 The per-request path is kept short on purpose: one ``extern "Python"`` call per request, no
 allocation besides the request object, and one C call for a whole reply (status, headers, body);
@@ -12,145 +14,27 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import weakref
 from typing import Any, Final, final
 
-from ._args import (
-    _address_arg,
-    _c_callback,
-    _check_int,
-    _oserror,
-    _seconds,
-    _text_arg,
-)
+from . import _registry
+from ._args import _address_arg, _check_int, _oserror, _seconds
 from ._args import type_name as _type_name
-from ._event_base import EventBase, _LoopState, _registry_lock
+from ._event_base import EventBase, _LoopState
 from ._guard import _guarded
 from ._handles import Finalized
 from ._log import http_log
 from ._native import ffi, lib
-from ._request import (
-    _REPLYABLE,
-    METHODS,
-    PyRequestCallback,
-)
+from ._request import METHODS, PyRequestCallback
 from ._server_request import _ServerRequest
+from ._server_routes import _make_route, _path_arg, _Route
+from ._server_sockets import _listening_fd, _sock_port
 
 __all__ = ["EvHttp", "obtain_evhttp"]
 
-_REQUEST_CB: Final = ffi.typeof("EvHttpRequestCallback")
-
-
 _NULL = ffi.NULL
-
-# EvHttp.from_address wrappers by address: strong while open (the host's evhttp may call their
-# routes with no Python reference left), like EventBase wrappers. Servers Python made, by
-# address (weak), so that one is never wrapped as if a host owned it.
-_wrappers: dict[int, EvHttp] = {}
-_owned: weakref.WeakValueDictionary[int, EvHttp] = weakref.WeakValueDictionary()
-# A host's BsRequestGate (bs_python_set_request_gate) by evhttp address: (gate, arg) addresses,
-# applied to every wrapper made for that address; kept until bs_python_detach, so Python code
-# that closes its wrapper and wraps the evhttp again is still behind the host's gate.
-_gates: dict[int, tuple[int, int, int]] = {}  # (gate, arg, base address or 0)
-# By the address of a host's event_base: how many request records of Python's on the host's
-# evhttp servers there are still alive (C counts them down as it frees them; a host's shutdown
-# waits for the replies to be written: bs_python_pending). Never freed: records may point here.
-_live_counts: dict[int, Any] = {}
-
-
-def live_requests(base_address: int) -> int:
-    """Python's request records still alive on the host's evhttp servers of a base."""
-    live = _live_counts.get(base_address)
-    return 0 if live is None else int(live[0])
-
-
-def _set_gate(address: int, gate: int, arg: int) -> None:
-    """Set (or with gate 0 remove) a host's gate for the evhttp at ``address``."""
-    with _registry_lock:
-        if gate:
-            found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
-            _gates[address] = (gate, arg, int(ffi.cast("uintptr_t", found)))
-        else:
-            _gates.pop(address, None)
-        wrapper = _wrappers.get(address)
-        if wrapper is not None and wrapper._rec is not None:
-            _apply_gate(wrapper._rec, gate, arg)
-
-
-# A host's choice of strict framing (bs_python_set_strict_framing) by evhttp address: applied to
-# every wrapper made for that address, until bs_python_detach (which closes the wrappers, and
-# a closed wrapper takes the framer off the host's evhttp).
-_stricts: dict[int, tuple[bool, int]] = {}  # (on, base address or 0)
-
-
-def _set_strict(address: int, on: bool) -> None:
-    """Frame the connections of the host's evhttp at ``address`` strictly, or not. Without a
-    wrapper yet, its base must be findable (a listening socket) or wrapped already: the framer
-    is installed through a wrapper, made here when there is none."""
-    with _registry_lock:
-        found = lib.bs_evhttp_find_base(ffi.cast("struct evhttp *", address))
-        _stricts[address] = (on, int(ffi.cast("uintptr_t", found)))
-        wrapper = _wrappers.get(address)
-    if wrapper is not None and wrapper._rec is not None:
-        lib.bs_evhttp_strict(wrapper._rec, 1 if on else 0)
-    elif on:
-        EvHttp.from_address(address)  # applies _stricts, held until detach
-
-
-def _apply_gate(rec: Any, gate: int, arg: int) -> None:
-    lib.bs_evhttp_set_gate(
-        rec, ffi.cast("BsRequestGate", gate) if gate else _NULL, ffi.cast("void *", arg)
-    )
-
-
-@final
-class _Route:
-    """A callback registered for a path (or the generic one): the C trampoline's arg.
-
-    Python and C callbacks alike go through ``bs_http_server_cb``, so the server's record knows
-    when one of its callbacks runs. The EvHttp holds its routes while libevent may call them.
-    """
-
-    __slots__ = ("arg", "cb", "crec", "handle", "http")
-
-    def __init__(
-        self, http: EvHttp, cb: Any, arg: Any, c_cb: Any = None, c_arg: Any = None
-    ) -> None:
-        self.http = http
-        self.cb = cb
-        self.arg = arg
-        self.crec = crec = ffi.new("bs_http_route_t *")
-        crec.h = http._rec
-        if c_cb is not None:
-            self.handle = None
-            crec.c_cb = c_cb
-            crec.c_arg = c_arg
-        else:
-            self.handle = crec.py = ffi.new_handle(self)
-
-
-def _make_route(
-    http: EvHttp, where: str, cb: Any, arg: Any, ccb: Any, carg: Any, is_c: bool, stream: object
-) -> _Route:
-    if not isinstance(stream, bool):
-        raise TypeError(f"{where}: stream_body must be a bool, not {_type_name(stream)}")
-    if is_c:
-        if stream:
-            raise ValueError(f"{where}: stream_body needs a Python callback")
-        return _Route(http, cb, arg, ccb, carg)
-    route = _Route(http, cb, arg)
-    route.crec.stream = 1 if stream else 0
-    return route
-
-
-def _callback_args(where: str, cb: Any, arg: Any) -> tuple[Any, Any, bool]:
-    """(C callback, its arg, is_c) for a Python callable or an EvHttpRequestCallback."""
-    if isinstance(cb, ffi.CData):
-        ccb, carg = _c_callback(where, cb, arg, _REQUEST_CB, "void (*)(EvHttpRequest *, void *)")
-        return ccb, carg, True
-    if not callable(cb):
-        raise TypeError(f"{where}: cb must be callable, not {_type_name(cb)}")
-    return None, arg, False
+_REFUSE_ONLY: Final[int] = lib.BS_SETTLE_REFUSE_ONLY
+_FLUSH: Final[int] = lib.BS_SETTLE_FLUSH
+_SETTLE_NONE: Final[int] = lib.BS_SETTLE_NONE
 
 
 @final
@@ -173,9 +57,9 @@ class EvHttp(Finalized):
     _pending: set[_ServerRequest]
     _routes: dict[str | None, _Route]
     _running: int
-    _live: Any  # for a from_address wrapper: its base's entry of _live_counts; else None
-    # For a from_address wrapper: the host's evhttp address (in _wrappers); None when Python
-    # owns the server.
+    _live: Any  # for a from_address wrapper: its base's count of live records; else None
+    # For a from_address wrapper: the host's evhttp address (in _registry.servers); None when
+    # Python owns the server.
     _address: int | None
 
     def __init__(self, base: EventBase) -> None:
@@ -185,18 +69,9 @@ class EvHttp(Finalized):
         rec = lib.bs_evhttp_new(brec)
         if rec == _NULL:
             raise _oserror("obtain_evhttp: could not create the evhttp server")
-        self._base = base
-        self._st = base._st
-        self._pending = set()
-        self._routes = {}
-        self._bound = []
-        self._running = 0
-        self._address = None
-        self._live = None
-        self._init_handle(rec, dummy=base.dummy, parent=base)
+        self._setup(rec, base, None, None)
         if rec.http != _NULL:
-            with _registry_lock:
-                _owned[int(ffi.cast("uintptr_t", rec.http))] = self
+            _registry.servers.own(int(ffi.cast("uintptr_t", rec.http)), self)
 
     @classmethod
     def from_address(cls, ptr: int | Any, *, base: EventBase | int | Any = None) -> EvHttp:
@@ -233,41 +108,37 @@ class EvHttp(Finalized):
         guard = owner._st.guard
         if not guard.lock.acquire(False):
             guard.wait(where)
+        room = _registry.servers
         try:
-            with _registry_lock:
-                wrapper = _wrappers.get(address)
+            with _registry.lock:
+                wrapper = room.wrappers.get(address)
                 if wrapper is not None and wrapper._rec is not None:
                     if wrapper._base is not owner and wrapper._base.address != owner.address:
                         raise ValueError(f"{where}: the evhttp is wrapped on another base")
                     return wrapper
-                if address in _owned:
+                if address in room.owned:
                     raise ValueError(f"{where}: this evhttp was made by Python (obtain_evhttp)")
                 rec = lib.bs_evhttp_wrap(owner._require_open(where), http)
                 if rec == _NULL:
                     raise _oserror(f"{where}: could not wrap the evhttp")
                 self = cls.__new__(cls)
-                self._base = owner
-                self._st = owner._st
-                self._pending = set()
-                self._routes = {}
-                self._bound = []
-                self._running = 0
-                self._address = address
-                live = _live_counts.get(owner.address)
-                if live is None:
-                    live = _live_counts[owner.address] = ffi.new("int *")
-                self._live = live
-                self._init_handle(rec, dummy=False, parent=owner)
-                _wrappers[address] = self
-                gate = _gates.get(address)
-                if gate is not None:
-                    _apply_gate(rec, gate[0], gate[1])
-                strict = _stricts.get(address)
-                if strict is not None:
-                    lib.bs_evhttp_strict(rec, 1 if strict[0] else 0)
+                self._setup(rec, owner, address, _registry.live_count(owner.address))
+                room.wrappers[address] = self  # held until its release (_after_release)
+                _registry.apply_host_choices(address, rec)
         finally:
             guard.lock.release()
         return self
+
+    def _setup(self, rec: Any, base: EventBase, address: int | None, live: Any) -> None:
+        self._base = base
+        self._st = base._st
+        self._pending = set()
+        self._routes = {}
+        self._bound = []
+        self._running = 0
+        self._address = address
+        self._live = live
+        self._init_handle(rec, dummy=base.dummy, parent=base)
 
     @property
     @_guarded("EvHttp.address")
@@ -301,19 +172,16 @@ class EvHttp(Finalized):
         """
         later = self._running > 0
         wrapped = self._address is not None
+        # 503 to the requests still replyable, written at once when the server is freed next;
+        # the rest are settled when their connection closes, or by _after_release.
+        how = _REFUSE_ONLY if wrapped else _REFUSE_ONLY | _FLUSH
         if rec.http != _NULL:
             if not wrapped:
-                with _registry_lock:
-                    address = int(ffi.cast("uintptr_t", rec.http))
-                    if _owned.get(address) is self:
-                        del _owned[address]
+                _registry.servers.disown(int(ffi.cast("uintptr_t", rec.http)), self)
             for req in list(self._pending):
                 r = req._rec
-                if r is not None and r.req != _NULL and r.state in _REPLYABLE:
-                    lib.bs_http_send_error(r, 503, _NULL)
-                    if not wrapped:
-                        lib.bs_http_flush(r)
-                    req._released()
+                if r is not None and lib.bs_http_settle(r, 503, how) != _SETTLE_NONE:
+                    req._released()  # answered: Python's hold ended in C
                 gone = getattr(req, "_gone", None)  # set only through _on_gone()
                 if gone is not None:
                     req._gone = None
@@ -337,9 +205,8 @@ class EvHttp(Finalized):
         self._pending.clear()
         self._routes.clear()
         self._bound.clear()
-        with _registry_lock:
-            if self._address is not None and _wrappers.get(self._address) is self:
-                del _wrappers[self._address]
+        if self._address is not None:
+            _registry.servers.unwrap(self._address, self)  # held since from_address
 
     # -- sockets
 
@@ -368,12 +235,7 @@ class EvHttp(Finalized):
         where = "EvHttp.accept_socket"
         self._host_owned("accept_socket")
         http = self._http("accept_socket")
-        if isinstance(sock, bool):
-            raise TypeError(f"{where}: sock must be a socket or an fd, not bool")
-        fd = sock if isinstance(sock, int) else getattr(sock, "fileno", lambda: None)()
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"{where}: sock must be a socket or an fd, not {_type_name(sock)}")
-        port = _listening_tcp_port(where, fd)
+        fd, port = _listening_fd(where, sock)
         dup = os.dup(fd)
         try:
             os.set_blocking(dup, False)
@@ -413,8 +275,7 @@ class EvHttp(Finalized):
         ``stream_body=True``: the callback runs once the headers are in; see ``on_body``.
         """
         http = self._http("set_gencb")
-        ccb, carg, is_c = _callback_args("EvHttp.set_gencb", cb, arg)
-        route = _make_route(self, "EvHttp.set_gencb", cb, arg, ccb, carg, is_c, stream_body)
+        route = _make_route(self, "EvHttp.set_gencb", cb, arg, stream_body)
         lib.evhttp_set_gencb(http, lib.bs_http_server_cb, route.crec)
         self._routes[None] = route
         lib.bs_evhttp_gen_stream(self._rec, 1 if stream_body else 0)
@@ -430,8 +291,7 @@ class EvHttp(Finalized):
         """
         http = self._http("set_cb")
         key, cpath = _path_arg("EvHttp.set_cb", path)
-        ccb, carg, is_c = _callback_args("EvHttp.set_cb", cb, arg)
-        route = _make_route(self, "EvHttp.set_cb", cb, arg, ccb, carg, is_c, stream_body)
+        route = _make_route(self, "EvHttp.set_cb", cb, arg, stream_body)
         if lib.bs_evhttp_route_stream(self._rec, cpath, 1 if stream_body else 0) != 0:
             raise MemoryError("EvHttp.set_cb: out of memory")
         if self._address is None or key in self._routes:  # never a host's callback
@@ -512,57 +372,6 @@ class EvHttp(Finalized):
                 )
             mask |= bit
         lib.evhttp_set_allowed_methods(self._http("set_allowed_methods"), mask)
-
-
-def _path_arg(where: str, path: object) -> tuple[str, bytes]:
-    """A route's key (str) and its bytes for libevent: one route per path, whatever its type."""
-    if isinstance(path, bytes):
-        try:
-            key = path.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError(f"{where}: a bytes path must be ASCII, got {path!r}") from None
-    elif isinstance(path, str):
-        key = path
-    else:
-        raise TypeError(f"{where}: path must be str (or ASCII bytes), not {_type_name(path)}")
-    return key, _text_arg(where, "path", key)
-
-
-def _listening_tcp_port(where: str, fd: int) -> int:
-    """The port of a bound, listening TCP socket; ValueError for anything else."""
-    if fd < 0:
-        raise ValueError(f"{where}: sock must be an open descriptor, got {fd}")
-    try:
-        dup = os.dup(fd)
-    except OSError as exc:
-        raise ValueError(f"{where}: sock must be an open descriptor ({exc.strerror})") from None
-    try:
-        s = socket.socket(fileno=dup)  # refuses what is not a socket: a pipe, a file
-    except OSError as exc:
-        os.close(dup)  # not adopted by a socket object: ours to close
-        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
-    try:
-        ok = (
-            s.family in (socket.AF_INET, socket.AF_INET6)
-            and s.type == socket.SOCK_STREAM
-            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-        )
-        if not ok:
-            raise ValueError(f"{where}: sock must be a bound, listening TCP socket")
-        return int(s.getsockname()[1])
-    except OSError as exc:
-        raise ValueError(f"{where}: sock must be a listening TCP socket ({exc.strerror})") from None
-    finally:
-        s.close()
-
-
-def _sock_port(fd: int) -> int:
-    """The local port of a socket, without taking ownership of ``fd``."""
-    s = socket.socket(fileno=os.dup(fd))
-    try:
-        return int(s.getsockname()[1])
-    finally:
-        s.close()
 
 
 def obtain_evhttp(base: EventBase) -> EvHttp:

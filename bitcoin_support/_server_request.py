@@ -6,7 +6,7 @@ told in docs/design/lifetimes.md."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._args import _body_arg, _check_int, _text_arg
 from ._args import type_name as _type_name
@@ -15,13 +15,19 @@ from ._guard import _on_turn
 from ._headers import _header_bytes
 from ._log import http_log
 from ._native import ffi, lib
-from ._request import _REPLYABLE, _STARTED, EvHttpRequest, _other_thread
+from ._request import EvHttpRequest, _other_thread
 from ._server_stream import _bodies, _BodySink, _SentQueue
 
 if TYPE_CHECKING:
-    from ._server import EvHttp, _Route
+    from ._server import EvHttp
+    from ._server_routes import _Route
 
 _NULL = ffi.NULL
+_LET_GO: Final[int] = lib.BS_SETTLE_LET_GO
+# What the request trampoline asks bs_http_settle for when Python lets go of a request it did
+# not answer (cdefs/http_server.c): the callback raised, or closed its own server.
+_FAILED: Final = 500
+_UNAVAILABLE: Final = 503
 _from_handle = ffi.from_handle
 _new_request = object.__new__
 
@@ -50,18 +56,9 @@ class _ServerRequest(EvHttpRequest):
         if rec is None:
             return
         _other_thread(self._st, "close")
-        if rec.req != _NULL:
-            if rec.state in _REPLYABLE:
-                lib.bs_http_send_error(rec, 500, _NULL)  # ends Python's hold on the record
-                self._released()
-                return
-            if rec.state == _STARTED:
-                lib.bs_http_reply_end(rec)
-                self._released()
-                return
         self._rec = None
         try:
-            lib.bs_http_req_release(rec)
+            lib.bs_http_settle(rec, 500, _LET_GO)  # 500, end, or release: Python's hold ends
         finally:
             self._after_close()
 
@@ -218,8 +215,6 @@ class _ServerRequest(EvHttpRequest):
             raise ClosedError("EvHttpRequest.send_chunk: the connection is gone")
         if n < high_water:
             return False
-        if rec.state != _STARTED:
-            raise RuntimeError("EvHttpRequest.send_chunk: no chunked reply is in progress")
         at = int(rec.out_added) - high_water + 1  # written so far >= at: fewer left queued
         self._sent_queue().arm(rec, at, cb, True)
         return True
@@ -269,8 +264,10 @@ def _log_callback_error(req: EvHttpRequest, exc: BaseException) -> None:
 def bs_py_http_request(rec: Any, handle: Any) -> int:
     """A request for a Python callback: wrap it, run the callback, keep it if not answered.
 
-    Returns 1 when the callback raised; the C trampoline then answers 500 (or ends a started
-    chunked reply) and drops Python's share of the record.
+    Returns 0, or the status to settle a request Python let go of with: 500 when the callback
+    raised, 503 when it closed its own server. The C trampoline then answers it with that
+    status if it is still replyable (or ends a started chunked reply) and drops Python's share
+    of the record (``bs_http_settle``).
     """
     route: _Route = _from_handle(handle)
     http = route.http
@@ -293,18 +290,15 @@ def bs_py_http_request(rec: Any, handle: Any) -> int:
         _log_callback_error(req, exc)
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop the loop
             http._base._st.fail(exc)
-        return 1
+        return _FAILED
     http._running -= 1
     if req._rec is None:
         return 0
-    if http._rec is None and rec.req != _NULL:
-        # The callback closed its own server: nobody is left to answer later.
-        if rec.state in _REPLYABLE:
-            lib.bs_http_send_error(rec, 503, _NULL)
-            req._released()
-        else:
-            req.close()
-        return 0
+    if http._rec is None:
+        # The callback closed its own server: nobody is left to answer later. The record
+        # goes back to the trampoline, which settles it (503, or a started reply ended).
+        req._released()
+        return _UNAVAILABLE
     # Not answered: the server holds the request until it is answered or its connection
     # closes; the C record gets a handle to tell us about the latter.
     h = ffi.new_handle(req)

@@ -39,8 +39,10 @@ class _SentQueue:
 
     def arm(self, rec: Any, at: int, cb: Callable[..., object], waiter: bool) -> None:
         rc = lib.bs_http_sent_arm(rec, at, self.handle)
-        if rc == -1:
+        if rc == lib.BS_HTTP_CLOSED:
             raise ClosedError("EvHttpRequest.send_reply_chunk: the connection is gone")
+        if rc == lib.BS_HTTP_ANSWERED:  # only a waiter (send_chunk) comes before a chunk
+            raise RuntimeError("EvHttpRequest.send_chunk: no chunked reply is in progress")
         if rc != 0:
             raise MemoryError("EvHttpRequest.send_reply_chunk: out of memory")
         heapq.heappush(self.heap, (at, self.seq, cb, waiter))

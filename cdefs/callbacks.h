@@ -25,7 +25,8 @@ void bs_py_base_notified(void *handle);
 /* _event_base.py: test probe: a handle record was just wiped and is about to be freed. */
 void bs_py_handle_wiped(void *record, size_t size);
 
-/* _server_request.py: a request for a Python route; 1 when the callback raised. */
+/* _server_request.py: a request for a Python route; 0, or the status to settle the request
+   with (bs_http_settle): 500 when the callback raised, 503 when it closed its own server. */
 int bs_py_http_request(struct bs_http_req *rec, void *route);
 /* _server_request.py: the connection of a deferred request closed. */
 void bs_py_http_gone(void *py);

@@ -78,6 +78,20 @@ enum {
     BS_HTTP_BAD_VALUE = -3,  /* a Content-Type with control characters */
     BS_HTTP_NO_MEMORY = -4
 };
+/* What bs_http_settle did with a request Python lets go of (or, with BS_SETTLE_REFUSE_ONLY,
+   refuses): Python's share of the record has ended unless it returns BS_SETTLE_NONE. */
+enum {
+    BS_SETTLE_NONE = 0,     /* nothing: Python held no share, or keeps it (BS_SETTLE_REFUSE_ONLY) */
+    BS_SETTLE_ANSWERED = 1, /* still replyable: answered with the code (libevent's error page) */
+    BS_SETTLE_ENDED = 2,    /* a started chunked reply was ended */
+    BS_SETTLE_RELEASED = 3  /* nothing left to send (answered, or its connection gone): let go */
+};
+/* How bs_http_settle goes about it (flags). */
+enum {
+    BS_SETTLE_LET_GO = 0,      /* answer, end or release: Python's share ends in every case */
+    BS_SETTLE_REFUSE_ONLY = 1, /* answer a request still replyable; leave any other as it is */
+    BS_SETTLE_FLUSH = 2        /* write the answer to the socket at once (bs_http_flush) */
+};
 /* What bs_http_header_check and bs_http_header_add return besides 0. */
 enum {
     BS_HEADER_BAD_NAME = -1,  /* not an RFC 9110 token */
@@ -246,7 +260,7 @@ void bs_evhttp_set_max_body(bs_evhttp *h, unsigned long long n);
 int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py);
 int bs_http_reply_end(bs_http_req_t *rec);
 int bs_http_defer(bs_http_req_t *rec, void *py);
-int bs_http_finish_callback(bs_http_req_t *rec, int failed);
+int bs_http_settle(bs_http_req_t *rec, int code, int how);
 int bs_http_header_check(const char *key, size_t klen, const char *value, size_t vlen);
 int bs_http_header_add(struct evkeyvalq *q, const char *key, size_t klen, const char *value,
                        size_t vlen);

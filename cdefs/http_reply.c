@@ -1,7 +1,8 @@
 /*
  * http_reply.c - writing a server's replies: the one-call replies (send_reply, echo, error),
- * chunked replies (start, chunk, end), and the written-byte counting behind on_sent with its
- * sent callback. Dispatch and the records' lifetime are in http_server.c.
+ * chunked replies (start, chunk, end), the written-byte counting behind on_sent with its
+ * sent callback, and bs_http_settle(): the one place that decides what becomes of a request
+ * Python lets go of. Dispatch and the records' lifetime are in http_server.c.
  */
 #define _GNU_SOURCE
 #include "bitcoin_support.h"
@@ -81,13 +82,16 @@ static void sent_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * Python waits until `at` reply bytes are written (an on_sent callback, or a helper waiting
- * for output_buffered to drop); py is the handle of its queue. 0, or -1 when the reply is not
- * being counted (not started, complete, or its connection gone), -4 out of memory.
+ * for output_buffered to drop); py is the handle of its queue. 0; BS_HTTP_ANSWERED when no
+ * chunked reply was started; BS_HTTP_CLOSED when the reply is not being counted (complete, or
+ * its connection gone); BS_HTTP_NO_MEMORY.
  */
 BS_EXPORT int bs_http_sent_arm(bs_http_req_t *rec, unsigned long long at, void *py)
 {
+    if (rec->req != NULL && (rec->state == BS_REQ_CALLBACK || rec->state == BS_REQ_DEFERRED))
+        return BS_HTTP_ANSWERED;
     if (rec->out_cb == NULL || rec->evcon == NULL || rec->sent_gone)
-        return -1;
+        return BS_HTTP_CLOSED;
     if (rec->sent_ev == NULL) {
         rec->sent_ev = event_new(evhttp_connection_get_base(rec->evcon), -1, 0, sent_cb, rec);
         if (rec->sent_ev == NULL)
@@ -282,4 +286,36 @@ BS_EXPORT int bs_http_reply_end(bs_http_req_t *rec)
     evhttp_send_reply_end(replying(rec));
     replied(rec);
     return 0;
+}
+
+/*
+ * What happens to a server request Python lets go of, decided here and nowhere else: its
+ * wrapper is closed (500), its callback raised (500) or closed its own server (503). A request
+ * still replyable is answered with `code`; a started chunked reply is ended; any other has
+ * nothing left to send and Python's share just ends (bs_http_req_release). Its server closed
+ * while it waits asks BS_SETTLE_REFUSE_ONLY (503): only a replyable request is answered, any
+ * other is left to its connection's close or its wrapper's. BS_SETTLE_FLUSH writes the answer
+ * to the socket at once, for a server about to be freed (which closes its connections).
+ * Returns what it did (BS_SETTLE_*).
+ */
+BS_EXPORT int bs_http_settle(bs_http_req_t *rec, int code, int how)
+{
+    if (!(rec->holds & BS_HOLD_PY))
+        return BS_SETTLE_NONE; /* answered already: Python's share ended there */
+    if (can_reply(rec) == 0) {
+        bs_rec_enter_call(rec); /* the record outlives the answer, for the flush */
+        bs_http_send_error(rec, code, NULL); /* Python's share ends (replied()) */
+        if (how & BS_SETTLE_FLUSH)
+            bs_http_flush(rec);
+        bs_rec_leave_call(rec);
+        return BS_SETTLE_ANSWERED;
+    }
+    if (how & BS_SETTLE_REFUSE_ONLY)
+        return BS_SETTLE_NONE;
+    if (can_chunk(rec) == 0) {
+        bs_http_reply_end(rec); /* Python's share ends (replied()) */
+        return BS_SETTLE_ENDED;
+    }
+    bs_http_req_release(rec);
+    return BS_SETTLE_RELEASED;
 }

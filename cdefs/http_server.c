@@ -134,6 +134,19 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
         bs_base_leave(b);
 }
 
+/*
+ * After the Python callback: Python answered (its share ended), or deferred the reply (the
+ * record holds its wrapper's handle in py: bs_http_defer()), or let go of the record, with the
+ * status it asks for (500: the callback raised; 503: it closed its own server; 0: nothing
+ * asked, 500 if the record is still replyable). bs_http_settle() decides what that means.
+ */
+static void bs_http_finish_callback(bs_http_req_t *rec, int code)
+{
+    if (rec->py != NULL && code == 0)
+        return; /* deferred: answered later, or on_close() tells Python the connection went */
+    bs_http_settle(rec, code != 0 ? code : HTTP_INTERNAL, BS_SETTLE_LET_GO);
+}
+
 static void py_request(struct evhttp_request *r, bs_http_route_t *route)
 {
     bs_http_req_t *rec = bs_rec_new(BS_REQ_CALLBACK, BS_HOLD_PY | BS_HOLD_EV);
@@ -147,41 +160,13 @@ static void py_request(struct evhttp_request *r, bs_http_route_t *route)
     if (rec->evcon != NULL)
         evhttp_connection_set_closecb(rec->evcon, on_close, rec);
     if (route->stream && (rec->evcon == NULL || bs_stream_claim(route->h, rec, r) != 0)) {
-        bs_rec_enter(rec, BS_REQ_SENT); /* out of memory */
-        rec->py = NULL;
-        bs_rec_drop(rec, BS_HOLD_PY);
-        evhttp_send_error(r, HTTP_SERVUNAVAIL, NULL);
+        bs_http_settle(rec, HTTP_SERVUNAVAIL, BS_SETTLE_LET_GO); /* out of memory */
         return;
     }
-    bs_rec_enter_call(rec);
-    int failed = bs_py_http_request(rec, route->py);
-    bs_http_finish_callback(rec, failed);
+    bs_rec_enter_call(rec); /* the record outlives the callback, whatever it closes */
+    int code = bs_py_http_request(rec, route->py);
+    bs_http_finish_callback(rec, code);
     bs_rec_leave_call(rec);
-}
-
-/*
- * After the Python callback: a failed callback gets 500 (or its chunked reply ended); a record
- * Python neither answered nor deferred is let go. Returns 1 when a reply was sent here.
- */
-BS_EXPORT int bs_http_finish_callback(bs_http_req_t *rec, int failed)
-{
-    if (!(rec->holds & BS_HOLD_PY) || (rec->py != NULL && !failed))
-        return 0;
-    int sent = 0;
-    if (rec->req != NULL && (rec->state == BS_REQ_CALLBACK || rec->state == BS_REQ_DEFERRED ||
-                             rec->state == BS_REQ_STARTED)) {
-        struct evhttp_request *r = rec->req;
-        int started = rec->state == BS_REQ_STARTED;
-        bs_rec_enter(rec, BS_REQ_SENT);
-        if (started)
-            evhttp_send_reply_end(r);
-        else
-            evhttp_send_error(r, HTTP_INTERNAL, NULL);
-        sent = 1;
-    }
-    rec->py = NULL;
-    bs_rec_drop(rec, BS_HOLD_PY);
-    return sent;
 }
 
 /* The Python callback returned without completing its reply: keep the record, watch for hang-up. */

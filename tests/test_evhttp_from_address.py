@@ -255,11 +255,11 @@ def refuse_gate(req: int, arg: int) -> int:
 
 
 def test_request_gate_runs_before_python_only(host: Host) -> None:
-    from bitcoin_support import _server
+    from bitcoin_support import _registry
 
     gate = ctypes.cast(refuse_gate, ctypes.c_void_p).value
     assert gate is not None
-    _server._set_gate(host.http, gate, 7)  # before the wrapper exists, as a host may
+    _registry.set_gate(host.http, gate, 7)  # before the wrapper exists, as a host may
     ran: list[str] = []
     http = EvHttp.from_address(host.http)
     http.set_cb("/py", lambda req, arg: (ran.append("py"), req.send_reply(200)))
@@ -271,7 +271,7 @@ def test_request_gate_runs_before_python_only(host: Host) -> None:
     again = EvHttp.from_address(host.http)
     again.set_cb("/py", lambda req, arg: (ran.append("py"), req.send_reply(200)))
     assert host.get("/py")[0] == 401 and ran == []
-    _server._set_gate(host.http, 0, 0)  # removed
+    _registry.set_gate(host.http, 0, 0)  # removed
     assert host.get("/py")[0] == 200 and ran == ["py"]
 
 

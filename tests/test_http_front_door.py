@@ -19,8 +19,7 @@ from http_helpers import LoopThread, open_fds, request, wait_for
 from test_echo import Echo
 from test_evhttp_from_address import Host, extra
 
-from bitcoin_support import EvHttp, EvHttpRequest
-from bitcoin_support import _server as server_room
+from bitcoin_support import EvHttp, EvHttpRequest, _registry
 
 LIMIT = 1024
 
@@ -364,7 +363,7 @@ def test_gate_answering_a_stream_request_then_the_next_on_the_same_connection(
     host: Host,
 ) -> None:
     gate = ctypes.cast(keep_alive_gate, ctypes.c_void_p).value
-    server_room._set_gate(host.http, gate, 5)
+    _registry.set_gate(host.http, gate, 5)
     try:
         http = EvHttp.from_address(host.http)
         http.set_strict_framing(True)
@@ -382,7 +381,7 @@ def test_gate_answering_a_stream_request_then_the_next_on_the_same_connection(
         assert gate_calls == [5, 5] and ran == []
         http.close()
     finally:
-        server_room._set_gate(host.http, 0, 0)
+        _registry.set_gate(host.http, 0, 0)
 
 
 def test_detach_takes_back_the_framer(host: Host) -> None:
