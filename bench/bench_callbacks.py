@@ -8,7 +8,10 @@ callback n times, so the time per callback is libevent's activation plus the cal
 - C: a C callback calling event_active (compiled here with cffi; no Python at all);
 - bare cffi: a C trampoline calling an ``extern "Python"`` function that calls event_active;
 - LibEvent: this package's Python callback, ``cb(ev, arg)`` calling ``ev.active()``;
-- ctypes: a ``CFUNCTYPE`` callback calling event_active through ctypes.
+- ctypes: a ``CFUNCTYPE`` callback calling event_active through ctypes;
+
+and, as the reference row of a Python event loop, uvloop's ``call_soon`` chain (each callback
+schedules the next with ``loop.call_soon``; uvloop comes with the ``bench`` extra).
 
 All four use the same system libevent in the same process, with pthreads locking enabled
 (importing bitcoin_support enables it). The runs are interleaved and the best of ``--repeat``
@@ -250,6 +253,34 @@ def run_ctypes(n: int) -> float:
     return t
 
 
+def run_uvloop_chain(n: int) -> float:
+    """uvloop's ``call_soon`` chain: each callback schedules the next one."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    count = 0
+    t = 0.0
+
+    def step() -> None:
+        nonlocal count
+        count += 1
+        if count < n:
+            call_soon(step)
+        else:
+            loop.stop()
+
+    call_soon = loop.call_soon
+    try:
+        call_soon(step)
+        t = time.perf_counter()
+        loop.run_forever()
+        t = time.perf_counter() - t
+    finally:
+        loop.close()
+    assert count == n, count
+    return t
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="callbacks per run")
@@ -265,6 +296,10 @@ def main() -> int:
         "LibEvent add(0) re-arm": lambda: run_libevent_readd(n),
         "ctypes CFUNCTYPE": lambda: run_ctypes(n),
     }
+    if importlib.util.find_spec("uvloop") is not None:
+        ways["uvloop call_soon chain"] = lambda: run_uvloop_chain(n)
+    else:
+        print("uvloop missing: no call_soon reference row (pip install -e '.[bench]')")
     best = dict.fromkeys(ways, float("inf"))
     for _ in range(args.repeat):  # interleaved, so that drift in machine load hits all ways alike
         for name, fn in ways.items():
@@ -289,6 +324,9 @@ def main() -> int:
         f"add(0) re-arm / active() = {readd / ours:.2f} (target <= 1.50): "
         f"{'ok' if ok_readd else 'MISSED'}"
     )
+    if "uvloop call_soon chain" in best:
+        uv = best["uvloop call_soon chain"]
+        print(f"LibEvent / uvloop call_soon chain = {ours / uv:.2f}")
     return 0
 
 
