@@ -35,7 +35,7 @@ def run_evhttp(port: int) -> None:
     with obtain_event_base(epoll_changelist=True) as base, obtain_evhttp(base) as http:
         http.set_max_body_size(1048576)
         http.set_gencb(handler)
-        http.bind("127.0.0.1", port)
+        port = http.bind("127.0.0.1", port)  # the port bound, when 0 asked for any
 
         def stop(signum: int, frame: object) -> None:
             base.loopbreak()
