@@ -67,7 +67,19 @@ class _Headers(Mapping[str, str]):
         st = req._st
         if rec is None or (st is not None and st.guard.thread != _get_ident()):
             return self._lookup_on_turn(name)
-        return self._find_in(rec, name)
+        if not isinstance(name, str):  # _find_in(), inlined on the per-request path
+            return None
+        try:
+            key = name.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        value = _find(rec, self._out, key, len(key))
+        if value:
+            text: str = _string(value).decode("latin-1")
+            return text
+        if rec.req == _NULL:  # libevent's request is gone: not a miss
+            req._live_req("headers")
+        return None
 
     @_on_turn("headers")
     def _lookup_on_turn(self, name: object) -> str | None:
@@ -83,7 +95,8 @@ class _Headers(Mapping[str, str]):
             return None
         value = _find(rec, self._out, key, len(key))
         if value:
-            return str(_string(value).decode("latin-1"))
+            text: str = _string(value).decode("latin-1")
+            return text
         if rec.req == _NULL:  # libevent's request is gone: not a miss
             self._req._live_req("headers")
         return None
