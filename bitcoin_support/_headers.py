@@ -159,8 +159,16 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
 
     def set(self, name: str, value: str) -> None:
         """Replace every header called ``name`` (any case) with one line."""
-        key = _header_bytes("name", name)
-        val = _header_bytes("value", value)
+        if type(name) is str and type(value) is str:  # _header_bytes(), inlined
+            try:
+                key = name.encode("latin-1")
+                val = value.encode("latin-1")
+            except UnicodeEncodeError:
+                key = _header_bytes("name", name)  # raises the precise ValueError
+                val = _header_bytes("value", value)
+        else:
+            key = _header_bytes("name", name)
+            val = _header_bytes("value", value)
         req = self._req
         rec = req._rec
         st = req._st
