@@ -92,11 +92,12 @@ enum {
     BS_SETTLE_REFUSE_ONLY = 1, /* answer a request still replyable; leave any other as it is */
     BS_SETTLE_FLUSH = 2        /* write the answer to the socket at once (bs_http_flush) */
 };
-/* What bs_http_header_check and bs_http_header_add return besides 0. */
+/* What bs_http_header_check, bs_http_header_add and bs_http_header_set return besides 0. */
 enum {
     BS_HEADER_BAD_NAME = -1,  /* not an RFC 9110 token */
     BS_HEADER_BAD_VALUE = -2, /* a control character other than horizontal tab */
-    BS_HEADER_NO_MEMORY = -3
+    BS_HEADER_NO_MEMORY = -3,
+    BS_HEADER_GONE = -4 /* bs_http_header_set: libevent's request is gone */
 };
 
 /*
@@ -265,6 +266,9 @@ int bs_http_header_check(const char *key, size_t klen, const char *value, size_t
 int bs_http_header_add(struct evkeyvalq *q, const char *key, size_t klen, const char *value,
                        size_t vlen);
 struct evkeyval *bs_http_header_first(struct evkeyvalq *q);
+const char *bs_http_find_header(const bs_http_req_t *rec, int out, const char *name, size_t len);
+int bs_http_header_set(const bs_http_req_t *rec, const char *key, size_t klen, const char *value,
+                       size_t vlen);
 struct evkeyval *bs_http_header_next(struct evkeyval *kv);
 const char *bs_http_body(struct evhttp_request *r, size_t *len);
 size_t bs_http_copyout(struct evhttp_request *r, char *out, size_t len);

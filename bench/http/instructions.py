@@ -2,6 +2,12 @@
 machine, the count does not move with the neighbours' load.
 
     .venv/bin/python bench/http/instructions.py [--requests 2000] [--before DIR]
+        [--server {echo,handler,c-handler}]
+
+``--server handler`` counts the realistic handler of ``bench/http/handlers.py`` on the package's
+evhttp instead, and ``c-handler`` the same handler in C (``c_echo.c --handler``), the reference.
+A checkout without its own ``.venv`` runs with this interpreter and that checkout first on
+``PYTHONPATH``.
 
 The echo server (``python -m bitcoin_support.echo``) runs under ``valgrind --tool=callgrind``;
 after a warm-up, its counters are zeroed, one raw client on 127.0.0.1 sends ``--requests``
@@ -24,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
 POST = (
     b"POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 64\r\n"
     b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 64
@@ -50,25 +57,48 @@ def send(port: int, request: bytes, count: int) -> None:
                     break
 
 
-def measure(root: Path, requests: int, tmp: Path) -> dict[str, float]:
-    """Instructions per request for POST and GET of the echo server in ``root``."""
-    out = tmp / f"cg-{os.getpid()}-{abs(hash(root))}"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(root: Path, server: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The measured server's command line (a free port where it cannot report its own), and
+    its environment."""
+    env = dict(os.environ, PYTHONMALLOC="malloc")
+    python = root / ".venv" / "bin" / "python"
+    if not python.exists():
+        python = Path(sys.executable)
+        env["PYTHONPATH"] = str(root)
+    if server == "c-handler":
+        exe = tmp / "c_echo"
+        if not exe.exists():
+            flags = subprocess.run(
+                ["pkg-config", "--cflags", "--libs", "libevent"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(HERE / "c_echo.c")]
+            subprocess.run([*cmd, *flags], check=True, timeout=120)
+        return [str(exe), str(free_port()), "--changelist", "--handler"], env
+    if server == "handler":
+        return [str(python), str(HERE / "handlers.py"), "evhttp", str(free_port())], env
+    return [str(python), "-m", "bitcoin_support.echo", "--port", "0"], env
+
+
+def measure(root: Path, requests: int, tmp: Path, server: str = "echo") -> dict[str, float]:
+    """Instructions per request for POST and GET of ``server`` with the package of ``root``."""
+    out = tmp / f"cg-{os.getpid()}-{abs(hash(root))}-{server}"
+    cmd, env = server_command(root, server, tmp)
     proc = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            str(root / ".venv" / "bin" / "python"),
-            "-m",
-            "bitcoin_support.echo",
-            "--port",
-            "0",
-        ],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=dict(os.environ, PYTHONMALLOC="malloc"),
+        env=env,
     )
     result: dict[str, float] = {}
     try:
@@ -110,16 +140,20 @@ def measure(root: Path, requests: int, tmp: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--before", type=Path, help="another checkout with its own .venv")
+    parser.add_argument("--before", type=Path, help="another checkout, built in place")
+    parser.add_argument("--server", choices=("echo", "handler", "c-handler"), default="echo")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("bench: valgrind (callgrind) not found")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        rows = {"this checkout": measure(ROOT, args.requests, tmp)}
+        rows = {"this checkout": measure(ROOT, args.requests, tmp, args.server)}
         if args.before is not None:
-            rows["before"] = measure(args.before.resolve(), args.requests, tmp)
-    print(f"\ninstructions per request, {args.requests} sequential keep-alive requests\n")
+            rows["before"] = measure(args.before.resolve(), args.requests, tmp, args.server)
+    print(
+        f"\n{args.server}: instructions per request, {args.requests} sequential keep-alive "
+        "requests\n"
+    )
     print("| server | POST | GET |")
     print("|---|---:|---:|")
     for name, r in rows.items():

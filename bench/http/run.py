@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/http/run.py [--duration 5] [--repeats 3] [--only NAME ...]
 
+The ``*-handler`` and ``httptools-*`` rows run a realistic handler instead of the echo
+shortcut (read the Content-Type header, copy the body, set Content-Type, reply with the body;
+see ``bench/http/handlers.py``): in C on the tuned evhttp, on the package's evhttp, under
+``aio.serve_http`` and ``trio_guest.serve_http``, and as an httptools Protocol on asyncio's loop,
+on ``bitcoin_support.aio``'s loop and on uvloop. ``--only`` selects rows by name.
+
 Each server runs pinned to CPU 0 (taskset), wrk runs on CPU 1 with ``-t1 -c50``; every round
 measures a 64-byte POST and a GET against every server in turn (interleaved, so that a noisy
 neighbour hurts all of them alike), and the table gives the median req/s of the rounds and the
@@ -39,6 +45,7 @@ TARGETS = [  # (server, reference, minimum ratio)
     ("bitcoin_support", "c-evhttp-tuned", 0.9),
     ("bitcoin_support", "aiohttp", 2.5),
     ("bitcoin_support", "trio+h11", 5.0),
+    ("evhttp-handler", "c-handler", 0.85),
 ]
 
 
@@ -87,7 +94,19 @@ def servers(c_echo: Path) -> dict[str, list[str]]:
         "aiohttp": [PY, str(HERE / "servers.py"), "aiohttp", "{port}"],
         "uvloop+httptools": [PY, str(HERE / "servers.py"), "uvloop", "{port}"],
         "trio+h11": [PY, str(HERE / "servers.py"), "trio", "{port}"],
+        # the realistic handler (bench/http/handlers.py), and the same handler in C
+        "c-handler": [str(c_echo), "{port}", "--changelist", "--handler"],
+        "evhttp-handler": [PY, str(HERE / "handlers.py"), "evhttp", "{port}"],
+        "aio-handler": [PY, str(HERE / "handlers.py"), "aio", "{port}"],
+        "trio-handler": [PY, str(HERE / "handlers.py"), "trio", "{port}"],
+        "httptools-asyncio": [PY, str(HERE / "handlers.py"), "httptools-asyncio", "{port}"],
+        "httptools-aio": [PY, str(HERE / "handlers.py"), "httptools-aio", "{port}"],
+        "httptools-uvloop": [PY, str(HERE / "handlers.py"), "httptools-uvloop", "{port}"],
     }
+
+
+# The rows whose server imports this package (``--before`` runs them from the other tree too).
+PACKAGE_ROWS = ("bitcoin_support", "evhttp-handler", "aio-handler", "trio-handler", "httptools-aio")
 
 
 def pin(cpu: int) -> list[str]:
@@ -165,7 +184,8 @@ def main() -> int:
     parser.add_argument(
         "--before",
         type=Path,
-        help="another checkout, built in place: its echo server runs as 'before', interleaved",
+        help="another checkout, built in place: each selected row that runs the package also "
+        "runs from it, as 'before' (the echo server) or 'before:NAME', interleaved",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -177,10 +197,13 @@ def main() -> int:
         lua.write_text(POST_LUA)
         table = servers(build_c_echo(tmp))
         cwds = dict.fromkeys(table, ROOT)
-        if args.before is not None:
-            table["before"] = table["bitcoin_support"]
-            cwds["before"] = args.before.resolve()
-        names = [n for n in table if not args.only or n in args.only or n == "before"]
+        names = [n for n in table if not args.only or n in args.only]
+        if args.before is not None:  # each selected row running the package, from that tree too
+            for name in [n for n in names if n in PACKAGE_ROWS]:
+                before = "before" if name == "bitcoin_support" else f"before:{name}"
+                table[before] = table[name]
+                cwds[before] = args.before.resolve()
+                names.insert(names.index(name) + 1, before)
         results: dict[tuple[str, str], list[float]] = {}
         cost: dict[tuple[str, str], list[float]] = {}
         errors: dict[str, int] = dict.fromkeys(names, 0)
@@ -226,7 +249,17 @@ def main() -> int:
             rg = med[(a, "GET")] / med[(b, "GET")]
             ok &= rp >= want and rg >= want
             print(f"| {a} / {b} | {rp:.2f} | {rg:.2f} | >= {want} |")
-        ok &= errors.get("bitcoin_support", 0) == 0
+        handler_rows = [
+            n for n in names if n.split(":")[-1].endswith("-handler") or "httptools-" in n
+        ]
+        if "c-handler" in names and len(handler_rows) > 1:
+            print("\n| realistic handler | POST x C | GET x C |")
+            print("|---|---:|---:|")
+            for name in handler_rows:
+                rp = med[(name, "POST")] / med[("c-handler", "POST")]
+                rg = med[(name, "GET")] / med[("c-handler", "GET")]
+                print(f"| {name} / c-handler | {rp:.2f} | {rg:.2f} |")
+        ok &= all(errors.get(n, 0) == 0 for n in ("bitcoin_support", "evhttp-handler"))
         print(f"\ntargets {'met' if ok else 'NOT met'}")
         return 0 if ok else 1
 
