@@ -52,14 +52,17 @@ def test_run_raises_the_exception(base: EventBase) -> None:
 def test_run_raises_keyboard_interrupt_from_a_signal(base: EventBase) -> None:
     cleaned: list[str] = []
 
+    # Sent once the run has started (trio's handler in place): earlier, Python's own handler
+    # would raise KeyboardInterrupt into the set-up itself, which no run can promise to survive.
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+
     async def main() -> None:
         try:
+            timer.start()
             await trio.sleep_forever()
         finally:
             cleaned.append("finally")
 
-    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             trio_guest.run(base, main)
