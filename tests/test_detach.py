@@ -18,7 +18,8 @@ import outcome
 import pytest
 import trio
 from bitcoin_support._native import ffi
-from test_evhttp_from_address import EVLOOP_NONBLOCK, Host, core
+from libevent_api import EVLOOP_NONBLOCK, core, extra
+from test_evhttp_from_address import Host
 
 from bitcoin_support import EvHttp, _attach, aio, obtain_event, trio_guest
 
@@ -195,8 +196,7 @@ def test_attach_while_finishing_is_refused_then_works(host: Host) -> None:
 
 
 BEVCB = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-extra_lib = ctypes.CDLL("libevent_extra-2.1.so.7")
-extra_lib.evhttp_set_bevcb.argtypes = [ctypes.c_void_p, BEVCB, ctypes.c_void_p]
+extra.evhttp_set_bevcb.argtypes = [ctypes.c_void_p, BEVCB, ctypes.c_void_p]
 core.bufferevent_socket_new.restype = ctypes.c_void_p
 core.bufferevent_socket_new.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
 

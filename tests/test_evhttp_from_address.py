@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from libevent_api import EVLOOP_NONBLOCK, REQUEST_CB, bind_loopback, core, extra
 
 from bitcoin_support import (
     EV_PERSIST,
@@ -27,22 +28,6 @@ from bitcoin_support import (
     obtain_event_base,
     obtain_evhttp,
 )
-
-core = ctypes.CDLL("libevent_core-2.1.so.7")
-extra = ctypes.CDLL("libevent_extra-2.1.so.7")
-core.event_base_new.restype = ctypes.c_void_p
-core.event_base_free.argtypes = [ctypes.c_void_p]
-core.event_base_loop.argtypes = [ctypes.c_void_p, ctypes.c_int]
-extra.evhttp_new.restype = ctypes.c_void_p
-extra.evhttp_new.argtypes = [ctypes.c_void_p]
-extra.evhttp_free.argtypes = [ctypes.c_void_p]
-extra.evhttp_bind_socket_with_handle.restype = ctypes.c_void_p
-extra.evhttp_bind_socket_with_handle.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint16]
-extra.evhttp_bound_socket_get_fd.argtypes = [ctypes.c_void_p]
-REQUEST_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-extra.evhttp_set_cb.argtypes = [ctypes.c_void_p, ctypes.c_char_p, REQUEST_CB, ctypes.c_void_p]
-extra.evhttp_send_reply.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
-EVLOOP_NONBLOCK = 2
 
 
 @REQUEST_CB
@@ -61,14 +46,7 @@ class Host:
         assert extra.evhttp_set_cb(self.http, b"/host", host_cb, None) == 0
         self.port = 0
         if bind:
-            bound = extra.evhttp_bind_socket_with_handle(self.http, b"127.0.0.1", 0)
-            assert bound
-            import socket
-
-            fd = extra.evhttp_bound_socket_get_fd(bound)
-            s = socket.socket(fileno=__import__("os").dup(fd))
-            self.port = s.getsockname()[1]
-            s.close()
+            self.port = bind_loopback(self.http)
         self.pool = concurrent.futures.ThreadPoolExecutor(4)
 
     def run_until(self, fut: concurrent.futures.Future[Any], timeout: float = 20.0) -> Any:

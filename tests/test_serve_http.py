@@ -8,8 +8,6 @@ What only one framework has stays in its own file (``test_aio.py``, ``test_trio_
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import struct
 import time
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 from http_helpers import exchange, exchange_many, post, read_to_eof, request, wait_for
+from libevent_api import bind_loopback, core, extra
 from serve_helpers import Framework, Serving, frameworks
 
 from bitcoin_support import (
@@ -200,17 +199,6 @@ def test_bad_arguments(fw: Framework, base: EventBase) -> None:
 N = 3  # handlers held when the server closes
 HELD = b"GET /held HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
-core = ctypes.CDLL("libevent_core-2.1.so.7")
-extra = ctypes.CDLL("libevent_extra-2.1.so.7")
-core.event_base_new.restype = ctypes.c_void_p
-core.event_base_free.argtypes = [ctypes.c_void_p]
-extra.evhttp_new.restype = ctypes.c_void_p
-extra.evhttp_new.argtypes = [ctypes.c_void_p]
-extra.evhttp_free.argtypes = [ctypes.c_void_p]
-extra.evhttp_bind_socket_with_handle.restype = ctypes.c_void_p
-extra.evhttp_bind_socket_with_handle.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint16]
-extra.evhttp_bound_socket_get_fd.argtypes = [ctypes.c_void_p]
-
 
 class Closing:
     """A base to run trio or asyncio on, a server on it, and how to close that server.
@@ -226,9 +214,7 @@ class Closing:
         if how == "wrapper":  # a host's evhttp (libevent's own API), wrapped
             self.host_base = core.event_base_new()
             self.host_http = extra.evhttp_new(self.host_base)
-            bound = extra.evhttp_bind_socket_with_handle(self.host_http, b"127.0.0.1", 0)
-            assert bound
-            self.port = _sock_port(extra.evhttp_bound_socket_get_fd(bound))
+            self.port = bind_loopback(self.host_http)
             self.base = EventBase.from_address(self.host_base)
             self.http = EvHttp.from_address(self.host_http)
             self.close: Callable[[], None] = self.http.close
@@ -249,14 +235,6 @@ class Closing:
         if self.host_http is not None:
             extra.evhttp_free(self.host_http)
             core.event_base_free(self.host_base)
-
-
-def _sock_port(fd: int) -> int:
-    s = socket.socket(fileno=os.dup(fd))
-    try:
-        return int(s.getsockname()[1])
-    finally:
-        s.close()
 
 
 @pytest.fixture(params=["server", "wrapper", "base"])
