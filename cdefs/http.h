@@ -208,6 +208,7 @@ typedef struct bs_evhttp {
     int gen_stream;                 /* the generic callback streams */
     int strict;                     /* every new connection is framed (the default) */
     int any_stream;                 /* some route or the generic callback streams */
+    int filtering;                  /* the framing filter is the evhttp's bevcb (make_bev) */
     unsigned long long max_body;    /* set_max_body_size, counted by the framer; 0: none */
     unsigned long long max_head;    /* set_max_headers_size, for the framer; 0: its default */
     struct bs_linger *lingers;      /* refused connections closing slowly (http_stream.c) */

@@ -202,8 +202,9 @@ static void evhttp_free_now(bs_evhttp *h)
         h->http = NULL;
         if (h->owned)
             evhttp_free(http); /* closes every connection: on_close() tells Python */
-        else /* the host's (bs_evhttp_wrap), to free: Python removed its routes; its new
-                connections get libevent's own bufferevents again (no pointer to h left) */
+        else if (h->filtering) /* the host's (bs_evhttp_wrap), to free: Python removed its
+                                  routes; new connections get libevent's own bufferevents
+                                  again (no pointer to h left) */
             evhttp_set_bevcb(http, NULL, NULL);
     }
     bs_stream_server_gone(h); /* their filters are freed later, without it */

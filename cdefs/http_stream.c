@@ -198,8 +198,9 @@ static bs_stream_conn *find(bs_evhttp *h, struct evhttp_connection *evcon)
  */
 void bs_stream_server_gone(bs_evhttp *h)
 {
-    if (h->http != NULL)
+    if (h->http != NULL && h->filtering)
         evhttp_set_bevcb(h->http, NULL, NULL);
+    h->filtering = 0;
     for (bs_stream_conn *c = h->streams; c != NULL; c = c->next) {
         c->h = NULL;
         if (c->rec != NULL)
@@ -271,16 +272,23 @@ BS_EXPORT void bs_evhttp_set_max_headers(bs_evhttp *h, unsigned long long n)
     h->max_head = n;
 }
 
-/* New connections are framed while the server is strict or some route streams. */
+/*
+ * New connections are framed while the server is strict or some route streams. The evhttp's
+ * bevcb is set only when the filter goes on or off: a host's own bevcb (TLS, say) stays while
+ * the filter is not needed. libevent has no getter for it, so once the filter was on, off
+ * leaves libevent's default (docs/c-hosts.md says so).
+ */
 int bs_stream_update(bs_evhttp *h)
 {
     int any = h->gen_stream;
     for (bs_stream_route *r = h->routes; r != NULL && !any; r = r->next)
         any = r->stream;
     h->any_stream = any;
-    if (h->http != NULL)
-        evhttp_set_bevcb(h->http, any || h->strict ? make_bev : NULL,
-                         any || h->strict ? h : NULL);
+    int want = any || h->strict;
+    if (h->http != NULL && want != h->filtering) {
+        evhttp_set_bevcb(h->http, want ? make_bev : NULL, want ? h : NULL);
+        h->filtering = want;
+    }
     return 0;
 }
 

@@ -212,3 +212,27 @@ def test_closing_the_wrapper_takes_back_the_framing_filter(host: Host) -> None:
     for _ in range(3):
         assert host.get("/host") == (200, b"")  # the host answers from C
     assert host.get("/py")[0] == 404
+
+
+def test_the_hosts_own_bevcb_stays_while_python_needs_no_framing(host: Host) -> None:
+    """A host's own bevcb (its TLS, say) is left in place by Python's ordinary routes; only
+    the framing filter (a stream_body route or strict framing) takes the slot, and with no
+    getter in libevent 2.1 the slot then goes back to libevent's default when it comes off."""
+    made: list[int] = []
+
+    @BEVCB
+    def host_bevcb(base: int, arg: int) -> int:
+        made.append(1)
+        return int(core.bufferevent_socket_new(base, -1, 1))  # BEV_OPT_CLOSE_ON_FREE
+
+    extra.evhttp_set_bevcb(host.http, host_bevcb, None)
+    assert host.get("/host") == (200, b"") and len(made) == 1
+    http = EvHttp.from_address(host.http)
+    http.set_cb("/py", lambda req, arg: req.send_reply(200, body=b"py"))
+    assert host.get("/py") == (200, b"py") and len(made) == 2  # still the host's bufferevent
+    http.set_cb("/up", lambda req, arg: req.send_reply(200, body=b"up"), stream_body=True)
+    assert host.get("/up") == (200, b"up") and len(made) == 2  # the framing filter's
+    http.del_cb("/up")
+    assert host.get("/py") == (200, b"py") and len(made) == 2  # libevent's default again
+    assert detach(host) == 0 and http.closed
+    assert host.get("/host") == (200, b"") and len(made) == 2
