@@ -111,8 +111,9 @@ static void not_found_cb(EvHttpRequest *r, void *arg)
    one of its own callbacks, where it must not be freed (bs_evhttp_release). */
 BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
 {
-    bs_http_route_t *route = arg;
-    bs_evhttp *h = route->h;
+    bs_http_route_t *route = arg; /* Python's: freed when a callback or gate removes it */
+    bs_evhttp *h = route->h;      /* kept while h->running counts this call */
+    int stream = route->stream;   /* read now: the gate may detach, freeing the route */
     if (bs_http_framing_refused(r)) {
         evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* adds "Connection: close" */
         return;
@@ -121,13 +122,13 @@ BS_EXPORT void bs_http_server_cb(struct evhttp_request *r, void *arg)
     if (b != NULL)
         bs_base_enter(b);
     h->running++;
-    if (h->any_stream && !route->stream && bs_stream_offered(h, r))
+    if (h->any_stream && !stream && bs_stream_offered(h, r))
         evhttp_send_error(r, HTTP_BADREQUEST, NULL); /* its body went elsewhere: never served */
     else if (route->c_cb != NULL)
         route->c_cb((EvHttpRequest *)r, route->c_arg);
     else if (h->gate == NULL || h->gate((EvHttpRequest *)r, h->gate_arg) == 0)
         py_request(r, route); /* a host's gate that answered keeps Python out */
-    else if (route->stream)
+    else if (stream)
         bs_stream_unclaimed(h, r); /* its body is read and dropped */
     h->running--;
     if (b != NULL)
