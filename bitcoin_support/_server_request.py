@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._args import _body_arg, _check_int, _text_arg
 from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._guard import _on_turn
+from ._guard import _get_ident, _on_turn
 from ._headers import _header_bytes
 from ._log import http_log
 from ._native import ffi, lib
@@ -97,7 +97,6 @@ class _ServerRequest(EvHttpRequest):
         _other_thread(self._st, what)
         return rec
 
-    @_on_turn("send_reply")
     def send_reply(
         self,
         code: int,
@@ -111,7 +110,33 @@ class _ServerRequest(EvHttpRequest):
         ``body`` is any bytes-like object or a SerializeData; ``content_type`` sets that header.
         The request is closed afterwards.
         """
-        rec = self._server_rec("send_reply")
+        rec = self._rec
+        st = self._st
+        if rec is None or st is None or st.guard.thread != _get_ident():
+            self._send_reply_on_turn(code, reason, body, content_type)  # _on_turn's other paths
+            return
+        # On the dispatching thread, an open request: _on_turn's and _server_rec's checks pass
+        if type(code) is int and 100 <= code <= 599 and reason is None and type(body) is bytes:
+            if content_type is None:  # the common reply: every argument of the fast type
+                rc = lib.bs_http_send_reply(rec, code, _NULL, body, len(body), _NULL, 0)
+                if rc:
+                    self._reply_rc("send_reply", rc)
+                self._rec = None  # self._released(), inlined
+                if self._handle is not None or self._traced:
+                    self._after_close()
+                return
+        self._send_reply(rec, code, reason, body, content_type)
+
+    @_on_turn("send_reply")
+    def _send_reply_on_turn(
+        self, code: int, reason: str | None, body: Any, content_type: str | None
+    ) -> None:
+        self._send_reply(self._server_rec("send_reply"), code, reason, body, content_type)
+
+    def _send_reply(
+        self, rec: Any, code: int, reason: str | None, body: Any, content_type: str | None
+    ) -> None:
+        """``send_reply`` on an open request, the thread rule kept: every argument checked."""
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_reply", "code", code, 100, 599)
         creason = _NULL if reason is None else _text_arg("send_reply", "reason", reason)
@@ -272,7 +297,14 @@ def bs_py_http_request(rec: Any, handle: Any) -> int:
     route: _Route = _from_handle(handle)
     http = route.http
     req: _ServerRequest = _new_request(_ServerRequest)
-    req._init_request(rec, http._st)
+    req._rec = rec  # EvHttpRequest._init_request, inlined: direct slot fills
+    req._st = http._st
+    req._in = None
+    req._out = None
+    req._dummy = False
+    req._parent = None
+    req._children = None
+    req._id, req._traced = req._trace_create()
     req._http = http
     req._handle = None
     live = http._live
