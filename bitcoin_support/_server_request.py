@@ -73,6 +73,9 @@ class _ServerRequest(EvHttpRequest):
         self._after_close()
 
     def _after_close(self) -> None:
+        # The header views point at the request: dropping them here breaks that cycle, so the
+        # wrapper and its views are freed when the last reference goes, not by the cyclic GC.
+        self._in = self._out = None
         if self._handle is not None:
             self._handle = None
             self._http._pending.discard(self)
@@ -122,6 +125,7 @@ class _ServerRequest(EvHttpRequest):
                 if rc:
                     self._reply_rc("send_reply", rc)
                 self._rec = None  # self._released(), inlined
+                self._in = self._out = None
                 if self._handle is not None or self._traced:
                     self._after_close()
                 return
@@ -172,6 +176,7 @@ class _ServerRequest(EvHttpRequest):
             self._reply_rc("send_echo", rc)
         # self._released(), inlined: this is the echo server's per-request path
         self._rec = None
+        self._in = self._out = None
         if self._handle is not None or self._traced:
             self._after_close()
 
