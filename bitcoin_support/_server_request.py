@@ -302,14 +302,7 @@ def bs_py_http_request(rec: Any, handle: Any) -> int:
     route: _Route = _from_handle(handle)
     http = route.http
     req: _ServerRequest = _new_request(_ServerRequest)
-    req._rec = rec  # EvHttpRequest._init_request, inlined: direct slot fills
-    req._st = http._st
-    req._in = None
-    req._out = None
-    req._dummy = False
-    req._parent = None
-    req._children = None
-    req._id, req._traced = req._trace_create()
+    req._init_request(rec, http._st)
     req._http = http
     req._handle = None
     live = http._live
