@@ -1,18 +1,24 @@
 """The cost of a callback and of a call through two cffi versions, to choose the pin on evidence.
 
-    .venv/bin/python bench/bench_cffi_versions.py [--versions 1.17.1 2.1.1] [--n 1000000]
+    .venv/bin/python bench/bench_cffi_versions.py [--versions 1.17.1 2.1.1 2.1.1+src]
+        [--n 1000000] [--instructions]
 
 For each version, a throwaway virtual environment under /tmp (kept for the next run) gets
 ``cffi==VERSION`` from the package index; in it, a tiny API-mode module is compiled with an
 ``extern "Python"`` callback that C calls n times in a loop, and a trivial C function that Python
 calls n times in a loop. Printed: ns per callback and ns per call (the best of ``--repeat``), and
 each version against the first.
+
+``--instructions`` counts instead, under callgrind (valgrind), the instructions per callback
+inside ``call_cb_n`` for each version, and prints the functions that take them (exclusive
+counts per callback): the figures a shared machine cannot move.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ import json, sys, tempfile, time, importlib.util
 import cffi
 
 n, repeat = int(sys.argv[1]), int(sys.argv[2])
+once = sys.argv[3:] == ["once"]  # under callgrind: n callbacks, counted inside call_cb_n only
 builder = cffi.FFI()
 builder.cdef("""
     extern "Python" int py_cb(int);
@@ -66,6 +73,9 @@ def empty_loop():
         f(i)
     return (time.perf_counter_ns() - t0) / n
 
+if once:
+    lib.call_cb_n(n)
+    sys.exit(0)
 best = {"callback": 1e18, "call": 1e18, "loop": 1e18}
 for _ in range(repeat):
     best["callback"] = min(best["callback"], per_callback())
@@ -76,22 +86,83 @@ print(json.dumps({"version": cffi.__version__, **best}))
 
 
 def venv_python(version: str) -> Path:
-    """A venv with exactly cffi==version (and setuptools to compile), created once."""
+    """A venv with exactly cffi==version (and setuptools to compile), created once; a version
+    written ``X+src`` is cffi X compiled here from its source release (this Python's flags)
+    instead of the index's wheel."""
     venv = VENVS / f"cffi-{version}"
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, f"cffi=={version}", "setuptools"], check=True)
+        release, _, src = version.partition("+")
+        if src:
+            pip.append("--no-binary=cffi")
+        subprocess.run([*pip, f"cffi=={release}", "setuptools"], check=True)
     return python
+
+
+def instructions(python: Path, n: int, top: int) -> tuple[float, list[tuple[float, str]]]:
+    """Instructions per callback inside ``call_cb_n``, and the ``top`` functions by exclusive
+    instructions per callback (name and object file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--collect-atstart=no",
+                "--toggle-collect=call_cb_n",
+                f"--callgrind-out-file={out}",
+                str(python),
+                "-c",
+                WORKER,
+                str(n),
+                "1",
+                "once",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=900,
+        )
+        text = subprocess.run(
+            ["callgrind_annotate", "--threshold=99", str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    total = 0.0
+    rows: list[tuple[float, str]] = []
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+)( \([^)]*\))?\s+(\S.*)$", line)
+        if m is None:
+            continue
+        count = int(m.group(1).replace(",", "")) / n
+        what = m.group(3)
+        if what.startswith("PROGRAM TOTALS"):
+            total = count
+        elif ":" in what and len(rows) < top:
+            name = what.split(":", 1)[1]
+            rows.append((count, re.sub(r"\[(?:.*/)?([^/\]]+)\]", r"[\1]", name)))
+    return total, rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--versions", nargs="+", default=["1.17.1", "2.1.1"])
+    parser.add_argument("--versions", nargs="+", default=["1.17.1", "2.1.1", "2.1.1+src"])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true", help="count under callgrind")
+    parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
+
+    if args.instructions:
+        counted = {v: instructions(venv_python(v), args.n, args.top) for v in args.versions}
+        first = counted[args.versions[0]][0]
+        for version, (total, rows) in counted.items():
+            print(f"cffi {version}: {total:,.0f} instructions per callback (x{total / first:.2f})")
+            for count, name in rows:
+                print(f"  {count:>8,.1f}  {name}")
+        return 0
 
     results = []
     for version in args.versions:
@@ -103,7 +174,7 @@ def main() -> int:
             check=True,
             timeout=600,
         ).stdout
-        results.append(json.loads(out))
+        results.append({**json.loads(out), "version": version})  # X+src: the build, named
 
     base = results[0]
     print(

@@ -207,8 +207,7 @@ class _OutputHeaders(_Headers, MutableMapping[str, str]):
     def clear(self) -> None:
         lib.evhttp_clear_headers(self._q())
 
-    def __setitem__(self, name: str, value: str) -> None:
-        self.set(name, value)
+    __setitem__ = set  # ``h[name] = value`` is ``set``, without a frame of its own
 
     def __delitem__(self, name: str) -> None:
         if not self.remove(name):

@@ -46,6 +46,10 @@ _MADE: Final[int] = lib.BS_REQ_MADE
 _CANCELLED: Final[int] = lib.BS_REQ_CANCELLED
 
 _NULL = ffi.NULL
+_new_headers = object.__new__  # a request's header views: two slots, no __init__ frame
+_unpack = ffi.unpack
+_new = ffi.new
+_SIZE_P = ffi.typeof("size_t *")  # parsed once: the body's length, filled by bs_http_body
 
 
 def _other_thread(st: _LoopState | None, what: str) -> None:
@@ -182,22 +186,38 @@ class EvHttpRequest(Handle):
             raise ClosedError("EvHttpRequest.peer: the connection is gone")
         return ffi.string(host).decode("ascii"), int(port[0])
 
+    def _usable(self) -> bool:
+        """True when the request is open and the thread rule lets this thread use it without
+        the guard (``_live_req``'s and ``_on_turn``'s checks, in one frame): the per-request
+        properties below take their fast path on it and fall back to the full checks."""
+        rec = self._rec
+        if rec is None or not rec.req:
+            return False
+        st = self._st
+        return st is None or st.guard.thread == _get_ident()
+
     @property
     def input_headers(self) -> _Headers:
         """Headers received: case-insensitive, read-only; ``get_all(name)`` for repeats."""
-        self._live_req("input_headers")
+        if not self._usable():
+            self._live_req("input_headers")  # ClosedError, or RuntimeError from a forbidden thread
         h = self._in
         if h is None:
-            h = self._in = _Headers(self, False)
+            h = self._in = _new_headers(_Headers)
+            h._req = self
+            h._out = False
         return h
 
     @property
     def output_headers(self) -> _OutputHeaders:
         """Headers to send (``add``, ``set``, ``remove``); CR/LF are refused."""
-        self._live_req("output_headers")
+        if not self._usable():
+            self._live_req("output_headers")  # ClosedError, or RuntimeError from a forbidden thread
         h = self._out
         if h is None:
-            h = self._out = _OutputHeaders(self, True)
+            h = self._out = _new_headers(_OutputHeaders)
+            h._req = self
+            h._out = True
         return h
 
     def _whole_body(self, what: str) -> Any:
@@ -216,9 +236,16 @@ class EvHttpRequest(Handle):
         return int(lib.evbuffer_get_length(lib.evhttp_request_get_input_buffer(r)))
 
     @property
-    @_on_turn("body")
     def body(self) -> bytes:
         """The body received, as bytes (a copy)."""
+        if self._usable() and not self._rec.streaming:  # _body_on_turn's checks, passed
+            n = _new(_SIZE_P)
+            p = lib.bs_http_body(self._rec.req, n)
+            return b"" if not p else _unpack(p, n[0])
+        return self._body_on_turn()
+
+    @_on_turn("body")
+    def _body_on_turn(self) -> bytes:
         r = self._whole_body("body")
         n = ffi.new("size_t *")
         p = lib.bs_http_body(r, n)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._args import _body_arg, _check_int, _text_arg
 from ._args import type_name as _type_name
 from ._errors import ClosedError
-from ._guard import _on_turn
+from ._guard import _get_ident, _on_turn
 from ._headers import _header_bytes
 from ._log import http_log
 from ._native import ffi, lib
@@ -73,6 +73,9 @@ class _ServerRequest(EvHttpRequest):
         self._after_close()
 
     def _after_close(self) -> None:
+        # The header views point at the request: dropping them here breaks that cycle, so the
+        # wrapper and its views are freed when the last reference goes, not by the cyclic GC.
+        self._in = self._out = None
         if self._handle is not None:
             self._handle = None
             self._http._pending.discard(self)
@@ -97,7 +100,6 @@ class _ServerRequest(EvHttpRequest):
         _other_thread(self._st, what)
         return rec
 
-    @_on_turn("send_reply")
     def send_reply(
         self,
         code: int,
@@ -111,7 +113,34 @@ class _ServerRequest(EvHttpRequest):
         ``body`` is any bytes-like object or a SerializeData; ``content_type`` sets that header.
         The request is closed afterwards.
         """
-        rec = self._server_rec("send_reply")
+        rec = self._rec
+        st = self._st
+        if rec is None or st is None or st.guard.thread != _get_ident():
+            self._send_reply_on_turn(code, reason, body, content_type)  # _on_turn's other paths
+            return
+        # On the dispatching thread, an open request: _on_turn's and _server_rec's checks pass
+        if type(code) is int and 100 <= code <= 599 and reason is None and type(body) is bytes:
+            if content_type is None:  # the common reply: every argument of the fast type
+                rc = lib.bs_http_send_reply(rec, code, _NULL, body, len(body), _NULL, 0)
+                if rc:
+                    self._reply_rc("send_reply", rc)
+                self._rec = None  # self._released(), inlined
+                self._in = self._out = None
+                if self._handle is not None or self._traced:
+                    self._after_close()
+                return
+        self._send_reply(rec, code, reason, body, content_type)
+
+    @_on_turn("send_reply")
+    def _send_reply_on_turn(
+        self, code: int, reason: str | None, body: Any, content_type: str | None
+    ) -> None:
+        self._send_reply(self._server_rec("send_reply"), code, reason, body, content_type)
+
+    def _send_reply(
+        self, rec: Any, code: int, reason: str | None, body: Any, content_type: str | None
+    ) -> None:
+        """``send_reply`` on an open request, the thread rule kept: every argument checked."""
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_reply", "code", code, 100, 599)
         creason = _NULL if reason is None else _text_arg("send_reply", "reason", reason)
@@ -147,6 +176,7 @@ class _ServerRequest(EvHttpRequest):
             self._reply_rc("send_echo", rc)
         # self._released(), inlined: this is the echo server's per-request path
         self._rec = None
+        self._in = self._out = None
         if self._handle is not None or self._traced:
             self._after_close()
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,44 @@ def test_read_body_into_serialize_data(server: LoopThread) -> None:
     status, _, body = request(server.port, "POST", "/", b"secret-body")
     assert (status, body) == (200, b"sd-body")
     assert got == [b">secret-body|sec11"]
+
+
+def test_answered_request_is_freed_without_the_cyclic_gc(server: LoopThread) -> None:
+    """A request wrapper whose header views were used is freed by reference counting once
+    answered (the views and the request form no cycle then), and a view kept past the reply
+    raises ClosedError."""
+    refs: list[weakref.ref[Any]] = []
+    kept: list[Any] = []
+    after: list[str] = []
+
+    def cb(req: EvHttpRequest, arg: Any) -> None:
+        ctype = req.input_headers.get("Content-Type", "x/none")
+        req.output_headers["Content-Type"] = ctype
+        refs.append(weakref.ref(req))
+        if not kept:
+            kept.append(req.input_headers)
+            req.send_reply(200, body=req.body)
+            try:
+                kept[0].get("Content-Type")
+            except ClosedError:
+                after.append("closed")
+        else:
+            req.send_reply(200, body=req.body)
+
+    server.http.set_gencb(cb)
+    gc.disable()
+    try:
+        server.start()
+        for _ in range(2):
+            status, headers, body = request(
+                server.port, "POST", "/", b"abc", {"Content-Type": "a/b"}
+            )
+            assert (status, body, headers["content-type"]) == (200, b"abc", "a/b")
+        kept.clear()
+        assert wait_for(lambda: all(r() is None for r in refs))
+    finally:
+        gc.enable()
+    assert len(refs) == 2 and after == ["closed"]
 
 
 def test_header_injection_rejected(server: LoopThread) -> None:
