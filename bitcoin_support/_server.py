@@ -217,6 +217,8 @@ class EvHttp(Finalized):
         http = self._http("bind")
         if not isinstance(host, str):
             raise TypeError(f"EvHttp.bind: host must be a str, not {_type_name(host)}")
+        if "\0" in host:  # C would read the name only up to it, and bind somewhere else
+            raise ValueError(f"EvHttp.bind: host must not contain NUL, got {host!r}")
         _check_int("EvHttp.bind", "port", port, 0, 65535)
         bound = lib.evhttp_bind_socket_with_handle(http, host.encode("idna"), port)
         if bound == _NULL:

@@ -51,6 +51,12 @@ def test_bind_port_zero_and_twice() -> None:
     assert p1 > 0 and p2 > 0 and p1 != p2
     with pytest.raises(OSError):
         http.bind("127.0.0.1", p1)
+    with pytest.raises(TypeError, match="host must be a str, not int"):
+        http.bind(123, 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must not contain NUL"):
+        http.bind("127.0.0.1\x00junk", 0)  # C would have bound 127.0.0.1
+    with pytest.raises(ValueError, match=r"port must be in \[0, 65535\], got 65536"):
+        http.bind("127.0.0.1", 65536)
     http.close()
     base.close()
 
