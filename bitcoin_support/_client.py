@@ -121,6 +121,9 @@ class _ClientRequest(EvHttpRequest):
                 self._after_close()
 
     def _after_close(self) -> None:
+        # The header views point at the request: dropping them breaks that cycle, so the wrapper
+        # and its views go with their last reference, not with the cyclic GC (as the server's).
+        self._in = self._out = None
         if self._handle is not None:
             self._handle = None
             _client_pending.pop(self._id, None)

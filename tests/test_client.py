@@ -6,6 +6,7 @@ import gc
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -75,6 +76,39 @@ def test_client_against_own_server(server: LoopThread) -> None:
     assert out["headers"]["X-Seen"] == "yes" and out["headers"]["Content-Type"] == "text/x"
     base.close()
     assert EvHttpRequest.live() == 0
+
+
+def test_client_request_is_freed_without_the_cyclic_gc(server: LoopThread) -> None:
+    """A client request whose header views were used (both ways) is freed by reference
+    counting once its callback has run: the views and the request form no cycle then."""
+    server.http.set_gencb(lambda req, arg: req.send_reply(200, body=req.body))
+    server.start()
+    base = obtain_event_base()
+    refs: list[weakref.ref[Any]] = []
+
+    def done(req: EvHttpRequest, arg: Any) -> None:
+        assert req.input_headers.get("Content-Length") == "2"
+        refs.append(weakref.ref(req))
+        base.loopbreak()
+
+    gc.disable()
+    try:
+        conn = obtain_evhttp_connection_base(base, "127.0.0.1", server.port)
+        for _ in range(2):
+            req = obtain_evhttp_request(done)
+            req.output_headers["Content-Type"] = "text/x"
+            req.set_body(b"hi")
+            conn.make_request(req, "POST", "/")
+            del req
+            guard = obtain_event(base, -1, EV_TIMEOUT, lambda ev, a: base.loopbreak())
+            guard.add(10)
+            base.dispatch()
+            guard.close()
+        conn.close()
+        assert len(refs) == 2 and [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+        base.close()
 
 
 def test_client_refused() -> None:
