@@ -16,6 +16,7 @@ import pytest
 import bitcoin_support as bs
 
 ROOT = Path(__file__).resolve().parent.parent
+PKG = Path(bs.__file__).parent  # the package under test: the checkout's, or an installed copy
 
 SPEC_NAMES = {
     # 1. build
@@ -113,7 +114,7 @@ def test_package_errors_share_one_base() -> None:
 
 def _package_imports(module: str) -> set[str]:
     """The package modules ``bitcoin_support/<module>.py`` imports (relative imports)."""
-    tree = ast.parse((ROOT / "bitcoin_support" / f"{module}.py").read_text())
+    tree = ast.parse((PKG / f"{module}.py").read_text())
     return {
         (node.module or "").split(".")[0]
         for node in ast.walk(tree)
@@ -124,7 +125,7 @@ def _package_imports(module: str) -> set[str]:
 def test_exceptions_and_argument_checks_sit_below_every_other_module() -> None:
     # _errors.py is the exception classes alone, _args.py the checks over the C binding only:
     # every module may import both, and no import cycle runs through them.
-    errors = ast.parse((ROOT / "bitcoin_support" / "_errors.py").read_text())
+    errors = ast.parse((PKG / "_errors.py").read_text())
     defined = [n for n in errors.body if not isinstance(n, ast.Expr | ast.ImportFrom)]
     assert defined and all(isinstance(n, ast.ClassDef) for n in defined)
     assert _package_imports("_errors") == set()
