@@ -78,13 +78,31 @@ def test_the_conformance_page_is_current(
 ) -> None:
     """The committed page's generated part is what the script writes from this run (rows that
     differ are sent again alone first, so a slow moment of a loaded machine is not a change).
-    Without httptools its column is taken from the page and every other one is compared."""
+    Without httptools its column is taken from the page and every other one is compared. The
+    lax column is the system libevent's own reader, which Debian 12's and 13's builds of
+    2.1.12 do not read alike (an LF-only request): it is left out of the comparison, and the
+    package's own columns, llhttp's and httptools' are compared in full."""
     page = page_script.PAGE.read_text()
     assert page_script.BEGIN in page
     if not page_script.has_httptools():
         page_script.borrow_httptools(cases, page)
     fresh = page_script.settle(page, results)
     assert fresh.count("\n| ") > len(cases)  # the totals and a row per case
-    assert fresh == page, (
+    assert _without_lax(fresh) == _without_lax(page), (
         "docs/http-conformance.md is out of date: run scripts/conformance_table.py"
     )
+
+
+def _without_lax(page: str) -> list[str]:
+    """``page``'s lines with the lax column's cells (and the case's "differs" mark, which the
+    lax cell can set) blanked, in the totals and in the case table."""
+    lines = []
+    for line in page.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) == 6:  # a case row or the case table's head
+            cells[0] = cells[0].replace(" **≠**", "")
+            cells[4] = "-"
+        elif line.startswith("| ") and len(cells) == 4:  # a row of the totals
+            cells[2] = "-"
+        lines.append(" | ".join(cells))
+    return lines
