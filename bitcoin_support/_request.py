@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 from ._args import type_name as _type_name
 from ._errors import ClosedError
 from ._guard import _get_ident, _on_turn, refusal
-from ._handles import Handle
+from ._handles import Handle, _next_id
 from ._headers import _Headers, _OutputHeaders
+from ._log import TRACE, events_log
 from ._native import ffi, lib
 from ._serialize import SerializeData
 
@@ -49,6 +50,7 @@ _NULL = ffi.NULL
 _new_headers = object.__new__  # a request's header views: two slots, no __init__ frame
 _unpack = ffi.unpack
 _new = ffi.new
+_trace_on = events_log.isEnabledFor
 _SIZE_P = ffi.typeof("size_t *")  # parsed once: the body's length, filled by bs_http_body
 
 
@@ -100,7 +102,10 @@ class EvHttpRequest(Handle):
         self._dummy = False
         self._parent = None
         self._children = None
-        self._id, self._traced = self._trace_create()
+        self._id = ident = _next_id()  # Handle._trace_create(), inlined: one per request
+        traced = self._traced = _trace_on(TRACE)
+        if traced:
+            events_log.log(TRACE, "create %s id=%d", self._kind, ident)
 
     @classmethod
     def live(cls) -> int:

@@ -157,14 +157,35 @@ class _ServerRequest(EvHttpRequest):
             self._reply_rc("send_reply", rc)
         self._released()
 
-    @_on_turn("send_echo")
     def send_echo(self, code: int = 200, *, default_content_type: str | bytes = b"") -> None:
         """Answer with the request's own body and ``Content-Type`` (or ``default_content_type``).
 
         The body moves from the input buffer to the output buffer inside libevent: no copy
         passes through Python. The request is closed afterwards.
         """
-        rec = self._server_rec("send_echo")
+        rec = self._rec
+        st = self._st
+        if rec is None or st is None or st.guard.thread != _get_ident():
+            self._send_echo_on_turn(code, default_content_type)  # _on_turn's other paths
+            return
+        # On the dispatching thread, an open request: _on_turn's and _server_rec's checks pass
+        if type(code) is int and 100 <= code <= 599 and type(default_content_type) is bytes:
+            rc = lib.bs_http_send_echo(rec, code, default_content_type)  # the echo server's path
+            if rc:
+                self._reply_rc("send_echo", rc)
+            self._rec = None  # self._released(), inlined
+            self._in = self._out = None
+            if self._handle is not None or self._traced:
+                self._after_close()
+            return
+        self._send_echo(rec, code, default_content_type)
+
+    @_on_turn("send_echo")
+    def _send_echo_on_turn(self, code: int, default_content_type: str | bytes) -> None:
+        self._send_echo(self._server_rec("send_echo"), code, default_content_type)
+
+    def _send_echo(self, rec: Any, code: int, default_content_type: str | bytes) -> None:
+        """``send_echo`` on an open request, the thread rule kept: every argument checked."""
         if type(code) is not int or not 100 <= code <= 599:
             _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
         if type(default_content_type) is bytes:
@@ -174,11 +195,7 @@ class _ServerRequest(EvHttpRequest):
         rc = lib.bs_http_send_echo(rec, code, ct)
         if rc:
             self._reply_rc("send_echo", rc)
-        # self._released(), inlined: this is the echo server's per-request path
-        self._rec = None
-        self._in = self._out = None
-        if self._handle is not None or self._traced:
-            self._after_close()
+        self._released()
 
     @_on_turn("send_error")
     def send_error(self, code: int, reason: str | None = None) -> None:

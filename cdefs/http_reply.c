@@ -178,6 +178,9 @@ BS_EXPORT int bs_http_send_echo(bs_http_req_t *rec, int code, const char *defaul
     int rc = can_reply(rec);
     if (rc != 0)
         return rc;
+    if (default_ctype != NULL &&
+        bs_http_header_check("Content-Type", 12, default_ctype, strlen(default_ctype)) != 0)
+        return BS_HTTP_BAD_VALUE; /* refused whether or not the request brings its own */
     struct evhttp_request *r = rec->req;
     struct evkeyvalq *out = evhttp_request_get_output_headers(r);
     const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(r), "Content-Type");

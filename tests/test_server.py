@@ -289,6 +289,41 @@ def test_header_injection_rejected(server: LoopThread) -> None:
     assert "injected" not in headers and "x-evil" not in headers
 
 
+def test_send_echo_answers_with_the_body_and_its_content_type(server: LoopThread) -> None:
+    errors: list[str] = []
+
+    def cb(req: EvHttpRequest, arg: Any) -> None:
+        for name, call in (
+            ("code", lambda: req.send_echo(99)),
+            ("code-type", lambda: req.send_echo(200.0)),  # type: ignore[arg-type]
+            ("ctype", lambda: req.send_echo(200, default_content_type="a\r\nX-Evil: 1")),
+            ("ctype-bytes", lambda: req.send_echo(200, default_content_type=b"a\nX-Evil: 1")),
+        ):
+            try:
+                call()
+            except (TypeError, ValueError):
+                errors.append(name)
+        default = "text/plain" if req.path == "/str" else b"application/x-default"
+        req.send_echo(201, default_content_type=default)
+        assert req.closed
+        try:
+            req.send_echo()
+        except ClosedError:
+            errors.append("closed")
+
+    server.http.set_gencb(cb)
+    server.start()
+    typed = request(server.port, "POST", body=b"secret", headers={"Content-Type": "x/y"})
+    assert (typed[0], typed[1]["content-type"], typed[2]) == (201, "x/y", b"secret")
+    untyped = request(server.port, "POST", path="/str", body=b"abc")
+    assert (untyped[0], untyped[1]["content-type"], untyped[2]) == (201, "text/plain", b"abc")
+    plain = request(server.port, "POST", body=b"")
+    assert (plain[0], plain[1]["content-type"]) == (201, "application/x-default")
+    assert errors == ["code", "code-type", "ctype", "ctype-bytes", "closed"] * 3
+    assert "x-evil" not in typed[1]
+    assert wait_for(lambda: EvHttpRequest.live() == 0)
+
+
 def test_path_callbacks_and_404(server: LoopThread) -> None:
     server.http.set_cb("/a", lambda req, arg: req.send_reply(200, body=b"a"))
     server.http.set_cb("/b", lambda req, arg: req.send_reply(200, body=b"b"))

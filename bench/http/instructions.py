@@ -2,10 +2,12 @@
 machine, the count does not move with the neighbours' load.
 
     .venv/bin/python bench/http/instructions.py [--requests 2000] [--before DIR]
-        [--server {echo,handler,c-handler}]
+        [--server {echo,c-echo,handler,c-handler}]
 
 ``--server handler`` counts the realistic handler of ``bench/http/handlers.py`` on the package's
-evhttp instead, and ``c-handler`` the same handler in C (``c_echo.c --handler``), the reference.
+evhttp instead, and ``c-handler`` the same handler in C (``c_echo.c --handler``), the reference;
+``c-echo`` counts the tuned C echo server (``c_echo.c --changelist``), the echo server's
+reference.
 A checkout without its own ``.venv`` runs with this interpreter and that checkout first on
 ``PYTHONPATH``.
 
@@ -66,12 +68,12 @@ def free_port() -> int:
 def server_command(root: Path, server: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
     """The measured server's command line (a free port where it cannot report its own), and
     its environment."""
-    env = dict(os.environ, PYTHONMALLOC="malloc")
+    env = dict(os.environ)
     python = root / ".venv" / "bin" / "python"
     if not python.exists():
         python = Path(sys.executable)
         env["PYTHONPATH"] = str(root)
-    if server == "c-handler":
+    if server in ("c-echo", "c-handler"):
         exe = tmp / "c_echo"
         if not exe.exists():
             flags = subprocess.run(
@@ -82,7 +84,8 @@ def server_command(root: Path, server: str, tmp: Path) -> tuple[list[str], dict[
             ).stdout.split()
             cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(HERE / "c_echo.c")]
             subprocess.run([*cmd, *flags], check=True, timeout=120)
-        return [str(exe), str(free_port()), "--changelist", "--handler"], env
+        handler = ["--handler"] if server == "c-handler" else []
+        return [str(exe), str(free_port()), "--changelist", *handler], env
     if server == "handler":
         return [str(python), str(HERE / "handlers.py"), "evhttp", str(free_port())], env
     return [str(python), "-m", "bitcoin_support.echo", "--port", "0"], env
@@ -141,7 +144,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--before", type=Path, help="another checkout, built in place")
-    parser.add_argument("--server", choices=("echo", "handler", "c-handler"), default="echo")
+    servers = ("echo", "c-echo", "handler", "c-handler")
+    parser.add_argument("--server", choices=servers, default="echo")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("bench: valgrind (callgrind) not found")
