@@ -8,10 +8,11 @@ ever. ``call_soon_threadsafe`` is the one call meant for other threads.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar, cast
+
+from ._forward import forwarding
 
 if TYPE_CHECKING:
     from ._event_base import _LoopState
@@ -108,25 +109,31 @@ def _guarded(
 ) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
     """Run the method under the base's thread rule (see ``_Guard``).
 
-    The wrapper keeps the method's parameters and return type (``ParamSpec``) and its name,
-    docstring and ``__wrapped__`` (``functools.wraps``), so type checkers, ``help()`` and
-    ``inspect.signature`` see the real method.
+    The wrapper is written with the method's own parameters (``_forward.forwarding``: no
+    tuple and dict built per call) and keeps its return type (``ParamSpec``), name, docstring
+    and ``__wrapped__``, so type checkers, ``help()`` and ``inspect.signature`` see the real
+    method.
     """
 
     def wrap(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
-        @functools.wraps(method)
-        def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-            guard: _Guard = self._st.guard
-            if not guard.lock.acquire(False):
-                guard.wait(what)
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                guard.lock.release()
-
-        return guarded
+        names = {"_bs_what": what}
+        return cast(
+            Callable[Concatenate[_S, _P], _R], forwarding(method, "guarded", _GUARDED, names)
+        )
 
     return wrap
+
+
+# The body of a _guarded wrapper (_forward.forwarding: SELF is self, CALL the method's call).
+_GUARDED = """\
+    _bs_guard = SELF._st.guard
+    if not _bs_guard.lock.acquire(False):
+        _bs_guard.wait(_bs_what)
+    try:
+        return CALL
+    finally:
+        _bs_guard.lock.release()
+"""
 
 
 class _OnTurn(Protocol):
@@ -152,21 +159,26 @@ def _on_turn(
     """
 
     def wrap(method: Callable[Concatenate[_T, _P], _R]) -> Callable[Concatenate[_T, _P], _R]:
-        @functools.wraps(method)
-        def on_turn(self: _T, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-            st = self._st
-            if st is None:
-                return method(self, *args, **kwargs)
-            guard: _Guard = st.guard
-            if guard.thread == _get_ident():
-                return method(self, *args, **kwargs)
-            if not guard.lock.acquire(False):
-                guard.wait(f"EvHttpRequest.{what}")
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                guard.lock.release()
-
-        return on_turn
+        names = {"_bs_what": f"EvHttpRequest.{what}", "_bs_get_ident": _get_ident}
+        return cast(
+            Callable[Concatenate[_T, _P], _R], forwarding(method, "on_turn", _ON_TURN, names)
+        )
 
     return wrap
+
+
+# The body of an _on_turn wrapper (as _GUARDED's).
+_ON_TURN = """\
+    _bs_st = SELF._st
+    if _bs_st is None:
+        return CALL
+    _bs_guard = _bs_st.guard
+    if _bs_guard.thread == _bs_get_ident():
+        return CALL
+    if not _bs_guard.lock.acquire(False):
+        _bs_guard.wait(_bs_what)
+    try:
+        return CALL
+    finally:
+        _bs_guard.lock.release()
+"""
