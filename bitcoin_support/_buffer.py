@@ -15,14 +15,14 @@ its pinned ``_buffer()``, so two threads copying in opposite directions cannot d
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar, cast
 
 from ._args import nonnegative_int
 from ._errors import ClosedError
+from ._forward import forwarding
 from ._native import ffi, lib
 from ._secure import Allocator, Block, _bounded, _register_cleansable
 
@@ -35,14 +35,15 @@ _R = TypeVar("_R")
 
 
 def _locked(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
-    """Run the method under the store's lock (see the module's "Threads")."""
+    """Run the method under the store's lock (see the module's "Threads"); the wrapper has the
+    method's own parameters and signature (``_forward.forwarding``)."""
+    return cast(Callable[Concatenate[_S, _P], _R], forwarding(method, "locked", _LOCKED, {}))
 
-    @functools.wraps(method)  # the method's own signature for help() and inspect.signature
-    def locked(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._lock:
-            return method(self, *args, **kwargs)
 
-    return locked
+_LOCKED = """\
+    with SELF._lock:
+        return CALL
+"""
 
 
 class WipingBuffer:

@@ -1,4 +1,4 @@
-"""The thread-rule wrappers are written with the wrapped method's own parameters
+"""The thread-rule and lock wrappers are written with the wrapped method's own parameters
 (``_forward.forwarding``): every kind of argument reaches the method as it was passed, the
 defaults are the method's, and no ``*args``/``**kwargs`` are packed on the way."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bitcoin_support import EventBase, EvHttp, EvHttpRequest, LibEvent
+from bitcoin_support import EventBase, EvHttp, EvHttpRequest, LibEvent, SecureString, SerializeData
 from bitcoin_support._forward import forwarding
 
 BODY = "    calls.append(SELF)\n    return CALL\n"
@@ -89,9 +89,11 @@ def test_a_method_without_self_is_refused() -> None:
         EvHttp.bind,
         EvHttpRequest.read_body,
         EvHttpRequest.method.fget,  # type: ignore[attr-defined]
+        SerializeData.__getitem__,
+        SecureString.pop,
     ],
     ids=lambda m: m.__qualname__,
 )
-def test_the_packages_thread_rule_wrappers_pack_nothing(method: Any) -> None:
+def test_the_packages_thread_rule_and_lock_wrappers_pack_nothing(method: Any) -> None:
     assert method.__wrapped__ is not None
     assert not method.__code__.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
