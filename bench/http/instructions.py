@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run import build_c_echo, free_port  # bench/http/run.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 POST = (
@@ -59,12 +61,6 @@ def send(port: int, request: bytes, count: int) -> None:
                     break
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_command(root: Path, server: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
     """The measured server's command line (a free port where it cannot report its own), and
     its environment."""
@@ -76,14 +72,7 @@ def server_command(root: Path, server: str, tmp: Path) -> tuple[list[str], dict[
     if server in ("c-echo", "c-handler"):
         exe = tmp / "c_echo"
         if not exe.exists():
-            flags = subprocess.run(
-                ["pkg-config", "--cflags", "--libs", "libevent"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-            cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(HERE / "c_echo.c")]
-            subprocess.run([*cmd, *flags], check=True, timeout=120)
+            build_c_echo(tmp)
         handler = ["--handler"] if server == "c-handler" else []
         return [str(exe), str(free_port()), "--changelist", *handler], env
     if server == "handler":
