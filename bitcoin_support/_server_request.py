@@ -90,7 +90,8 @@ class _ServerRequest(EvHttpRequest):
         if rc == lib.BS_HTTP_ANSWERED:
             raise RuntimeError(f"EvHttpRequest.{what}: a reply was already sent or started")
         if rc == lib.BS_HTTP_BAD_VALUE:
-            raise ValueError(f"EvHttpRequest.{what}: content_type must not contain CR or LF")
+            name = "default_content_type" if what == "send_echo" else "content_type"
+            raise ValueError(f"EvHttpRequest.{what}: {name} must not contain control characters")
         raise MemoryError(f"EvHttpRequest.{what}: out of memory")
 
     def _server_rec(self, what: str) -> Any:
@@ -170,7 +171,8 @@ class _ServerRequest(EvHttpRequest):
             return
         # On the dispatching thread, an open request: _on_turn's and _server_rec's checks pass
         if type(code) is int and 100 <= code <= 599 and type(default_content_type) is bytes:
-            rc = lib.bs_http_send_echo(rec, code, default_content_type)  # the echo server's path
+            ct = default_content_type  # the echo server's path
+            rc = lib.bs_http_send_echo(rec, code, ct, len(ct))
             if rc:
                 self._reply_rc("send_echo", rc)
             self._rec = None  # self._released(), inlined
@@ -190,9 +192,14 @@ class _ServerRequest(EvHttpRequest):
             _check_int("EvHttpRequest.send_echo", "code", code, 100, 599)
         if type(default_content_type) is bytes:
             ct = default_content_type
+        elif isinstance(default_content_type, (str, bytes)):
+            ct = _header_bytes("value", default_content_type)
         else:
-            ct = _header_bytes("value", default_content_type) if default_content_type else _NULL
-        rc = lib.bs_http_send_echo(rec, code, ct)
+            raise TypeError(
+                "EvHttpRequest.send_echo: default_content_type must be str or bytes, not "
+                f"{_type_name(default_content_type)}"
+            )
+        rc = lib.bs_http_send_echo(rec, code, ct, len(ct))
         if rc:
             self._reply_rc("send_echo", rc)
         self._released()

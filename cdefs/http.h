@@ -247,7 +247,8 @@ void bs_http_req_release(bs_http_req_t *rec);
 long bs_http_live_requests(void);
 int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reason, const char *body,
                        size_t len, const char *ctype, size_t ctype_len);
-int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype);
+int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype,
+                      size_t default_len);
 int bs_http_send_error(bs_http_req_t *rec, int code, const char *reason);
 int bs_http_reply_start(bs_http_req_t *rec, int code, const char *reason);
 long long bs_http_reply_chunk(bs_http_req_t *rec, const char *data, size_t len);

@@ -172,15 +172,20 @@ BS_EXPORT int bs_http_send_reply(bs_http_req_t *rec, int code, const char *reaso
     return 0;
 }
 
-/* Reply with the request's own body (moved, not copied) and Content-Type (or the default). */
-BS_EXPORT int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype)
+/* Reply with the request's own body (moved, not copied) and Content-Type (or the default:
+   default_len bytes, NUL-terminated; empty or NULL for none). */
+BS_EXPORT int bs_http_send_echo(bs_http_req_t *rec, int code, const char *default_ctype,
+                                size_t default_len)
 {
     int rc = can_reply(rec);
     if (rc != 0)
         return rc;
+    if (default_ctype != NULL && default_len == 0)
+        default_ctype = NULL; /* an empty default is none, not an empty Content-Type field */
+    /* every byte checked (a NUL too): refused whether or not the request brings its own */
     if (default_ctype != NULL &&
-        bs_http_header_check("Content-Type", 12, default_ctype, strlen(default_ctype)) != 0)
-        return BS_HTTP_BAD_VALUE; /* refused whether or not the request brings its own */
+        bs_http_header_check("Content-Type", 12, default_ctype, default_len) != 0)
+        return BS_HTTP_BAD_VALUE;
     struct evhttp_request *r = rec->req;
     struct evkeyvalq *out = evhttp_request_get_output_headers(r);
     const char *ctype = evhttp_find_header(evhttp_request_get_input_headers(r), "Content-Type");

@@ -324,6 +324,43 @@ def test_send_echo_answers_with_the_body_and_its_content_type(server: LoopThread
     assert wait_for(lambda: EvHttpRequest.live() == 0)
 
 
+def test_send_echo_refuses_nul_and_non_text_defaults(server: LoopThread) -> None:
+    errors: list[str] = []
+
+    def cb(req: EvHttpRequest, arg: Any) -> None:
+        path = req.path
+        for name, bad in (
+            ("nul-bytes", b"x/y\0\r\nX-Evil: 1"),  # C would have read "x/y" and stopped
+            ("nul-str", "x/y\0\r\nX-Evil: 1"),
+            ("none", None),
+            ("zero", 0),
+            ("bytearray", bytearray()),
+        ):
+            try:
+                req.send_echo(200, default_content_type=bad)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as exc:
+                errors.append(f"{name}:{type(exc).__name__}")
+            if req.closed:
+                return
+        if path == "/str":
+            req.send_echo(200, default_content_type="")
+        else:
+            req.send_echo(200)
+
+    server.http.set_gencb(cb)
+    server.start()
+    as_bytes = request(server.port, "POST", body=b"abc")
+    as_str = request(server.port, "POST", path="/str", body=b"abc")
+    assert (as_bytes[0], as_bytes[2], as_str[0], as_str[2]) == (200, b"abc", 200, b"abc")
+    # no default (b"" or ""): no empty Content-Type field, the same answer either way
+    assert as_bytes[1]["content-type"] == as_str[1]["content-type"] != ""
+    refused = ["nul-bytes:ValueError", "nul-str:ValueError"] + [
+        f"{name}:TypeError" for name in ("none", "zero", "bytearray")
+    ]
+    assert errors == refused * 2
+    assert wait_for(lambda: EvHttpRequest.live() == 0)
+
+
 def test_path_callbacks_and_404(server: LoopThread) -> None:
     server.http.set_cb("/a", lambda req, arg: req.send_reply(200, body=b"a"))
     server.http.set_cb("/b", lambda req, arg: req.send_reply(200, body=b"b"))
