@@ -41,8 +41,8 @@ def _locked(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_
 
 
 _LOCKED = """\
-    with SELF._lock:
-        return CALL
+    with $SELF._lock:
+        return $CALL
 """
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import linecache
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ def _parameters(method: Callable[..., Any], ns: dict[str, Any]) -> tuple[list[st
     starred = False
     for i, p in enumerate(params):
         name = p.name
+        if name.startswith("_bs_"):
+            raise TypeError(f"{method.__qualname__}: parameter {name!r} would hide the wrapper's")
         if p.kind is _Param.VAR_POSITIONAL:
             declared.append(f"*{name}")
             passed.append(f"*{name}")
@@ -56,16 +59,21 @@ def _parameters(method: Callable[..., Any], ns: dict[str, Any]) -> tuple[list[st
 def forwarding(
     method: Callable[..., Any], kind: str, body: str, names: dict[str, Any]
 ) -> Callable[..., Any]:
-    """``method`` wrapped by ``body``: Python source indented by four spaces, in which ``SELF``
-    stands for the first parameter and ``CALL`` for the call of ``method`` with every argument
-    passed on. ``names`` are the other names the body uses (each starting with ``_bs_``, so no
-    parameter hides them). The wrapper has the method's name, docstring and ``__wrapped__``."""
+    """``method`` wrapped by ``body``: Python source indented by four spaces, in which ``$SELF``
+    stands for the first parameter and ``$CALL`` for the call of ``method`` with every argument
+    passed on (``$`` is in no Python name, so no parameter's name can take part in them).
+    ``names`` are the other names the body uses, each starting with ``_bs_``, which no parameter
+    may (TypeError). The wrapper has the method's name, docstring and ``__wrapped__``."""
     ns: dict[str, Any] = dict(names, _bs_method=method)
     declared, passed = _parameters(method, ns)
     if not passed or passed[0].startswith("*"):
         raise TypeError(f"{method.__qualname__}: a wrapped method needs its self parameter")
-    source = body.replace("SELF", passed[0]).replace("CALL", f"_bs_method({', '.join(passed)})")
+    call = f"_bs_method({', '.join(passed)})"
+    source = body.replace("$SELF", passed[0]).replace("$CALL", call)
     source = f"def {kind}({', '.join(declared)}):\n{source}"
-    exec(compile(source, f"<{kind} {method.__qualname__}>", "exec"), ns)
+    filename = f"<{kind} {method.__qualname__}>"
+    exec(compile(source, filename, "exec"), ns)
+    # tracebacks through the wrapper show its lines, as attrs registers the methods it writes
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     wrapper: Callable[..., Any] = functools.wraps(method)(ns[kind])
     return wrapper

@@ -124,13 +124,13 @@ def _guarded(
     return wrap
 
 
-# The body of a _guarded wrapper (_forward.forwarding: SELF is self, CALL the method's call).
+# The body of a _guarded wrapper (_forward.forwarding: $SELF is self, $CALL the method's call).
 _GUARDED = """\
-    _bs_guard = SELF._st.guard
+    _bs_guard = $SELF._st.guard
     if not _bs_guard.lock.acquire(False):
         _bs_guard.wait(_bs_what)
     try:
-        return CALL
+        return $CALL
     finally:
         _bs_guard.lock.release()
 """
@@ -169,16 +169,16 @@ def _on_turn(
 
 # The body of an _on_turn wrapper (as _GUARDED's).
 _ON_TURN = """\
-    _bs_st = SELF._st
+    _bs_st = $SELF._st
     if _bs_st is None:
-        return CALL
+        return $CALL
     _bs_guard = _bs_st.guard
     if _bs_guard.thread == _bs_get_ident():
-        return CALL
+        return $CALL
     if not _bs_guard.lock.acquire(False):
         _bs_guard.wait(_bs_what)
     try:
-        return CALL
+        return $CALL
     finally:
         _bs_guard.lock.release()
 """

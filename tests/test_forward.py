@@ -5,6 +5,7 @@ defaults are the method's, and no ``*args``/``**kwargs`` are packed on the way."
 from __future__ import annotations
 
 import inspect
+import traceback
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from bitcoin_support import EventBase, EvHttp, EvHttpRequest, LibEvent, SecureString, SerializeData
 from bitcoin_support._forward import forwarding
 
-BODY = "    calls.append(SELF)\n    return CALL\n"
+BODY = "    calls.append($SELF)\n    return $CALL\n"
 
 
 class Owner:
@@ -74,6 +75,32 @@ def test_the_wrapper_keeps_the_methods_face_and_packs_nothing() -> None:
     assert code.co_varnames[: code.co_argcount] == ("self", "a", "b")
     assert not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
     assert plain.__defaults__ == (2,)
+
+
+def test_parameter_names_take_no_part_in_the_body() -> None:
+    def odd(CALLER: object, SELF: int = 1, CALL: int = 2) -> tuple[object, int, int]:
+        return CALLER, SELF, CALL
+
+    calls: list[object] = []
+    assert wrap(odd, calls)("me", 3) == ("me", 3, 2)
+    assert calls == ["me"]
+
+    def hiding(self: object, _bs_method: int = 2) -> int:
+        return _bs_method
+
+    with pytest.raises(TypeError, match="_bs_method"):
+        wrap(hiding, calls)
+
+
+def test_a_traceback_through_the_wrapper_shows_its_lines() -> None:
+    def fails(self: object) -> None:
+        raise LookupError("inside")
+
+    try:
+        wrap(fails, [])(object())
+    except LookupError:
+        text = traceback.format_exc()
+    assert "<wrapped " in text and "return _bs_method(self)" in text
 
 
 def test_a_method_without_self_is_refused() -> None:
