@@ -124,9 +124,9 @@ def _guarded(
     return wrap
 
 
-# The body of a _guarded wrapper (_forward.forwarding: $SELF is self, $CALL the method's call).
-_GUARDED = """\
-    _bs_guard = $SELF._st.guard
+# The wrappers' bodies (_forward.forwarding: $SELF is self, $CALL the method's call). Both end
+# in _Guard.acquire, inlined: the call holding the lock, taken under the rule.
+_HOLDING = """\
     if not _bs_guard.lock.acquire(False):
         _bs_guard.wait(_bs_what)
     try:
@@ -134,6 +134,7 @@ _GUARDED = """\
     finally:
         _bs_guard.lock.release()
 """
+_GUARDED = "    _bs_guard = $SELF._st.guard\n" + _HOLDING
 
 
 class _OnTurn(Protocol):
@@ -167,18 +168,16 @@ def _on_turn(
     return wrap
 
 
-# The body of an _on_turn wrapper (as _GUARDED's).
-_ON_TURN = """\
+# The body of an _on_turn wrapper: on the dispatching thread (or before a client request has
+# a base) one comparison, else _HOLDING.
+_ON_TURN = (
+    """\
     _bs_st = $SELF._st
     if _bs_st is None:
         return $CALL
     _bs_guard = _bs_st.guard
     if _bs_guard.thread == _bs_get_ident():
         return $CALL
-    if not _bs_guard.lock.acquire(False):
-        _bs_guard.wait(_bs_what)
-    try:
-        return $CALL
-    finally:
-        _bs_guard.lock.release()
 """
+    + _HOLDING
+)
