@@ -3,7 +3,8 @@
 asyncio's selector loop asks a selector three things: register/modify/unregister a descriptor
 for reading and/or writing, and ``select(timeout)`` for what became ready. Here each direction of
 a registered descriptor is one persistent libevent event (``EV_READ|EV_PERSIST`` or
-``EV_WRITE|EV_PERSIST``), added while the direction is wanted and deleted otherwise. Its
+``EV_WRITE|EV_PERSIST``), added while the direction is wanted and deleted otherwise; after
+``unregister`` they are kept, deleted, for the descriptor's next registration (``SPARE_MAX``). Its
 callback is C (``bs_aio_ready_cb``, cdefs/aio.c), which appends the descriptor and direction to
 a queue that ``select()`` takes in one call. ``select()`` runs one round of the base
 (``EVLOOP_ONCE``, with ``EVLOOP_NONBLOCK`` for a zero timeout and a one-shot libevent timer for a
@@ -36,6 +37,10 @@ _POLL: Final = EVLOOP_ONCE | EVLOOP_NONBLOCK
 # While callbacks are ready, the base is polled for I/O at most this often (seconds): a chain of
 # callbacks runs without a system call per callback, and I/O waits no longer than this for it.
 POLL_INTERVAL: Final = 50e-6
+# Descriptors whose events are kept, deleted, after unregister, for the next registration of the
+# same descriptor (asyncio's sock_* calls register and unregister a reader or writer per call):
+# at most this many, the oldest closed first.
+SPARE_MAX: Final = 64
 _monotonic: Final = time.monotonic
 _READY_CB: Final = ffi.addressof(lib, "bs_aio_ready_cb")
 _take_ready: Final = lib.bs_aio_ready_take
@@ -97,6 +102,7 @@ class LibeventSelector(selectors.BaseSelector):
         self._keys: dict[int, selectors.SelectorKey] = {}
         # fd -> [read event or None, write event or None]
         self._evs: dict[int, list[LibEvent | None]] = {}
+        self._spare: dict[int, list[LibEvent | None]] = {}  # deleted events, see SPARE_MAX
         self._fired: dict[int, int] = {}
         self._timer: LibEvent | None = obtain_event(base, -1, 0, _noop)
         # Set by the loop: True while select() must not run the base (the loop's own tick, in
@@ -138,6 +144,7 @@ class LibeventSelector(selectors.BaseSelector):
             self.wake = wake
             return
         pending = self._take([])
+        self._close_spares()  # they carry the C queue's callback
         self._ring = None
         self.wake = wake
         for fd, evs in self._evs.items():
@@ -178,7 +185,7 @@ class LibeventSelector(selectors.BaseSelector):
             raise RuntimeError("the selector is closed")
         key = selectors.SelectorKey(fileobj, fd, events, data)
         self._keys[fd] = key
-        self._evs[fd] = [None, None]
+        self._evs[fd] = self._spare.pop(fd, [None, None])
         try:
             self._apply(fd, 0, events)
         except BaseException:
@@ -186,15 +193,29 @@ class LibeventSelector(selectors.BaseSelector):
             raise
         return key
 
-    def _drop(self, fd: int) -> None:
+    def _drop(self, fd: int, *, keep: bool = False) -> None:
         del self._keys[fd]
         self._fired.pop(fd, None)
-        for ev in self._evs.pop(fd):
-            if ev is not None:
-                try:
-                    ev.close()
-                except ClosedError:
-                    pass
+        evs = self._evs.pop(fd)
+        if keep and self._ring is not None:
+            try:
+                for ev in evs:
+                    if ev is not None:
+                        ev.delete()
+            except ClosedError:
+                pass
+            else:
+                self._spare[fd] = evs
+                if len(self._spare) > SPARE_MAX:
+                    oldest = next(iter(self._spare))
+                    _close_all(self._spare.pop(oldest))
+                return
+        _close_all(evs)
+
+    def _close_spares(self) -> None:
+        spare, self._spare = self._spare, {}
+        for evs in spare.values():
+            _close_all(evs)
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
         fd = self._lookup(fileobj)
@@ -202,7 +223,7 @@ class LibeventSelector(selectors.BaseSelector):
             key = self._keys[fd]
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
-        self._drop(fd)
+        self._drop(fd, keep=True)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -290,6 +311,7 @@ class LibeventSelector(selectors.BaseSelector):
     def close(self) -> None:
         for fd in list(self._keys):
             self._drop(fd)
+        self._close_spares()
         self._fired.clear()
         self.wake = None
         timer, self._timer = self._timer, None
@@ -302,3 +324,12 @@ class LibeventSelector(selectors.BaseSelector):
 
 def _noop(_ev: LibEvent, _arg: object) -> None:
     pass
+
+
+def _close_all(evs: list[LibEvent | None]) -> None:
+    for ev in evs:
+        if ev is not None:
+            try:
+                ev.close()
+            except ClosedError:
+                pass
